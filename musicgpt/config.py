@@ -1,0 +1,127 @@
+"""The one Config dataclass (model, data, training, sampling), its presets, and JSON/CLI round trips."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .vocab import VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class Config:
+    # model
+    vocab_size: int = VOCAB_SIZE
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    block_size: int = 512
+    dropout: float = 0.0  # > 0 also drops attention weights, ~2x slower on CPU
+    attention: str = "absolute"  # "absolute" (GPT-2) or "relative" (Music Transformer)
+    # data
+    augment: bool = True
+    # training
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 5000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_batches: int = 20
+    ckpt_interval: int = 250
+    seed: int = 1337
+    device: str = "auto"
+    compile: bool = False
+    # sampling
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n_embd": self.n_embd % self.n_head == 0,
+            "n_layer": self.n_layer >= 1,
+            "block_size": self.block_size >= 2,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "attention": self.attention in ("absolute", "relative"),
+            "top_p": 0.0 < self.top_p <= 1.0,
+            "temperature": self.temperature > 0.0,
+            "top_k": self.top_k >= 0,
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "vocab_size": self.vocab_size == VOCAB_SIZE,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid config field(s): {', '.join(failed)} ({self.short()})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def short(self) -> str:
+        return (f"{self.n_layer} layers x {self.n_embd} wide x {self.n_head} heads, "
+                f"context {self.block_size}, {self.attention} attention")
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0, batch_size=4,
+                 max_steps=50, warmup_steps=5, eval_interval=25, eval_batches=2, ckpt_interval=25),
+    "default": {},
+    "large": dict(n_layer=6, n_head=8, n_embd=512, block_size=1024, learning_rate=6e-4,
+                  min_learning_rate=6e-5),
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[name], **overrides})
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--field` flag per Config field (default None = take it from the preset)."""
+    group = parser.add_argument_group("config (defaults come from --preset)")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=f.name, default=None,
+                               action=argparse.BooleanOptionalAction)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            group.add_argument(flag, dest=f.name, type=kind, default=None,
+                               help=f"default {f.default!r}")
+
+
+def config_from_arguments(args: argparse.Namespace, base: Config | None = None) -> Config:
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config)
+                 if getattr(args, f.name, None) is not None}
+    if base is not None:
+        return base.replace(**overrides)
+    return preset(getattr(args, "preset", "default") or "default", **overrides)

@@ -1,0 +1,295 @@
+"""MIDI folder -> token streams on disk (cached, parallel, robust), and random training windows.
+
+Output of `preprocess_folder(midi_dir, out_dir)`:
+    out_dir/tokens.bin      every piece as START ... END, uint16, back to back
+    out_dir/manifest.json   vocabulary version and, per piece: source path, sha1, offset, tokens,
+                            seconds, split ("train" or "val")
+    out_dir/report.json     files skipped, each with its reason
+A second run reuses every piece whose file is unchanged (same size and mtime, else same sha1).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .events import arrays_to_ids, wrap_piece
+from .midi_io import MidiReadError, midi_bytes_to_arrays
+from .vocab import (
+    END_ID,
+    MAX_SHIFT_STEPS,
+    NOTE_OFF_OFFSET,
+    NOTE_ON_OFFSET,
+    PAD_ID,
+    STEP_MS,
+    TIME_SHIFT_OFFSET,
+    VELOCITY_OFFSET,
+    VOCAB_VERSION,
+)
+
+MIDI_SUFFIXES = (".mid", ".midi")
+VAL_PERCENT = 5
+
+
+@dataclass(frozen=True)
+class Piece:
+    path: str  # relative to the MIDI folder
+    sha1: str
+    size: int
+    mtime_ns: int
+    offset: int  # into tokens.bin
+    tokens: int
+    seconds: float
+    split: str
+
+
+def find_midi_files(midi_dir: str | Path) -> list[Path]:
+    """Every `.mid`/`.midi` file below `midi_dir`, any case, sorted."""
+    root = Path(midi_dir)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+
+
+def _encode_file(path: str) -> tuple[str, np.ndarray | None, str | None]:
+    """Worker: (sha1, ids or None, skip reason or None). Never raises."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return "", None, f"cannot read file: {exc.strerror or exc}"
+    sha1 = hashlib.sha1(data).hexdigest()
+    if not data:
+        return sha1, None, "empty file (0 bytes)"
+    try:
+        ids = arrays_to_ids(midi_bytes_to_arrays(data))
+    except MidiReadError as exc:
+        return sha1, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+        return sha1, None, f"unreadable MIDI: {type(exc).__name__}: {exc}"
+    return sha1, wrap_piece(ids), None
+
+
+def _group_keys(root: Path) -> dict[str, str]:
+    """Optional `index.csv` with `file` and `piece_group` columns keeps a piece's files together."""
+    index = root / "index.csv"
+    if not index.is_file():
+        return {}
+    with index.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "piece_group"} <= rows[0].keys():
+        return {}
+    return {row["file"]: row["piece_group"] for row in rows}
+
+
+def split_of(key: str) -> str:
+    """Deterministic ~5% validation split from a file's (or piece group's) key."""
+    return "val" if zlib.crc32(key.encode("utf-8")) % 100 < VAL_PERCENT else "train"
+
+
+def _load_previous(out_dir: Path) -> tuple[dict[str, dict], np.ndarray | None]:
+    manifest_path, tokens_path = out_dir / "manifest.json", out_dir / "tokens.bin"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("vocab_version") != VOCAB_VERSION:
+            return {}, None
+        tokens = np.fromfile(tokens_path, dtype=np.uint16)
+    except (OSError, ValueError):
+        return {}, None
+    return {p["path"]: p for p in manifest["pieces"]}, tokens
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int | None = None,
+                      progress: bool = True) -> dict:
+    """Encode a MIDI folder to `out_dir`; returns the manifest (with `skipped` and `reused`)."""
+    from tqdm import tqdm
+
+    root, out_dir = Path(midi_dir), Path(out_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MIDI folder not found: {root}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = find_midi_files(root)
+    previous, old_tokens = _load_previous(out_dir)
+    old_by_sha = {p["sha1"]: p for p in previous.values()}
+    groups = _group_keys(root)
+    old_skipped = _previous_skipped(out_dir)
+
+    results: dict[str, tuple[str, np.ndarray | None, str | None]] = {}
+    to_encode: list[Path] = []
+    for path in files:
+        rel, stat = path.relative_to(root).as_posix(), path.stat()
+        old = previous.get(rel)
+        bad = old_skipped.get(rel)
+        if old and old["size"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
+            results[rel] = (old["sha1"], _slice(old_tokens, old), None)
+        elif bad and bad["size"] == stat.st_size and bad["mtime_ns"] == stat.st_mtime_ns:
+            results[rel] = ("", None, bad["reason"])
+        else:
+            to_encode.append(path)
+    if not to_encode and previous.keys() | old_skipped.keys() == set(results):
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+        return {**manifest, "skipped": list(old_skipped.values()), "reused": len(files)}
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(to_encode), desc="preprocess", unit="file", disable=not progress)
+    if workers > 1 and len(to_encode) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for path, result in zip(to_encode, pool.map(_encode_file, map(str, to_encode),
+                                                        chunksize=16)):
+                results[path.relative_to(root).as_posix()] = result
+                bar.update()
+    else:
+        for path in to_encode:
+            results[path.relative_to(root).as_posix()] = _encode_file(str(path))
+            bar.update()
+    bar.close()
+
+    pieces, skipped, chunks, offset = [], [], [], 0
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        sha1, ids, reason = results[rel]
+        if ids is None and sha1 in old_by_sha:
+            ids = _slice(old_tokens, old_by_sha[sha1])
+        stat = path.stat()
+        if ids is None:
+            skipped.append({"path": rel, "reason": reason, "size": stat.st_size,
+                            "mtime_ns": stat.st_mtime_ns})
+            continue
+        old = old_by_sha.get(sha1)
+        seconds = old["seconds"] if old else _seconds(ids)
+        pieces.append(Piece(rel, sha1, stat.st_size, stat.st_mtime_ns, offset, len(ids),
+                            round(seconds, 2), split_of(groups.get(rel, rel))))
+        chunks.append(ids)
+        offset += len(ids)
+    tokens = np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16)
+    manifest = {"vocab_version": VOCAB_VERSION, "midi_dir": str(root.resolve()),
+                "tokens": int(offset), "seconds": round(sum(p.seconds for p in pieces), 2),
+                "pieces": [asdict(p) for p in pieces]}
+    _atomic_write(out_dir / "tokens.bin", tokens.tobytes())
+    _atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
+    _atomic_write(out_dir / "report.json", json.dumps({"skipped": skipped}, indent=1).encode())
+    manifest["skipped"] = skipped
+    manifest["reused"] = len(files) - len(to_encode)
+    return manifest
+
+
+def _previous_skipped(out_dir: Path) -> dict[str, dict]:
+    try:
+        skipped = json.loads((out_dir / "report.json").read_text())["skipped"]
+        return {s["path"]: s for s in skipped}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _slice(tokens: np.ndarray | None, piece: dict) -> np.ndarray | None:
+    if tokens is None or piece["offset"] + piece["tokens"] > len(tokens):
+        return None
+    return tokens[piece["offset"] : piece["offset"] + piece["tokens"]].copy()
+
+
+def _seconds(ids: np.ndarray) -> float:
+    ids = ids.astype(np.int64)
+    shifts = ids[(ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)] - TIME_SHIFT_OFFSET + 1
+    return float(shifts.sum()) * STEP_MS / 1000.0
+
+
+def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
+    """The pieces of one split as uint16 arrays (views into a memory map of tokens.bin)."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    tokens = np.memmap(out_dir / "tokens.bin", dtype=np.uint16, mode="r")
+    return [tokens[p["offset"] : p["offset"] + p["tokens"]]
+            for p in manifest["pieces"] if p["split"] == split]
+
+
+# --- augmentation and training windows -------------------------------------------------------
+
+STRETCH_FACTORS = (0.95, 0.975, 1.0, 1.025, 1.05)
+TRANSPOSE_RANGE = (-3, 3)
+
+
+def transpose_ids(ids: np.ndarray, semitones: int) -> np.ndarray:
+    """Shift every note by `semitones`; notes pushed outside 0..127 are dropped (on and off)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    is_note = ids < TIME_SHIFT_OFFSET
+    pitch = np.where(ids < NOTE_OFF_OFFSET, ids - NOTE_ON_OFFSET, ids - NOTE_OFF_OFFSET) + semitones
+    keep = ~is_note | ((pitch >= 0) & (pitch < 128))
+    moved = np.where(is_note, ids + semitones, ids)
+    return moved[keep]
+
+
+def stretch_ids(ids: np.ndarray, factor: float) -> np.ndarray:
+    """Scale all times by `factor` at the event level, re-quantising the time shifts."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if factor == 1.0:
+        return ids
+    is_shift = (ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)
+    steps = np.where(is_shift, ids - TIME_SHIFT_OFFSET + 1, 0)
+    time_before = np.cumsum(steps) - steps  # absolute step at which each event happens
+    others = ~is_shift
+    new_times = np.rint(time_before[others] * factor).astype(np.int64)
+    gaps = np.diff(new_times, prepend=0)
+    out: list[int] = []
+    top_shift = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1
+    for gap, token in zip(gaps.tolist(), ids[others].tolist()):
+        full, rest = divmod(gap, MAX_SHIFT_STEPS)
+        out.extend([top_shift] * full)
+        if rest:
+            out.append(TIME_SHIFT_OFFSET + rest - 1)
+        out.append(token)
+    tail = int(np.rint(steps.sum() * factor)) - (int(new_times[-1]) if len(new_times) else 0)
+    full, rest = divmod(max(tail, 0), MAX_SHIFT_STEPS)
+    out.extend([top_shift] * full + ([TIME_SHIFT_OFFSET + rest - 1] if rest else []))
+    return np.array(out, dtype=np.int64)
+
+
+class TokenWindows:
+    """Random windows of `length + 1` tokens over pieces, a pure function of (seed, step).
+
+    Pieces are picked in proportion to their length; a piece shorter than the window is used
+    whole and padded with PAD (the loss ignores PAD targets). With `augment`, each window is
+    transposed by -3..+3 semitones and stretched by one of 0.95..1.05, as in Music Transformer.
+    """
+
+    def __init__(self, pieces: list[np.ndarray], length: int, *, augment: bool = False,
+                 seed: int = 0):
+        pieces = [p for p in pieces if len(p) > 1]
+        if not pieces:
+            raise ValueError("no pieces to draw windows from")
+        self.pieces, self.length, self.augment, self.seed = pieces, length, augment, seed
+        sizes = np.array([len(p) for p in pieces], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def batch(self, step: int, batch_size: int, rank: int = 0) -> np.ndarray:
+        """(batch_size, length + 1) int64 array; `rank` gives each DDP process its own windows."""
+        rng = np.random.default_rng([self.seed, step, rank])
+        return np.stack([self._window(rng) for _ in range(batch_size)])
+
+    def _window(self, rng: np.random.Generator) -> np.ndarray:
+        piece = self.pieces[rng.choice(len(self.pieces), p=self.weights)]
+        span = self.length + 1
+        raw_span = span + span // 4 + 8 if self.augment else span
+        start = int(rng.integers(0, max(1, len(piece) - raw_span + 1)))
+        window = np.asarray(piece[start : start + raw_span], dtype=np.int64)
+        if self.augment:
+            window = transpose_ids(window, int(rng.integers(TRANSPOSE_RANGE[0],
+                                                            TRANSPOSE_RANGE[1] + 1)))
+            window = stretch_ids(window, float(rng.choice(STRETCH_FACTORS)))
+        window = window[:span]
+        if len(window) < span:
+            window = np.concatenate([window, np.full(span - len(window), PAD_ID)])
+        return window
+
+
+__all__ = ["END_ID", "PAD_ID", "Piece", "TokenWindows", "find_midi_files", "load_split",
+           "preprocess_folder", "split_of", "stretch_ids", "transpose_ids"]
