@@ -51,3 +51,111 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     print(json.dumps(result))
     return 0
+
+
+def _load_model(checkpoint: str | None, device: str):
+    from .assets import default_model_dir
+    from .checkpoint import load_model_from_checkpoint
+    from .training import pick_device
+
+    path = Path(checkpoint) if checkpoint else default_model_dir()
+    if not (path / "config.json").is_file():
+        hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
+        raise UserError(f"no checkpoint at {path}{hint}")
+    try:
+        return load_model_from_checkpoint(path, pick_device(device))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"cannot load checkpoint {path}: {exc}") from exc
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from .data import preprocess_folder
+
+    manifest = preprocess_folder(args.midi_dir, args.out, workers=args.workers,
+                                 progress=not args.no_progress)
+    pieces = manifest["pieces"]
+    n_val = sum(p["split"] == "val" for p in pieces)
+    print(f"{len(pieces)} pieces ({len(pieces) - n_val} train, {n_val} val), "
+          f"{manifest['tokens']:,} tokens, {manifest['seconds'] / 3600:.2f} hours of music; "
+          f"{manifest['reused']} reused from cache")
+    for bad in manifest["skipped"]:
+        print(f"skipped {bad['path']}: {bad['reason']}")
+    if manifest["skipped"]:
+        print(f"{len(manifest['skipped'])} file(s) skipped; see {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.mid'}") for i in range(n)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .pipeline import ids_to_midi_file, ids_to_seconds, midi_file_to_primer
+    from .sampling import SamplingSettings, generate
+    from .midi_io import MidiReadError
+
+    model = _load_model(args.checkpoint, args.device)
+    primer = None
+    if args.primer:
+        try:
+            primer = midi_file_to_primer(args.primer, args.primer_seconds)
+        except MidiReadError as exc:
+            raise UserError(f"bad primer {args.primer}: {exc}") from exc
+    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, grammar=not args.no_grammar)
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.max_tokens, unit="tok", disable=args.no_progress)
+    def report(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+    rows = generate(model, primer, max_new_tokens=args.max_tokens, max_seconds=args.seconds,
+                    num_samples=args.num_samples, settings=settings, seed=args.seed,
+                    progress=report)
+    bar.close()
+    for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows):
+        ids_to_midi_file(row, path)
+        print(f"wrote {path} ({ids_to_seconds(row):.1f} s, {len(row)} tokens)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicgpt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pre = commands.add_parser("preprocess", help="encode a MIDI folder to token streams")
+    pre.add_argument("--midi-dir", required=True, help="folder of .mid/.midi files (recursive)")
+    pre.add_argument("--out", required=True, help="output folder (tokens.bin, manifest.json)")
+    pre.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    pre.add_argument("--no-progress", action="store_true")
+    pre.set_defaults(run=_preprocess)
+
+    gen = commands.add_parser("generate", help="write new music to a .mid file")
+    gen.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    gen.add_argument("--out", default="musicgpt.mid", help="output .mid (default musicgpt.mid)")
+    gen.add_argument("--primer", help=".mid file to continue")
+    gen.add_argument("--primer-seconds", type=float, default=10.0,
+                     help="use the primer's first N seconds (default 10)")
+    gen.add_argument("--seconds", type=float, default=30.0, help="seconds of new music (30)")
+    gen.add_argument("--max-tokens", type=int, default=4096, help="token budget per sample")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
+    gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--no-progress", action="store_true")
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError as exc:
+        return _fail(str(exc))

@@ -60,6 +60,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         return (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head causal softmax (B, H, T, T) for x (B, T, C), recomputed from q and k.
+
+        The fused kernel returns no weights; this slow path is for drawing attention arcs.
+        """
+        q, k, _ = self.qkv(x)
+        T = x.shape[1]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, -math.inf).softmax(-1)
+
     def forward(self, x, input_pos=None, mask=None, attend_len=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x)

@@ -36,3 +36,24 @@ def ids_to_seconds(ids) -> float:
     ids = np.asarray(ids, dtype=np.int64)
     shifts = ids[(ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)] - TIME_SHIFT_OFFSET + 1
     return float(shifts.sum()) * STEP_MS / 1000.0
+
+
+def ids_until_seconds(ids, seconds: float) -> np.ndarray:
+    """The prefix of `ids` that covers the first `seconds` of music (notes still sounding stay open)."""
+    from .vocab import STEP_MS, TIME_SHIFT_OFFSET, VELOCITY_OFFSET
+
+    ids = np.asarray(ids, dtype=np.int64)
+    is_shift = (ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)
+    elapsed = np.cumsum(np.where(is_shift, ids - TIME_SHIFT_OFFSET + 1, 0)) * STEP_MS / 1000.0
+    over = np.flatnonzero(elapsed > seconds + 1e-9)
+    return ids[: over[0]] if len(over) else ids
+
+
+def midi_file_to_primer(path: str | Path, seconds: float | None = None) -> np.ndarray:
+    """Primer ids (START + events) from the first `seconds` of a `.mid` file."""
+    from .vocab import START_ID
+
+    ids = midi_file_to_ids(path)
+    if seconds is not None:
+        ids = ids_until_seconds(ids, seconds)
+    return np.concatenate([[START_ID], ids]).astype(np.int64)

@@ -1,0 +1,185 @@
+"""logits -> next token, and the prefill/decode loop. Never sees MIDI, only token ids.
+
+Grammar-aware by default: before each draw, events that cannot be right are masked out (NOTE_OFF
+of a silent pitch, NOTE_ON of a sounding pitch, PAD and START mid-piece). Past the model's context
+the loop keeps going with a sliding window: the most recent 3/4 of the context is re-prefilled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import GPT
+from .vocab import (
+    END_ID,
+    NOTE_OFF_OFFSET,
+    NOTE_ON_OFFSET,
+    PAD_ID,
+    START_ID,
+    STEP_MS,
+    TIME_SHIFT_OFFSET,
+    VELOCITY_OFFSET,
+)
+
+ProgressFn = Callable[[int, int], None]  # (tokens generated so far, token budget)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits / max(temperature, 1e-5)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits per row (k <= 0 keeps all)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches p (nucleus sampling)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative - sorted_logits.softmax(-1) >= p  # mass before this token >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, -math.inf)
+
+
+def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) ids drawn from the softmax."""
+    probs = logits.float().softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class GrammarMask:
+    """Tracks which pitches sound in each row and forbids the events that cannot be right."""
+
+    def __init__(self, batch_size: int, vocab_size: int, device: torch.device):
+        self.sounding = torch.zeros(batch_size, 128, dtype=torch.bool, device=device)
+        self.allowed = torch.ones(batch_size, vocab_size, dtype=torch.bool, device=device)
+        self.allowed[:, PAD_ID] = False
+        self.allowed[:, START_ID] = False
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.allowed[:, NOTE_ON_OFFSET : NOTE_ON_OFFSET + 128] = ~self.sounding
+        self.allowed[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + 128] = self.sounding
+
+    def observe(self, tokens: torch.Tensor) -> None:
+        """Update from (B,) or (B, T) ids, in order."""
+        tokens = tokens.view(tokens.size(0), -1)
+        for column in tokens.unbind(1):
+            is_on = column < NOTE_OFF_OFFSET
+            is_off = (column >= NOTE_OFF_OFFSET) & (column < TIME_SHIFT_OFFSET)
+            pitch = (column % 128).unsqueeze(1)
+            rows = torch.arange(column.size(0), device=column.device).unsqueeze(1)
+            current = self.sounding.gather(1, pitch).squeeze(1)
+            new = torch.where(is_on, True, torch.where(is_off, False, current))
+            self.sounding[rows, pitch] = new.unsqueeze(1)
+        self._refresh()
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.masked_fill(~self.allowed, -math.inf)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.95
+    grammar: bool = True
+
+
+def _shift_steps(tokens: torch.Tensor) -> torch.Tensor:
+    is_shift = (tokens >= TIME_SHIFT_OFFSET) & (tokens < VELOCITY_OFFSET)
+    return torch.where(is_shift, tokens - TIME_SHIFT_OFFSET + 1, 0)
+
+
+@torch.no_grad()
+def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
+             max_new_tokens: int = 1024, max_seconds: float | None = None,
+             num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
+             seed: int | None = None, progress: ProgressFn | None = None,
+             static_shapes: bool | None = None) -> list[np.ndarray]:
+    """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
+
+    Each row stops at END, after `max_new_tokens`, or once its new music reaches `max_seconds`.
+    Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
+    `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
+    change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
+    """
+    device = model.wte.weight.device
+    block_size = model.config.block_size
+    primer_ids = [int(t) for t in (primer if primer is not None else [])]
+    if not primer_ids or primer_ids[0] != START_ID:
+        primer_ids = [START_ID] + primer_ids
+    if static_shapes is None:
+        static_shapes = device.type == "cuda"
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, (1,))))
+
+    history = torch.tensor(primer_ids, device=device).repeat(num_samples, 1)  # (B, T)
+    grammar = GrammarMask(num_samples, model.config.vocab_size, device)
+    grammar.observe(history[:, 1:])
+    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
+    new_steps = torch.zeros(num_samples, dtype=torch.long, device=device)
+    max_steps = None if max_seconds is None else int(round(max_seconds * 1000 / STEP_MS))
+    keep = max(1, block_size * 3 // 4)
+
+    model.setup_cache(num_samples, block_size)
+    try:
+        window = history[:, -keep:] if history.size(1) > block_size else history
+        logits = _prefill(model, window)
+        pos = window.size(1)
+        new_tokens: list[torch.Tensor] = []
+        for i in range(max_new_tokens):
+            next_logits = apply_temperature(logits, settings.temperature)
+            if settings.grammar:
+                next_logits = grammar.apply(next_logits)
+            next_logits = top_p_filter(top_k_filter(next_logits, settings.top_k), settings.top_p)
+            token = sample(next_logits, generator)
+            token = torch.where(done, PAD_ID, token)
+            new_tokens.append(token)
+            grammar.observe(token)
+            new_steps += _shift_steps(token)
+            done |= token == END_ID
+            if max_steps is not None:
+                done |= new_steps >= max_steps
+            if progress is not None:
+                progress(i + 1, max_new_tokens)
+            if bool(done.all()) or i == max_new_tokens - 1:
+                break
+            if pos >= block_size:  # slide: re-prefill the most recent part of the piece
+                recent = torch.cat([history, torch.stack(new_tokens, 1)], 1)[:, -keep:]
+                logits = _prefill(model, recent)
+                pos = recent.size(1)
+                continue
+            attend = None if static_shapes else pos + 1
+            logits = model(token.unsqueeze(1), torch.tensor([pos], device=device),
+                           attend_len=attend)[:, -1]
+            pos += 1
+    finally:
+        model.clear_cache()
+    generated = torch.stack(new_tokens, 1) if new_tokens else history[:, :0]
+    return [_trim(row) for row in torch.cat([history, generated], 1).cpu().numpy()]
+
+
+def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
+    """Fill the cache with `window` (B, T) from position 0; logits (B, V) for what follows."""
+    positions = torch.arange(window.size(1), device=window.device)
+    return model(window, positions, attend_len=window.size(1))[:, -1]
+
+
+def _trim(row: np.ndarray) -> np.ndarray:
+    """Cut a row after its END (or at the PAD filling a finished row)."""
+    row = row.astype(np.int64)
+    ends = np.flatnonzero((row == END_ID) | (row == PAD_ID))
+    return row[: ends[0] + 1] if len(ends) and row[ends[0]] == END_ID else row[: ends[0]] \
+        if len(ends) else row
