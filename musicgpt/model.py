@@ -103,7 +103,12 @@ class Block(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        if config.attention == "relative":  # late import: relative.py builds on Linear here
+            from .relative import RelativeSelfAttention
+
+            self.attn = RelativeSelfAttention(config)
+        else:
+            self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -118,7 +123,9 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        # relative attention carries positions in each layer, so it has no position table
+        self.wpe = (nn.Embedding(config.block_size, config.n_embd)
+                    if config.attention == "absolute" else None)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
@@ -173,7 +180,8 @@ class GPT(nn.Module):
             mask = mask[:, :cache_len]
             if T == 1 and attend_len is not None:
                 mask = None  # a single query at the last filled position sees everything before
-        x = self.drop(self.wte(idx) + self.wpe(input_pos))
+        x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(input_pos)
+        x = self.drop(x)
         for block in self.blocks:
             x = block(x, input_pos if self.cache_batch_size else None, mask, attend_len)
         x = self.ln_f(x)
