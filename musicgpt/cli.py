@@ -120,6 +120,36 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_midi_folder
+
+    if not Path(args.midi_dir).is_dir():
+        raise UserError(f"MIDI folder not found: {args.midi_dir}")
+    model = _load_model(args.checkpoint, args.device)
+    from tqdm import tqdm
+
+    bar = tqdm(unit="window", disable=args.no_progress or args.json)
+    def report(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    try:
+        result = evaluate_midi_folder(model, args.midi_dir, batch_size=args.batch_size,
+                                      stride=args.stride, progress=report)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0
+    for bad in result.skipped:
+        print(f"skipped {bad['path']}: {bad['reason']}")
+    print(f"{result.files} file(s), {result.tokens:,} tokens, {result.seconds:.1f} s of music"
+          f" ({len(result.skipped)} skipped)")
+    print(f"NLL {result.nll_per_token:.4f} nats/token, {result.nll_per_second:.3f} nats/second")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(run=_generate)
+
+    ev = commands.add_parser(
+        "evaluate", help="NLL of a model over a MIDI folder",
+        description="Negative log-likelihood of a model over every MIDI file in a folder, in nats "
+                    "per token and nats per second of music. Scored: every token of START + piece "
+                    "+ END after START. Pieces longer than the context use a sliding window; each "
+                    "token is scored once. Unreadable files are skipped with their reason.")
+    ev.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    ev.add_argument("--midi-dir", required=True, help="folder of .mid/.midi files (recursive)")
+    ev.add_argument("--json", action="store_true",
+                    help="print JSON (keys nll_per_token, nll_per_second, files, tokens, "
+                         "seconds, skipped)")
+    ev.add_argument("--batch-size", type=int, default=16, help="windows per forward (16)")
+    ev.add_argument("--stride", type=int, default=None,
+                    help="sliding-window step in tokens (default: half the context)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 
