@@ -71,7 +71,8 @@ class RelativeSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = Linear(config.n_embd, config.n_embd)
         # rel_emb[r] is the embedding of distance r = query position - key position
-        self.rel_emb = nn.Parameter(torch.empty(config.block_size, config.head_dim).normal_(0, 0.02))
+        rel_emb = torch.empty(config.block_size, config.head_dim).normal_(0.0, 0.02)
+        self.rel_emb = nn.Parameter(rel_emb)
         self.kv_cache = None  # a model.KVCache while generating
 
     def qkv(self, x: torch.Tensor):
