@@ -1,0 +1,110 @@
+"""End to end: `streamlit run app.py` on localhost, driven in Debian's headless Chromium.
+
+Uses a tiny untrained checkpoint (via $MUSICGPT_CHECKPOINT), clicks Generate, and checks that an
+<audio> player and the plotly piano roll appear. Saves tests/artifacts/app.png for a human look.
+Skips only when no Chromium binary is installed (CI installs it in .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists()
+                                        else None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); CI installs it")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited early:\n{server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer {url} within {timeout_s} s")
+
+
+def _tiny_checkpoint(folder: Path) -> Path:
+    import torch
+
+    from musicgpt.checkpoint import save_checkpoint
+    from musicgpt.config import preset
+    from musicgpt.model import GPT
+
+    torch.manual_seed(0)
+    return save_checkpoint(GPT(preset("tiny")), folder / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    checkpoint = _tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+    port = _free_port()
+    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(checkpoint), "MUSICGPT_CHECKPOINTS": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless",
+         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", server)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_browser_generate_shows_audio_and_piano_roll(app_url):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3000})
+            page.goto(app_url)
+            button = page.get_by_role("button", name="Generate")
+            button.wait_for(timeout=60_000)
+            page.get_by_text("press Generate").wait_for(timeout=30_000)
+            button.click()
+            page.locator("audio").first.wait_for(state="attached", timeout=90_000)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
+            page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+            audio_src = page.locator("audio").first.get_attribute("src")
+            n_rolls = page.locator(".js-plotly-plot").count()
+            bars = page.locator(".js-plotly-plot .barlayer path").count()
+            errors = page.locator("[data-testid='stException']").count()
+        finally:
+            browser.close()
+    assert audio_src, "the audio player has no source"
+    assert n_rolls >= 1
+    assert bars >= 1, "the piano roll drew no notes"
+    assert errors == 0, "the page shows a Python exception"
