@@ -145,7 +145,7 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     if workers > 1 and len(to_encode) > 1:
         with ProcessPoolExecutor(workers) as pool:
             for path, result in zip(to_encode, pool.map(_encode_file, map(str, to_encode),
-                                                        chunksize=16)):
+                                                        chunksize=16), strict=True):
                 results[path.relative_to(root).as_posix()] = result
                 bar.update()
     else:
@@ -241,7 +241,7 @@ def stretch_ids(ids: np.ndarray, factor: float) -> np.ndarray:
     gaps = np.diff(new_times, prepend=0)
     out: list[int] = []
     top_shift = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1
-    for gap, token in zip(gaps.tolist(), ids[others].tolist()):
+    for gap, token in zip(gaps.tolist(), ids[others].tolist(), strict=True):
         full, rest = divmod(gap, MAX_SHIFT_STEPS)
         out.extend([top_shift] * full)
         if rest:

@@ -67,7 +67,8 @@ def arrays_to_notes(arrays: NoteArrays) -> list[Note]:
     scale = STEP_MS / 1000.0
     return [
         Note(int(p), int(v), round(int(s) * scale, 6), round(int(e) * scale, 6))
-        for p, v, s, e in zip(arrays.pitch, arrays.velocity, arrays.start_step, arrays.end_step)
+        for p, v, s, e in zip(arrays.pitch, arrays.velocity, arrays.start_step, arrays.end_step,
+                              strict=True)
     ]
 
 
@@ -175,7 +176,7 @@ def ids_to_arrays(ids, max_dangling_steps: int | None = None) -> NoteArrays:
     if not out:
         empty = np.zeros(0, dtype=np.int64)
         return NoteArrays(empty, empty, empty, empty)
-    pitch, vel, start, end = (np.array(col, dtype=np.int64) for col in zip(*out))
+    pitch, vel, start, end = (np.array(col, dtype=np.int64) for col in zip(*out, strict=True))
     order = np.lexsort((pitch, start))
     return NoteArrays(pitch[order], vel[order], start[order], end[order])
 

@@ -4,8 +4,9 @@ Reading uses symusic (a C++ parser, ~200x faster than pretty_midi here), with se
 through the full tempo map. All non-drum tracks are merged into one piano; the sustain pedal
 (CC64 >= 64) is folded into note lengths per track: a note released while the pedal is down sounds
 until the pedal lifts, or until its pitch is struck again (resolved later by the overlap rule).
-symusic, like pretty_midi, silently drops notes that are never released; we append note-offs for
-every pitch at each track's end before parsing, so such notes end with their track instead.
+symusic, like pretty_midi, silently drops notes that are never released; we append note-offs (and
+a pedal-up) for every pitch at each track's end before parsing, so such notes end with their track
+instead. A note ends at the next note-on or note-off of its pitch in its track, as a key would.
 """
 
 from __future__ import annotations
@@ -23,32 +24,64 @@ class MidiReadError(ValueError):
     """A file that cannot be read as music, with the reason in the message."""
 
 
+# Appended at each track's end: a pedal-up (CC64 = 0) and a note-off for every channel and pitch.
+# The first event reuses the end-of-track's delta time; the rest, and end-of-track, follow at 0.
 _ALL_NOTES_OFF = b"".join(
-    (b"" if i == 0 else b"\x00") + bytes([0x80 | channel, pitch, 0])
-    for i, (channel, pitch) in enumerate((c, p) for c in range(16) for p in range(128))
+    (b"" if i == 0 else b"\x00") + message
+    for i, message in enumerate(
+        [bytes([0xB0 | c, 64, 0]) for c in range(16)]
+        + [bytes([0x80 | c, p, 0]) for c in range(16) for p in range(128)])
 ) + b"\x00"
 
 
 def close_hanging_notes(data: bytes) -> bytes:
-    """Insert a note-off for every channel and pitch just before each track's end-of-track.
+    """Insert a pedal-up and a note-off for every channel and pitch before each end-of-track.
 
-    Notes already released are unaffected (an unmatched note-off is ignored by the parser).
-    Raises MidiReadError for data that is not a Standard MIDI File.
+    Notes and pedals already released are unaffected (the parser ignores unmatched releases).
+    Only one note-off per pitch is added: if a pitch is struck again and again without any
+    note-off, all but the first of those trailing onsets are lost (the parser drops them).
+    Raises MidiReadError for data that is not a Standard MIDI File, has 0 ticks per beat, or is
+    cut short inside a chunk (the parser would otherwise read the shortened track as whole).
     """
     if len(data) < 14 or data[:4] != b"MThd":
         raise MidiReadError("not a Standard MIDI File (no MThd header)")
     (header_len,) = struct.unpack(">I", data[4:8])
+    if data[12:14] == b"\x00\x00":
+        raise MidiReadError("bad header: 0 ticks per beat")
     pos = 8 + header_len
     parts = [data[:pos]]
     while pos + 8 <= len(data):
         kind = data[pos : pos + 4]
         (length,) = struct.unpack(">I", data[pos + 4 : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
-        if kind == b"MTrk" and len(body) == length and body.endswith(b"\xff\x2f\x00"):
+        if len(body) < length:
+            raise MidiReadError(f"truncated file: a {kind!r} chunk declares {length} bytes, "
+                                f"{len(body)} remain")
+        if kind == b"MTrk" and body.endswith(b"\xff\x2f\x00"):
             body = body[:-3] + _ALL_NOTES_OFF + b"\xff\x2f\x00"
         parts.append(kind + struct.pack(">I", len(body)) + body)
         pos += 8 + length
     return b"".join(parts)
+
+
+def _key_release_ends(pitch: np.ndarray, start_s: np.ndarray, end_s: np.ndarray) -> np.ndarray:
+    """End each note at the next note-on or note-off of its pitch in its track, as a key would.
+
+    The parser pairs a pitch's note-ons and note-offs first-in, first-out, so in
+    on(0) on(1) off(2) off(3) the second note would run to 3, and a never-released note struck
+    again would run to the track's end while the re-struck one took its note-off. Both ends
+    are re-derived here: an onset closes the sounding note, the next note-off closes the new one,
+    later note-offs are orphans (pretty_midi's reading too). A note-off at the same instant as
+    an onset comes first, unless the parser paired them into a zero-length note.
+    """
+    n = len(pitch)
+    times = np.concatenate([start_s, end_s])
+    kind = np.concatenate([np.ones(n), np.where(end_s <= start_s, 2, 0)])  # off, on, zero-off
+    order = np.lexsort((kind, times, np.concatenate([pitch, pitch])))
+    rank = np.empty(2 * n, dtype=np.int64)
+    rank[order] = np.arange(2 * n)
+    # Each onset's own note-off sorts after it, so the next event always has the same pitch.
+    return times[order[rank[:n] + 1]]
 
 
 def _fold_pedal(end_s: np.ndarray, pedals: np.ndarray) -> np.ndarray:
@@ -82,12 +115,12 @@ def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
         if len(notes["pitch"]) == 0:
             continue
         start = notes["time"].astype(np.float64)
-        end = start + notes["duration"].astype(np.float64)
+        end = _key_release_ends(notes["pitch"], start, start + notes["duration"])
         pedal = track.pedals.numpy()
         pedals = np.stack([pedal["time"], pedal["time"] + pedal["duration"]], axis=1)
         pedals = pedals[np.argsort(pedals[:, 0], kind="stable")].astype(np.float64)
         for column, values in zip(columns, (notes["pitch"], notes["velocity"], start,
-                                            _fold_pedal(end, pedals))):
+                                            _fold_pedal(end, pedals)), strict=True):
             column.append(values)
     if not columns[0]:
         has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
@@ -96,6 +129,8 @@ def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
     audible = velocity > 0
     if not audible.any():
         raise MidiReadError("no notes")
+    if not (np.isfinite(start).all() and np.isfinite(end).all()):
+        raise MidiReadError("bad timing: note times are not finite")
     return seconds_to_steps(pitch[audible], velocity[audible], start[audible], end[audible])
 
 
@@ -118,7 +153,7 @@ def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -
     piano = pretty_midi.Instrument(program=program, name="Piano")
     scale = STEP_MS / 1000.0
     for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(),
-                          notes.start_step.tolist(), notes.end_step.tolist()):
+                          notes.start_step.tolist(), notes.end_step.tolist(), strict=True):
         piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s * scale,
                                             end=e * scale))
     midi.instruments.append(piano)

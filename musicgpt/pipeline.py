@@ -39,7 +39,7 @@ def ids_to_seconds(ids) -> float:
 
 
 def ids_until_seconds(ids, seconds: float) -> np.ndarray:
-    """The prefix of `ids` that covers the first `seconds` of music (notes still sounding stay open)."""
+    """The prefix of `ids` covering the first `seconds` of music (sounding notes stay open)."""
     from .vocab import STEP_MS, TIME_SHIFT_OFFSET, VELOCITY_OFFSET
 
     ids = np.asarray(ids, dtype=np.int64)

@@ -57,7 +57,7 @@ END_ID = 390
 
 @dataclass(frozen=True)
 class Event:
-    """One performance event. `value` is a pitch, a shift in steps (1..100), a velocity bin, or 0."""
+    """One performance event; `value` is a pitch, a shift in steps (1..100), a velocity bin or 0."""
 
     type: EventType
     value: int = 0

@@ -1,0 +1,256 @@
+"""`.mid` <-> notes: merging, pedal, tempo maps, re-strikes, hanging notes, bad files, writing.
+
+Fixture files are built in code by `helpers.write_midi`; references come from the exact seconds
+of the ticks written, run through `helpers.reference_notes` (plain-Python rules).
+"""
+
+import mido
+import numpy as np
+import pytest
+from helpers import Track, arrays_to_tuples, reference_notes, write_midi
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from musicgpt.events import NoteArrays, ids_to_arrays
+from musicgpt.midi_io import MidiReadError, arrays_to_midi_file, midi_file_to_arrays
+from musicgpt.pipeline import ids_to_midi_file, midi_file_to_ids
+from musicgpt.vocab import VOCAB_SIZE
+
+
+def read(path) -> list[tuple[int, int, int, int]]:
+    return arrays_to_tuples(midi_file_to_arrays(path))
+
+
+def test_drums_are_dropped_and_all_other_tracks_merge(tmp_path):
+    path = tmp_path / "band.mid"
+    write_midi(path, [
+        Track([(72, 90, 0.0, 0.5)], program=0),               # melody
+        Track([(60, 70, 0.25, 1.0)], channel=1, program=0),   # bridge
+        Track([(48, 60, 0.5, 1.5)], channel=2, program=33),   # bass
+        Track([(36, 100, 0.0, 0.1), (38, 100, 0.5, 0.6)], channel=9),
+    ])
+    assert read(path) == [(72, 90, 0, 50), (60, 70, 25, 100), (48, 60, 50, 150)]
+
+
+def test_sustain_pedal_extends_a_released_note_until_the_pedal_lifts(tmp_path):
+    path = tmp_path / "pedal.mid"
+    write_midi(path, [Track(
+        [(60, 80, 0.0, 0.5), (64, 80, 0.0, 3.0), (67, 80, 2.0, 2.2)],
+        pedals=[(0.3, 1.2), (2.1, 2.6)],
+    )])
+    # C4 released under the pedal sounds to 1.2 s; E4 outlasts the pedal; G4 rides the second.
+    assert read(path) == [(60, 80, 0, 120), (64, 80, 0, 300), (67, 80, 200, 260)]
+
+
+def test_a_pedalled_note_ends_when_its_pitch_is_struck_again(tmp_path):
+    path = tmp_path / "pedal_restrike.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 0.2), (60, 90, 0.7, 0.8)], pedals=[(0.1, 2.0)])])
+    assert read(path) == [(60, 80, 0, 70), (60, 90, 70, 200)]
+
+
+def test_a_note_released_before_the_pedal_goes_down_is_not_extended(tmp_path):
+    path = tmp_path / "early.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 0.2)], pedals=[(0.5, 2.0)])])
+    assert read(path) == [(60, 80, 0, 20)]
+
+
+def test_a_pedal_never_lifted_holds_to_the_end_of_its_track(tmp_path):
+    path = tmp_path / "held.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 0.5)], pedals=[(0.2, None)])], end_s=4.0)
+    assert read(path) == [(60, 80, 0, 400)]
+
+
+def test_pedal_applies_only_within_its_own_track(tmp_path):
+    path = tmp_path / "two_hands.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 0.5)], pedals=[(0.2, 2.0)]),
+                      Track([(48, 80, 0.0, 0.5)], channel=1)])
+    assert read(path) == [(48, 80, 0, 50), (60, 80, 0, 200)]
+
+
+def test_a_restrike_in_one_track_closes_the_earlier_note(tmp_path):
+    path = tmp_path / "restrike.mid"
+    # MIDI order: on 0.0, on 0.5, off 1.0, off 1.5. The key goes down again at 0.5, and the
+    # first note-off after that releases it; the later note-off is an orphan.
+    write_midi(path, [Track([(60, 80, 0.0, 1.0), (60, 100, 0.5, 1.5)])])
+    assert read(path) == [(60, 80, 0, 50), (60, 100, 50, 100)]
+
+
+def test_a_restrike_across_tracks_closes_the_earlier_note(tmp_path):
+    path = tmp_path / "restrike_tracks.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 1.0)]), Track([(60, 100, 0.5, 1.5)], channel=1)])
+    assert read(path) == [(60, 80, 0, 50), (60, 100, 50, 150)]
+
+
+def test_a_never_released_note_is_closed_at_the_end_of_its_track(tmp_path):
+    path = tmp_path / "hanging.mid"
+    written = write_midi(path, [Track([(60, 80, 0.0, None), (64, 80, 0.5, 1.0)])], end_s=3.0)
+    assert written[0].notes[0][3] == pytest.approx(3.0)
+    assert read(path) == [(60, 80, 0, 300), (64, 80, 50, 100)]
+
+
+def test_a_never_released_note_struck_again_ends_at_the_restrike(tmp_path):
+    path = tmp_path / "hanging_restrike.mid"
+    write_midi(path, [Track([(60, 80, 0.0, None), (60, 90, 1.0, 2.0)])], end_s=5.0)
+    assert read(path) == [(60, 80, 0, 100), (60, 90, 100, 200)]
+
+
+def test_note_on_with_velocity_0_is_a_note_off(tmp_path):
+    path = tmp_path / "vel0.mid"
+    write_midi(path, [Track([(60, 80, 0.0, 0.5), (62, 81, 0.5, 1.0)],
+                            note_off_as_velocity_0=True)])
+    assert read(path) == [(60, 80, 0, 50), (62, 81, 50, 100)]
+
+
+@pytest.mark.parametrize("ticks_per_beat", [96, 384, 480, 1024])
+def test_many_tempo_changes_and_any_ticks_per_beat(tmp_path, ticks_per_beat):
+    # pianomidi style: a tempo change every 50 ms or so, swinging between 40 and 200 bpm.
+    tempos = [(i * 0.05, 40 + (i * 37) % 160) for i in range(300)]
+    rows = [(40 + i % 48, 20 + i % 100, 0.037 * i, 0.037 * i + 0.2 + (i % 7) * 0.05)
+            for i in range(300)]
+    path = tmp_path / f"tempo_{ticks_per_beat}.mid"
+    written = write_midi(path, rows, ticks_per_beat=ticks_per_beat, tempos=tempos)
+    got, expected = read(path), reference_notes(written)
+    assert len(got) == len(expected)
+    assert_close(got, expected)
+    assert got[-1][2] == pytest.approx(round(0.037 * 299 * 100), abs=1)
+
+
+def assert_close(got, expected, steps: int = 1):
+    """Same notes per pitch, in order; onsets and offsets within `steps` (10 ms each)."""
+    by_pitch = {}
+    for row in expected:
+        by_pitch.setdefault(row[0], [[], []])[0].append(row)
+    for row in got:
+        by_pitch.setdefault(row[0], [[], []])[1].append(row)
+    for pitch, (want, have) in by_pitch.items():
+        assert len(want) == len(have), f"pitch {pitch}: {want} != {have}"
+        for (_, v1, s1, e1), (_, v2, s2, e2) in zip(want, have, strict=True):
+            assert v1 == v2 and abs(s1 - s2) <= steps and abs(e1 - e2) <= steps, (want, have)
+
+
+def spaced(rows):
+    """Drop notes whose onset comes within 30 ms of the previous onset of the same pitch, and
+    cut each note before its pitch's next onset (overlap rules are tested on their own)."""
+    rows = sorted(rows, key=lambda r: (r[0], r[2]))
+    kept = []
+    for row in rows:
+        if kept and kept[-1][0] == row[0]:
+            if row[2] - kept[-1][2] < 0.03:
+                continue
+            last = kept[-1]
+            kept[-1] = (last[0], last[1], last[2], min(last[3], row[2] - 0.005))
+        kept.append(row)
+    return kept
+
+
+note_rows = st.lists(
+    st.tuples(st.integers(21, 108), st.integers(1, 127), st.floats(0, 12),
+              st.floats(0.012, 3)),
+    min_size=1, max_size=40,
+).map(lambda rows: spaced([(p, v, s, s + d) for p, v, s, d in rows]))
+pedal_spans = st.lists(st.tuples(st.floats(0, 14), st.floats(0.05, 2)), max_size=4).map(
+    lambda spans: [(d, d + length) for d, length in sorted(spans)]).filter(
+    lambda spans: all(b[0] - a[1] > 0.05 for a, b in zip(spans, spans[1:], strict=False)))
+tempo_maps = st.lists(st.tuples(st.floats(0, 15), st.floats(30, 240)), max_size=30)
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(note_rows, pedal_spans, tempo_maps, st.sampled_from([96, 384, 480, 1024]))
+def test_generated_files_read_back_as_the_quantised_reference(scratch_dir, rows, pedals, tempos,
+                                                               tpq):
+    path = scratch_dir / "generated.mid"
+    written = write_midi(path, [Track(rows, pedals=pedals)], ticks_per_beat=tpq, tempos=tempos)
+    assert_close(read(path), reference_notes(written))
+
+
+whole_ms = st.integers(0, 8000).filter(lambda ms: ms % 10 != 5)
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(st.lists(st.tuples(st.integers(21, 108), st.integers(1, 127), whole_ms,
+                          st.integers(12, 2000)), min_size=1, max_size=40))
+def test_millisecond_exact_files_read_back_exactly(scratch_dir, rows):
+    # 125 bpm at 480 ticks per beat: one tick is exactly 1 ms, so nothing is off the grid.
+    rows = spaced([(p, v, ms / 1000, (ms + d) / 1000) for p, v, ms, d in rows])
+    rows = [(p, v, s, round(e, 3)) for p, v, s, e in rows]
+    rows = [r for r in rows if round(r[3] * 1000) % 10 != 5]
+    path = scratch_dir / "exact.mid"
+    written = write_midi(path, rows, tempos=[(0.0, 125.0)])
+    assert read(path) == reference_notes(written)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (bytes(range(256)) * 3, "no MThd"),
+        (b"RIFF\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0", "no MThd"),
+        (b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x00\x00", "0 ticks per beat"),
+        (b"MThd\x00\x00\x00\x06\x00\x07\x00\x01\x01\xe0MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
+         "unreadable"),
+        (b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x00\x04\x00\xff\x2f\x00",
+         "no notes"),
+    ],
+)
+def test_bad_bytes_raise_midi_read_error_with_a_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.mid"
+    path.write_bytes(content)
+    with pytest.raises(MidiReadError, match=reason):
+        midi_file_to_arrays(path)
+
+
+@pytest.mark.parametrize("keep_fraction", [0.3, 0.6, 0.99])
+def test_a_truncated_file_raises_midi_read_error(tmp_path, keep_fraction):
+    whole = tmp_path / "whole.mid"
+    write_midi(whole, [(60 + i % 12, 80, i * 0.1, i * 0.1 + 0.3) for i in range(50)])
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mid"
+    cut.write_bytes(data[: int(len(data) * keep_fraction)])
+    with pytest.raises(MidiReadError, match="truncated"):
+        midi_file_to_arrays(cut)
+
+
+def test_a_drums_only_file_says_so(tmp_path):
+    path = tmp_path / "drums.mid"
+    write_midi(path, [Track([(36, 100, 0.0, 0.1)], channel=9)])
+    with pytest.raises(MidiReadError, match="drum"):
+        midi_file_to_arrays(path)
+
+
+def test_a_missing_file_raises_midi_read_error(tmp_path):
+    with pytest.raises(MidiReadError, match="cannot read"):
+        midi_file_to_arrays(tmp_path / "nope.mid")
+
+
+def test_written_notes_read_back_exactly(tmp_path):
+    notes = NoteArrays(np.array([60, 64, 60]), np.array([4, 96, 127]), np.array([0, 0, 150]),
+                       np.array([150, 12345, 151]))
+    path = arrays_to_midi_file(notes, tmp_path / "out" / "piece.mid")
+    assert path.exists() and not list(path.parent.glob("*.tmp"))
+    midi = mido.MidiFile(str(path))
+    assert len(midi.tracks) >= 1 and midi.length == pytest.approx(123.45, abs=0.01)
+    assert read(path) == arrays_to_tuples(notes)
+
+
+def test_midi_to_notes_to_midi_to_notes_is_stable(tmp_path):
+    source = tmp_path / "source.mid"
+    write_midi(source, [Track([(60, 80, 0.0, 0.5), (64, 70, 0.25, 3.0), (67, 50, 2.0, 2.2)],
+                              pedals=[(0.3, 1.2)]), Track([(36, 99, 0.0, 0.5)], channel=9)],
+               ticks_per_beat=96, tempos=[(0.0, 90.0), (1.0, 150.0)])
+    first = midi_file_to_arrays(source)
+    copy = arrays_to_midi_file(first, tmp_path / "copy.mid")
+    assert read(copy) == arrays_to_tuples(first)
+    assert np.array_equal(midi_file_to_ids(copy), midi_file_to_ids(source))
+
+
+@settings(derandomize=True, deadline=None, max_examples=40)
+@given(st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=300))
+def test_random_ids_decode_to_a_midi_file_that_reads_back(scratch_dir, ids):
+    path = ids_to_midi_file(ids, scratch_dir / "random_ids.mid")
+    decoded = arrays_to_tuples(ids_to_arrays(ids))
+    mido.MidiFile(str(path))  # a valid Standard MIDI File
+    if decoded:
+        assert read(path) == decoded
+    else:
+        with pytest.raises(MidiReadError, match="no notes"):
+            midi_file_to_arrays(path)
