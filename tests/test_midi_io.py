@@ -4,6 +4,9 @@ Fixture files are built in code by `helpers.write_midi`; references come from th
 of the ticks written, run through `helpers.reference_notes` (plain-Python rules).
 """
 
+import sys
+from pathlib import Path
+
 import mido
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 from musicgpt.events import NoteArrays, ids_to_arrays
 from musicgpt.midi_io import MidiReadError, arrays_to_midi_file, midi_file_to_arrays
 from musicgpt.pipeline import ids_to_midi_file, midi_file_to_ids
-from musicgpt.vocab import VOCAB_SIZE
+from musicgpt.vocab import VOCAB_SIZE, id_to_name, name_to_id
 
 
 def read(path) -> list[tuple[int, int, int, int]]:
@@ -254,3 +257,37 @@ def test_random_ids_decode_to_a_midi_file_that_reads_back(scratch_dir, ids):
     else:
         with pytest.raises(MidiReadError, match="no notes"):
             midi_file_to_arrays(path)
+
+
+# --- golden files (tests/data, made by tests/data/make_fixtures.py) --------------------------
+
+FIXTURE_DIR = Path(__file__).resolve().parent / "data"
+GOLDEN = ["scale", "chords_pedal", "tempo_gap", "restrike_hanging", "three_tracks"]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_golden_fixture_encodes_to_its_tokens(name):
+    expected = (FIXTURE_DIR / f"{name}.tokens.txt").read_text().splitlines()
+    assert [id_to_name(int(i)) for i in midi_file_to_ids(FIXTURE_DIR / f"{name}.mid")] == expected
+    assert np.array_equal(midi_file_to_ids(FIXTURE_DIR / f"{name}.mid"),
+                          [name_to_id(n) for n in expected])
+
+
+def test_golden_fixtures_are_what_the_generator_makes(tmp_path):
+    sys.path.insert(0, str(FIXTURE_DIR))
+    try:
+        import make_fixtures
+    finally:
+        sys.path.remove(str(FIXTURE_DIR))
+    built = make_fixtures.build(tmp_path)
+    assert set(built) == {f"{n}.mid" for n in GOLDEN} | {f"{n}.tokens.txt" for n in GOLDEN} | {
+        "empty.mid", "corrupt.mid"}
+    for name, data in built.items():
+        assert (FIXTURE_DIR / name).read_bytes() == data, f"{name} is stale: --regenerate"
+
+
+@pytest.mark.parametrize(("name", "reason"), [("empty.mid", "empty"),
+                                              ("corrupt.mid", "truncated")])
+def test_bad_fixtures_raise_midi_read_error(name, reason):
+    with pytest.raises(MidiReadError, match=reason):
+        midi_file_to_arrays(FIXTURE_DIR / name)
