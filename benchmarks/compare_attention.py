@@ -119,8 +119,14 @@ def generation_report(model: GPT, args: argparse.Namespace, val_pieces) -> dict:
 
 
 def run_variant(attention: str, args: argparse.Namespace, val_pieces) -> dict:
+    """Train, evaluate and sample one variant; a result.json made with the same flags is reused
+    (so the two variants can run in parallel processes and a last run prints both)."""
     config = variant_config(args, attention)
     out_dir = Path(args.out) / attention
+    saved = out_dir / "result.json"
+    flags = {k: v for k, v in vars(args).items() if k not in ("variants", "json_out", "threads")}
+    if saved.is_file() and json.loads(saved.read_text()).get("flags") == flags:
+        return json.loads(saved.read_text())["result"]
     trained = train_variant(config, out_dir, args.data_dir)
     model = load_model_from_checkpoint(out_dir / "checkpoint")
     windows = TokenWindows(val_pieces, config.block_size, seed=args.seed + 1)
@@ -128,6 +134,9 @@ def run_variant(attention: str, args: argparse.Namespace, val_pieces) -> dict:
               **nll_by_position(model, windows, args.eval_batches, config.batch_size)}
     result["generation"] = generation_report(model, args, val_pieces)
     print(f"{attention}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"flags": flags, "result": result}, indent=1))
+    tmp.replace(saved)
     return result
 
 

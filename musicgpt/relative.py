@@ -136,6 +136,8 @@ class RelativeSelfAttention(nn.Module):
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
                 mask = None if mask is None else mask[..., :attend_len]
+            if mask is None and T > 1:  # only a lone query may go unmasked (it sees the past)
+                mask = input_pos[:, None] >= torch.arange(k.shape[2], device=x.device)
         rel = self._relative(q, input_pos if self.kv_cache is not None else None, k.shape[2])
         y = self._attend(q, k, v, rel, mask)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))

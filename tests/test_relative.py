@@ -146,6 +146,17 @@ def test_prefill_at_later_positions_matches_full_pass():
     torch.testing.assert_close(chunk, full[:, 12:30], atol=TOL, rtol=0)
 
 
+def test_forward_without_positions_stays_causal_with_a_cache():
+    model = _model(11)
+    ids = torch.randint(0, 388, (2, 20))
+    with torch.no_grad():
+        full = model(ids)
+        model.setup_cache(2, model.config.block_size)
+        cached = model(ids)  # no input_pos: the model fills positions 0..T-1
+        model.clear_cache()
+    torch.testing.assert_close(cached, full, atol=TOL, rtol=0)
+
+
 def test_non_contiguous_positions_are_refused():
     model = _model(7)
     model.setup_cache(1, model.config.block_size)
