@@ -110,11 +110,16 @@ def add_arcs(fig: go.Figure, notes: NoteArrays, query_note: int, arcs: list[Arc]
 
 
 def attention_heatmap(matrix: np.ndarray, labels: list[str], title: str = "") -> go.Figure:
-    """Queries (rows) x keys (columns) heatmap with token names on both axes."""
+    """Queries (rows) x keys (columns) heatmap with token names on both axes.
+
+    The colour scale tops out at the largest weight below the first row: the context's first
+    token can only attend to itself (weight 1), which would wash out everything else.
+    """
     positions = list(range(len(labels)))
+    zmax = float(np.max(matrix[1:])) if len(matrix) > 1 else None
     hover = [[f"{labels[q]} -> {labels[k]}" for k in positions] for q in positions]
     fig = go.Figure(go.Heatmap(
-        z=matrix, x=positions, y=positions, colorscale="Viridis", zmin=0.0,
+        z=matrix, x=positions, y=positions, colorscale="Viridis", zmin=0.0, zmax=zmax,
         customdata=hover, hovertemplate="%{customdata}<br>weight %{z:.3f}<extra></extra>",
         colorbar=dict(title="weight"),
     ))
