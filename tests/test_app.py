@@ -179,3 +179,29 @@ def test_generated_notes_are_finite_and_in_range(app):
     piece = app.session_state["results"][0]["piece"]
     assert np.all((piece.notes.pitch >= 0) & (piece.notes.pitch < 128))
     assert np.all(piece.notes.end_step > piece.notes.start_step)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def test_piano_roll_colours_primer_and_generated_and_hovers_note_details():
+    from musicgpt.plots import GENERATED_COLOUR, PRIMER_COLOUR, piano_roll
+
+    notes = notes_to_arrays([Note(60, 80, 0.0, 0.5), Note(69, 100, 0.5, 1.25)])
+    fig = piano_roll(notes, np.array([True, False]))
+    primer, generated = fig.data
+    assert (primer.marker.color, generated.marker.color) == (PRIMER_COLOUR, GENERATED_COLOUR)
+    assert list(generated.customdata[0][:4]) == ["A4", "100", "0.5", "0.75"]
+    assert "velocity" in generated.hovertemplate and "length" in generated.hovertemplate
+
+
+def test_arcs_are_drawn_one_per_weight_with_stronger_ones_wider():
+    from musicgpt.attention import Arc
+    from musicgpt.plots import add_arcs, piano_roll
+
+    notes = notes_to_arrays([Note(60, 80, 0.0, 0.5), Note(64, 80, 0.5, 1.0),
+                             Note(67, 80, 1.0, 1.5)])
+    fig = add_arcs(piano_roll(notes, np.zeros(3, bool)), notes, 2,
+                   [Arc(0, 0, 0.6), Arc(1, 1, 0.2)])
+    lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
+    assert len(lines) == 2 and lines[0].line.width < lines[1].line.width
+    assert fig.data[-1].name == "query note"
