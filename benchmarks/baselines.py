@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="preprocessed corpus (manifest.json)")
     parser.add_argument("--checkpoint", help="transformer checkpoint folder (optional)")
-    parser.add_argument("--orders", default="2,3,4", help="n-gram orders (default 2,3,4)")
+    parser.add_argument("--orders", default="2,3,4",
+                        help="n-gram orders (default 2,3,4; '' for none)")
     parser.add_argument("--max-val-tokens", type=int, default=None,
                         help="score only the first val pieces up to this many tokens")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     total, tokens = unigram_nll(fit_unigram(train), val)
     rows.append({"model": "unigram (add-one)", "total": total, "tokens": tokens,
                  "seconds_taken": time.perf_counter() - start})
-    for order in (int(o) for o in args.orders.split(",")):
+    for order in (int(o) for o in args.orders.split(",") if o.strip()):
         start = time.perf_counter()
         model = fit_kneser_ney(train, order)
         total, tokens = kneser_ney_nll(model, val)
