@@ -5,14 +5,17 @@ A checkpoint folder holds:
     config.json         the Config the weights belong to
     state.safetensors   optional: optimizer moments and RNG state, for --resume
     state.json          optional: step, optimizer hyper-parameters, best validation NLL, ...
-Each file is written to a temporary name, then renamed; the folder is complete once
-`config.json`, written last, is in place.
+The files are written into a fresh sibling folder `NAME.tmp`, which then replaces `NAME` by two
+renames (`NAME` -> `NAME.old`, `NAME.tmp` -> `NAME`), so weights and training state always belong
+to the same step. A crash between the renames leaves `NAME.old`, which loading falls back to.
+Other files a user keeps in the folder (a model card, say) are carried over.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,34 +25,53 @@ from .config import Config
 from .model import GPT
 from .vocab import VOCAB_SIZE
 
-
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.safetensors", "state.json")
 
 
 def save_checkpoint(model: GPT, out_dir: str | Path, *, optimizer=None, state: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write weights, config and (optionally) training state to `out_dir`, atomically per file."""
+    """Write weights, config and (optionally) training state to `out_dir` as one atomic swap."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if optimizer is not None or state is not None:
         tensors, opt_json = _optimizer_to_tensors(optimizer) if optimizer else ({}, None)
         tensors.update(extra_tensors or {})
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, str(out_dir / "state.safetensors.tmp"))
-        _replace(out_dir / "state.safetensors.tmp", out_dir / "state.safetensors")
-        payload = {**(state or {}), "optimizer": opt_json}
-        (out_dir / "state.json.tmp").write_text(json.dumps(payload, indent=1))
-        _replace(out_dir / "state.json.tmp", out_dir / "state.json")
-    save_model(model, str(out_dir / "model.safetensors.tmp"))
-    _replace(out_dir / "model.safetensors.tmp", out_dir / "model.safetensors")
-    (out_dir / "config.json.tmp").write_text(model.config.to_json())
-    _replace(out_dir / "config.json.tmp", out_dir / "config.json")
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**(state or {}), "optimizer": opt_json},
+                                                   indent=1))
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(model.config.to_json())
+    _swap_in(tmp, out_dir, old)
     return out_dir
 
 
+def _swap_in(tmp: Path, out_dir: Path, old: Path) -> None:
+    """Replace `out_dir` by the complete folder `tmp`, keeping files that are not ours."""
+    if out_dir.is_dir():
+        for path in out_dir.iterdir():
+            if path.name not in CHECKPOINT_FILES and path.is_file():
+                shutil.copy2(path, tmp / path.name)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """`path`, or `path.old` when a save was cut off between its two renames."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not (path / "config.json").is_file() and (old / "config.json").is_file():
+        return old
+    return path
+
+
 def load_config(ckpt_dir: str | Path) -> Config:
-    path = Path(ckpt_dir) / "config.json"
+    """The Config stored with a checkpoint; refuses a vocabulary other than ours."""
+    path = checkpoint_dir(ckpt_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt_dir} (missing config.json)")
     values = json.loads(path.read_text())
@@ -61,8 +83,9 @@ def load_config(ckpt_dir: str | Path) -> Config:
 def load_model_from_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu",
                                config: Config | None = None) -> GPT:
     """Rebuild the model from config.json and fill it from model.safetensors (eval mode)."""
+    ckpt_dir = checkpoint_dir(ckpt_dir)
     config = config or load_config(ckpt_dir)
-    weights = Path(ckpt_dir) / "model.safetensors"
+    weights = ckpt_dir / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at {weights}")
     model = GPT(config)
@@ -71,7 +94,8 @@ def load_model_from_checkpoint(ckpt_dir: str | Path, device: str | torch.device 
 
 
 def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    ckpt_dir = Path(ckpt_dir)
+    """(state.json contents, state.safetensors tensors) of a checkpoint saved during training."""
+    ckpt_dir = checkpoint_dir(ckpt_dir)
     state = json.loads((ckpt_dir / "state.json").read_text())
     tensors = load_file(str(ckpt_dir / "state.safetensors"))
     return state, tensors
@@ -90,6 +114,7 @@ def _optimizer_to_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def restore_optimizer(optimizer, opt_json: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `_optimizer_to_tensors`: moments from safetensors, scalars from JSON."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -98,4 +123,7 @@ def restore_optimizer(optimizer, opt_json: dict, tensors: dict[str, torch.Tensor
     for name, value in opt_json["scalars"].items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = torch.tensor(value)
-    optimizer.load_state_dict({"state": state, "param_groups": opt_json["param_groups"]})
+    # JSON turned tuples such as `betas` into lists; give the optimizer back what it saved
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in opt_json["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

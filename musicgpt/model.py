@@ -18,7 +18,7 @@ from .config import Config
 
 
 class Linear(nn.Module):
-    """y = x @ W + b with W stored (in, out): ~20% faster than nn.Linear for batch-1 CPU decoding."""
+    """y = x @ W + b with W stored (in, out): ~20% faster than nn.Linear for batch-1 CPU decode."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
@@ -81,8 +81,6 @@ class CausalSelfAttention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
-                if mask is not None:
-                    mask = mask[..., :attend_len]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
@@ -165,25 +163,27 @@ class GPT(nn.Module):
                 attend_len: int | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, vocab). With a cache, `input_pos` (T,) says where idx sits.
 
+        Without `input_pos` the sequence starts at position 0 and no cache is read or written.
         `attend_len` (cache only) limits attention to the first positions of the buffer; it must
-        cover every position in `input_pos`.
+        cover every position in `input_pos`. Left None, a step attends over the whole buffer
+        through the causal mask, so its shapes never change.
         """
         B, T = idx.shape
+        mask = None
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} exceeds block_size {self.config.block_size}")
             input_pos = torch.arange(T, device=idx.device)
-            mask = None
-        else:
-            mask = self.causal_mask[input_pos]  # (T, block_size)
-            cache_len = self.blocks[0].attn.kv_cache.k.shape[2]
-            mask = mask[:, :cache_len]
-            if T == 1 and attend_len is not None:
-                mask = None  # a single query at the last filled position sees everything before
+        elif not self.cache_batch_size:
+            raise ValueError("input_pos needs a KV cache: call setup_cache first")
+        elif T > 1 or attend_len is None:  # one query at the newest position needs no mask
+            visible = attend_len or self.blocks[0].attn.kv_cache.k.shape[2]
+            mask = self.causal_mask[input_pos, :visible]  # (T, visible)
+        cache_pos = input_pos if self.cache_batch_size else None
         x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(input_pos)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, input_pos if self.cache_batch_size else None, mask, attend_len)
+            x = block(x, cache_pos, mask, attend_len)
         x = self.ln_f(x)
         return F.linear(x, self.wte.weight)  # output projection tied to the embedding
 

@@ -8,7 +8,7 @@ the loop keeps going with a sliding window: the most recent 3/4 of the context i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +92,9 @@ class GrammarMask:
 @dataclass(frozen=True)
 class SamplingSettings:
     temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.95
-    grammar: bool = True
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    grammar: bool = True  # mask events that cannot be right
 
 
 def _shift_steps(tokens: torch.Tensor) -> torch.Tensor:
@@ -102,73 +102,108 @@ def _shift_steps(tokens: torch.Tensor) -> torch.Tensor:
     return torch.where(is_shift, tokens - TIME_SHIFT_OFFSET + 1, 0)
 
 
+class _Rows:
+    """Per-row sampling state: grammar, music length so far, which rows are finished."""
+
+    def __init__(self, history: torch.Tensor, settings: SamplingSettings, vocab_size: int,
+                 max_seconds: float | None, generator: torch.Generator):
+        B, device = history.size(0), history.device
+        self.settings, self.generator = settings, generator
+        self.grammar = GrammarMask(B, vocab_size, device) if settings.grammar else None
+        if self.grammar is not None:
+            self.grammar.observe(history[:, 1:])
+        self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.new_steps = torch.zeros(B, dtype=torch.long, device=device)
+        self.max_steps = None if max_seconds is None else int(round(max_seconds * 1000 / STEP_MS))
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits -> (B,) next ids; finished rows get PAD."""
+        logits = apply_temperature(logits.float(), self.settings.temperature)
+        if self.grammar is not None:
+            logits = self.grammar.apply(logits)
+        logits = top_p_filter(top_k_filter(logits, self.settings.top_k), self.settings.top_p)
+        token = torch.where(self.done, PAD_ID, sample(logits, self.generator))
+        if self.grammar is not None:
+            self.grammar.observe(token)
+        self.new_steps += _shift_steps(token)
+        self.done |= token == END_ID
+        if self.max_steps is not None:
+            self.done |= self.new_steps >= self.max_steps
+        return token
+
+
 @torch.no_grad()
 def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
              max_new_tokens: int = 1024, max_seconds: float | None = None,
              num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
              seed: int | None = None, progress: ProgressFn | None = None,
-             static_shapes: bool | None = None) -> list[np.ndarray]:
+             static_shapes: bool | None = None, dtype: str | torch.dtype | None = None,
+             ) -> list[np.ndarray]:
     """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
 
     Each row stops at END, after `max_new_tokens`, or once its new music reaches `max_seconds`.
     Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
+    `dtype` "bfloat16" or "int8" samples from a reduced-precision copy of the model (faster on
+    CPU; see quantize.py); None or "float32" uses the model as it is.
     """
+    from .quantize import sampling_copy
+
+    model = sampling_copy(model, dtype)
     device = model.wte.weight.device
-    block_size = model.config.block_size
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
     if not primer_ids or primer_ids[0] != START_ID:
         primer_ids = [START_ID] + primer_ids
-    if static_shapes is None:
-        static_shapes = device.type == "cuda"
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, (1,))))
-
     history = torch.tensor(primer_ids, device=device).repeat(num_samples, 1)  # (B, T)
-    grammar = GrammarMask(num_samples, model.config.vocab_size, device)
-    grammar.observe(history[:, 1:])
-    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    new_steps = torch.zeros(num_samples, dtype=torch.long, device=device)
-    max_steps = None if max_seconds is None else int(round(max_seconds * 1000 / STEP_MS))
-    keep = max(1, block_size * 3 // 4)
-
-    model.setup_cache(num_samples, block_size)
-    try:
-        window = history[:, -keep:] if history.size(1) > block_size else history
-        logits = _prefill(model, window)
-        pos = window.size(1)
-        new_tokens: list[torch.Tensor] = []
-        for i in range(max_new_tokens):
-            next_logits = apply_temperature(logits, settings.temperature)
-            if settings.grammar:
-                next_logits = grammar.apply(next_logits)
-            next_logits = top_p_filter(top_k_filter(next_logits, settings.top_k), settings.top_p)
-            token = sample(next_logits, generator)
-            token = torch.where(done, PAD_ID, token)
-            new_tokens.append(token)
-            grammar.observe(token)
-            new_steps += _shift_steps(token)
-            done |= token == END_ID
-            if max_steps is not None:
-                done |= new_steps >= max_steps
-            if progress is not None:
-                progress(i + 1, max_new_tokens)
-            if bool(done.all()) or i == max_new_tokens - 1:
-                break
-            if pos >= block_size:  # slide: re-prefill the most recent part of the piece
-                recent = torch.cat([history, torch.stack(new_tokens, 1)], 1)[:, -keep:]
-                logits = _prefill(model, recent)
-                pos = recent.size(1)
-                continue
-            attend = None if static_shapes else pos + 1
-            logits = model(token.unsqueeze(1), torch.tensor([pos], device=device),
-                           attend_len=attend)[:, -1]
-            pos += 1
-    finally:
-        model.clear_cache()
+    rows = _Rows(history, settings, model.config.vocab_size, max_seconds, generator)
+    static = device.type == "cuda" if static_shapes is None else static_shapes
+    new_tokens: list[torch.Tensor] = []
+    steps = decode_steps(model, history, max_new_tokens, rows.draw, static)
+    for token in steps:
+        new_tokens.append(token)
+        if progress is not None:
+            progress(len(new_tokens), max_new_tokens)
+        if bool(rows.done.all()):
+            steps.close()  # frees the cache now rather than at garbage collection
+            break
     generated = torch.stack(new_tokens, 1) if new_tokens else history[:, :0]
     return [_trim(row) for row in torch.cat([history, generated], 1).cpu().numpy()]
+
+
+def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
+                 draw: Callable[[torch.Tensor], torch.Tensor],
+                 static_shapes: bool = False) -> Iterator[torch.Tensor]:
+    """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
+
+    `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
+    re-prefilled from position 0 (a sliding window), so any number of tokens can be made. The
+    cache lives for the iteration only.
+    """
+    block_size = model.config.block_size
+    keep = max(1, block_size * 3 // 4)
+    positions = torch.arange(block_size, device=history.device)
+    window = history[:, -keep:] if history.size(1) > block_size else history
+    tail: list[torch.Tensor] = []  # tokens drawn since `window` was prefilled
+    model.setup_cache(history.size(0), block_size)
+    try:
+        logits, pos = _prefill(model, window), window.size(1)
+        for i in range(max_new_tokens):
+            if i > 0 and pos < block_size:  # one step at position pos
+                attend = None if static_shapes else pos + 1
+                logits = model(tail[-1][:, None], positions[pos : pos + 1], attend)[:, -1]
+                pos += 1
+            elif i > 0:  # the context is full: slide
+                window = torch.cat([window, torch.stack(tail, 1)], 1)[:, -keep:]
+                tail = []
+                logits, pos = _prefill(model, window), window.size(1)
+            token = draw(logits)
+            tail.append(token)
+            yield token
+    finally:
+        model.clear_cache()
 
 
 def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
@@ -178,8 +213,9 @@ def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
 
 
 def _trim(row: np.ndarray) -> np.ndarray:
-    """Cut a row after its END (or at the PAD filling a finished row)."""
+    """Cut a row after its END, or before the PAD that fills a row that stopped early."""
     row = row.astype(np.int64)
     ends = np.flatnonzero((row == END_ID) | (row == PAD_ID))
-    return row[: ends[0] + 1] if len(ends) and row[ends[0]] == END_ID else row[: ends[0]] \
-        if len(ends) else row
+    if not len(ends):
+        return row
+    return row[: ends[0] + 1] if row[ends[0]] == END_ID else row[: ends[0]]

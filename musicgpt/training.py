@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_training_state, restore_optimizer, save_checkpoint
+from .checkpoint import checkpoint_dir, load_training_state, restore_optimizer, save_checkpoint
 from .config import Config
 from .data import TokenWindows, load_split, preprocess_folder
-from .model import GPT
+from .model import GPT, Linear
 from .vocab import PAD_ID
 
 
@@ -39,19 +39,24 @@ def learning_rate_at(step: int, config: Config) -> float:
     """Linear warm-up, then cosine decay to min_learning_rate at max_steps."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    decay_steps = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return config.min_learning_rate + cosine * (config.learning_rate - config.min_learning_rate)
 
 
 def make_optimizer(model: GPT, config: Config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (no decay on norms, biases, embeddings)."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("w")]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("w")]
+    """AdamW with weight decay on the Linear matrices only (none on norms, biases, embeddings).
+
+    Decided by module type, not by name, so tables added later (relative-position embeddings)
+    land on the no-decay side.
+    """
+    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, Linear)}
+    decay = [p for p in model.parameters() if id(p) in decay_ids]
+    no_decay = [p for p in model.parameters() if id(p) not in decay_ids]
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2),
-                             fused=False)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
 
 
 @dataclass
@@ -128,131 +133,190 @@ def prepare_data(midi_dir: str | Path | None, data_dir: str | Path,
     return train, val or train
 
 
+@dataclass
+class _Run:
+    """What every step needs: model (plain and as trained: DDP and/or compiled), data, places."""
+
+    config: Config
+    model: GPT
+    train_model: torch.nn.Module  # the model, or its DDP wrapper
+    step_fn: torch.nn.Module  # train_model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dist: _Dist
+    autocast: object
+    train_windows: TokenWindows
+    val_windows: TokenWindows
+    out_dir: Path
+    ckpt: Path
+
+
 def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = None,
           data_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> dict:
-    """Train `config` and write checkpoints to `out_dir`; returns the last metrics.
+    """Train `config` and write checkpoints to `out_dir`/checkpoint; returns the last metrics.
 
     `stop_after` ends the run early at that step (with a checkpoint), as an interruption would.
+    SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
-    from tqdm import tqdm
+    run = _setup(config, Path(out_dir), midi_dir, data_dir, progress)
+    start_step, best_val = _resume(run) if resume else (0, float("inf"))
+    last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+    bar = _progress_bar(config, start_step, progress and run.dist.main)
+    metrics: dict = {"step": start_step}
+    tick, step = time.perf_counter(), start_step
+    with _StopFlag() as stop:
+        while step < last_step and not _any_rank(stop.raised, run.dist):
+            loss = _train_step(run, step)
+            step += 1
+            tokens = _tokens_per_step(config, run.dist) * (step - start_step)
+            metrics = {"step": step, "loss": round(loss, 4),
+                       "lr": learning_rate_at(step - 1, config),
+                       "tokens_per_s": round(tokens / (time.perf_counter() - tick), 1)}
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            bar.update()
+            at_eval = step % config.eval_interval == 0 or step == config.max_steps
+            if at_eval and run.dist.main:
+                metrics["val_nll"] = round(evaluate_nll(run.model, run.val_windows, config,
+                                                        run.device, run.autocast), 4)
+                best_val = min(best_val, metrics["val_nll"])
+                bar.write(f"step {step}: train loss {loss:.4f}, "
+                          f"val NLL {metrics['val_nll']:.4f} nats/token")
+            if run.dist.main:
+                _append_jsonl(run.out_dir / "metrics.jsonl",
+                              {**metrics, "time": round(time.time(), 1)})
+                if step % config.ckpt_interval == 0 or at_eval:
+                    _save(run, step, best_val)
+    bar.close()
+    _finish(run, step, start_step, best_val, interrupted=stop.raised)
+    return {**metrics, "best_val_nll": best_val, "checkpoint": str(run.ckpt)}
 
-    out_dir = Path(out_dir)
+
+def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool) -> _Run:
+    """Device, process group, data, model, optimizer, DDP and compile wrappers, autocast."""
     data_dir = Path(data_dir or out_dir / "data")
     device = pick_device(config.device)
     dist = _init_distributed(device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
-    train_pieces, val_pieces = prepare_data(midi_dir if dist.main else None, data_dir,
-                                            progress and dist.main) if dist.main else (None, None)
+        torch.cuda.set_device(device)
+    if dist.main:  # rank 0 preprocesses (cached); the others wait, then read its output
+        train_pieces, val_pieces = prepare_data(midi_dir, data_dir, progress=progress)
     if dist.world > 1:
         torch.distributed.barrier()
         if not dist.main:
-            train_pieces, val_pieces = prepare_data(None, data_dir, False)
-    train_windows = TokenWindows(train_pieces, config.block_size, augment=config.augment,
-                                 seed=config.seed)
-    val_windows = TokenWindows(val_pieces, config.block_size, seed=config.seed + 1)
-
-    torch.manual_seed(config.seed + dist.rank)
+            train_pieces, val_pieces = prepare_data(None, data_dir, progress=False)
+    torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
     model = GPT(config).to(device)
-    optimizer = make_optimizer(model, config)
-    start_step, best_val = 0, float("inf")
-    ckpt = out_dir / "checkpoint"
-    if resume and (ckpt / "state.json").is_file():
-        start_step, best_val = _resume(model, optimizer, ckpt, config, device)
-    elif resume and dist.main:
-        print(f"no checkpoint in {ckpt}; starting from scratch")
     train_model = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                              else None)
-    step_fn = torch.compile(train_model) if config.compile else train_model
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    log_path = out_dir / "metrics.jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.main:
-        print(f"model: {config.short()}, {model.num_params():,} parameters, device {device}")
+        print(f"model: {config.short()}, {model.num_params():,} parameters, device {device}"
+              f"{', bf16 autocast' if use_bf16 else ', fp32'}, {dist.world} process(es)")
+    return _Run(config, model, train_model,
+                torch.compile(train_model) if config.compile else train_model,
+                make_optimizer(model, config), device, dist, autocast,
+                TokenWindows(train_pieces, config.block_size, augment=config.augment,
+                             seed=config.seed),
+                TokenWindows(val_pieces, config.block_size, seed=config.seed + 1),
+                out_dir, out_dir / "checkpoint")
 
-    tokens_per_step = config.batch_size * config.block_size * config.grad_accum * dist.world
-    last_stop = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
-    bar = tqdm(total=config.max_steps, initial=start_step, disable=not (progress and dist.main),
-               unit="step", dynamic_ncols=True)
-    metrics: dict = {"step": start_step}
-    model.train()
-    tick, step = time.perf_counter(), start_step
-    with _StopFlag() as stop:
-        while step < last_stop and not stop.raised:
-            lr = learning_rate_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(config.grad_accum):
-                batch = train_windows.batch(step * config.grad_accum + micro, config.batch_size,
-                                            dist.rank)
-                batch = torch.from_numpy(batch).to(device)
-                sync = (nullcontext() if micro == config.grad_accum - 1 or dist.world == 1
-                        else train_model.no_sync())
-                with sync, autocast:
-                    logits = step_fn(batch[:, :-1])
-                    loss = torch.nn.functional.cross_entropy(
-                        logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                        ignore_index=PAD_ID)
-                (loss / config.grad_accum).backward()
-                loss_sum += loss.item() / config.grad_accum
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed = time.perf_counter() - tick
-            metrics = {"step": step, "loss": round(loss_sum, 4), "lr": lr,
-                       "tokens_per_s": round(tokens_per_step * (step - start_step) / elapsed, 1)}
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            bar.update()
-            at_eval = step % config.eval_interval == 0 or step == config.max_steps
-            if at_eval:
-                metrics["val_nll"] = round(evaluate_nll(model, val_windows, config, device,
-                                                        autocast), 4)
-                best_val = min(best_val, metrics["val_nll"])
-                bar.write(f"step {step}: train loss {loss_sum:.4f}, "
-                          f"val NLL {metrics['val_nll']:.4f} nats/token")
-            if dist.main:
-                with log_path.open("a") as log:
-                    log.write(json.dumps({**metrics, "time": round(time.time(), 1)}) + "\n")
-            if dist.main and (step % config.ckpt_interval == 0 or at_eval):
-                _save(model, optimizer, ckpt, step, best_val)
-    bar.close()
-    if dist.main and step > start_step:
-        _save(model, optimizer, ckpt, step, best_val)
-        if stop.raised:
-            print(f"interrupted: checkpoint at step {step} in {ckpt}; continue with --resume")
-    if dist.world > 1:
+
+def _train_step(run: _Run, step: int) -> float:
+    """One optimizer step (grad_accum micro-batches, clipping); the mean training loss."""
+    config = run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate_at(step, config)
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        batch = run.train_windows.batch(step * config.grad_accum + micro, config.batch_size,
+                                        run.dist.rank)
+        batch = torch.from_numpy(batch).to(run.device)
+        last = micro == config.grad_accum - 1
+        sync = nullcontext() if last or run.dist.world == 1 else run.train_model.no_sync()
+        with sync:
+            with run.autocast:
+                logits = run.step_fn(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
+                ignore_index=PAD_ID)
+            (loss / config.grad_accum).backward()
+        loss_sum += loss.item() / config.grad_accum
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def _tokens_per_step(config: Config, dist: _Dist) -> int:
+    return config.batch_size * config.block_size * config.grad_accum * dist.world
+
+
+def _progress_bar(config: Config, start_step: int, enabled: bool):
+    """tqdm over steps: its ETA comes from the step rate; loss and tokens/s go in the postfix."""
+    from tqdm import tqdm
+
+    return tqdm(total=config.max_steps, initial=start_step, disable=not enabled, unit="step",
+                dynamic_ncols=True)
+
+
+def _any_rank(flag: bool, dist: _Dist) -> bool:
+    """True on every rank once any rank has it: ranks must stop at the same step."""
+    if dist.world == 1:
+        return flag
+    value = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _finish(run: _Run, step: int, start_step: int, best_val: float, interrupted: bool) -> None:
+    if run.dist.main and step > start_step:
+        _save(run, step, best_val)
+        if interrupted:
+            print(f"interrupted: checkpoint at step {step} in {run.ckpt}; continue with --resume")
+    if run.dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return {**metrics, "best_val_nll": best_val, "checkpoint": str(ckpt)}
 
 
-def _save(model: GPT, optimizer, ckpt: Path, step: int, best_val: float) -> None:
+def _save(run: _Run, step: int, best_val: float) -> None:
     rng = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["rng.cuda"] = torch.cuda.get_rng_state()
-    save_checkpoint(model, ckpt, optimizer=optimizer,
+    if run.device.type == "cuda":
+        rng["rng.cuda"] = torch.cuda.get_rng_state(run.device)
+    save_checkpoint(run.model, run.ckpt, optimizer=run.optimizer,
                     state={"step": step, "best_val_nll": best_val if math.isfinite(best_val)
                            else None}, extra_tensors=rng)
 
 
-def _resume(model: GPT, optimizer, ckpt: Path, config: Config, device) -> tuple[int, float]:
+def _resume(run: _Run) -> tuple[int, float]:
+    """Load weights, optimizer moments and RNG from the run's checkpoint: (step, best val NLL)."""
     from safetensors.torch import load_model
 
+    ckpt = checkpoint_dir(run.ckpt)
+    if not (ckpt / "state.json").is_file():
+        if run.dist.main:
+            print(f"no checkpoint in {run.ckpt}; starting from scratch")
+        return 0, float("inf")
     state, tensors = load_training_state(ckpt)
-    load_model(model, str(ckpt / "model.safetensors"), device=str(device))
-    restore_optimizer(optimizer, state["optimizer"], {k: v.to(device) for k, v in tensors.items()
-                                                      if k.startswith("optim.")})
+    load_model(run.model, str(ckpt / "model.safetensors"), device=str(run.device))
+    restore_optimizer(run.optimizer, state["optimizer"],
+                      {k: v.to(run.device) for k, v in tensors.items() if k.startswith("optim.")})
     torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    print(f"resumed from step {state['step']} ({ckpt})")
+    if "rng.cuda" in tensors and run.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
+    if run.dist.main:
+        print(f"resumed from step {state['step']} ({ckpt})")
     best = state.get("best_val_nll")
     return int(state["step"]), float(best) if best is not None else float("inf")

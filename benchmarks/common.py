@@ -1,0 +1,116 @@
+"""Shared set-up for the model benchmarks: the benchmark config, our model and a Hugging Face GPT-2
+computing the same function, interleaved timing, and peak memory measured in a child process.
+
+Peak memory: torch allocates outside Python's allocator, so tracemalloc sees nothing. Each side is
+run in its own child process (`python benchmarks/X.py --side NAME ... --memory`) that reports
+`resource.getrusage(RUSAGE_SELF).ru_maxrss` (the process's resident-set high-water mark) before and
+after the workload; the table gives the peak and the growth over the set-up (imports + weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from musicgpt.config import Config  # noqa: E402
+from musicgpt.model import GPT  # noqa: E402
+from musicgpt.vocab import PAD_ID, START_ID, VOCAB_SIZE  # noqa: E402
+
+# Issue 3's benchmark shape: 6 layers x 512 wide x 8 heads, context 2048, vocab 391, fp32.
+BENCH_CONFIG = Config(n_layer=6, n_head=8, n_embd=512, block_size=2048, dropout=0.0)
+
+
+def our_model(config: Config = BENCH_CONFIG, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+def hf_model_from(model: GPT, *, dropout: float = 0.0, attn_implementation: str = "sdpa"):
+    """A transformers GPT2LMHeadModel with our weights copied in (same layout: W is (in, out))."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                           n_layer=c.n_layer, n_head=c.n_head, resid_pdrop=dropout,
+                           embd_pdrop=dropout, attn_pdrop=dropout, activation_function="gelu_new",
+                           bos_token_id=START_ID, eos_token_id=None, pad_token_id=PAD_ID,
+                           attn_implementation=attn_implementation)
+    hf = GPT2LMHeadModel(hf_config)
+    ours = model.state_dict()
+    renamed = {"transformer." + k.replace("blocks.", "h."): v for k, v in ours.items()}
+    renamed["lm_head.weight"] = ours["wte.weight"]
+    missing, unexpected = hf.load_state_dict(renamed, strict=False)
+    missing = [k for k in missing if not k.endswith(".attn.bias") and "masked_bias" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"weight copy failed: missing {missing}, unexpected {unexpected}")
+    return hf.eval()
+
+
+def max_logit_difference(ours: GPT, hf, length: int = 64) -> float:
+    """Both models on the same random ids: the largest |logit difference| (should be ~1e-5)."""
+    idx = torch.randint(0, VOCAB_SIZE - 3, (2, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((ours(idx) - hf(idx).logits).abs().max())
+
+
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per side, running the sides in turn so background load hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def peak_memory_in_child(script: str | Path, args: list[str]) -> dict:
+    """Run `python script *args --memory` and parse its last line (a JSON dict)."""
+    out = subprocess.run([sys.executable, str(script), *args, "--memory"], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report_memory(setup_mb: float) -> None:
+    """The child side of `peak_memory_in_child`: print RSS after set-up and the peak, as JSON."""
+    peak = maxrss_mb()
+    print(json.dumps({"setup_mb": round(setup_mb, 1), "peak_mb": round(peak, 1),
+                      "growth_mb": round(peak - setup_mb, 1)}))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"

@@ -1,0 +1,149 @@
+"""GPT core: size, initial loss, KV cache against full recompute, attention weights, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from musicgpt.config import preset
+from musicgpt.model import GPT
+from musicgpt.vocab import PAD_ID, VOCAB_SIZE
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: a second thread costs more in hand-offs than it saves (and the CI box is
+    shared, where a waiting OpenMP thread can stall each op for a whole time slice)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(preset("tiny", **overrides)).eval()
+
+
+def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB_SIZE - 3, (batch, length),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_parameter_count_matches_the_gpt2_formula():
+    config = preset("tiny")
+    C, L, V, n = config.n_embd, config.block_size, config.vocab_size, config.n_layer
+    attn = (C * 3 * C + 3 * C) + (C * C + C)
+    mlp = (C * 4 * C + 4 * C) + (4 * C * C + C)
+    per_block = 2 * 2 * C + attn + mlp  # two LayerNorms, attention, MLP
+    expected = V * C + L * C + n * per_block + 2 * C  # output projection tied to wte: no extra
+    assert GPT(config).num_params() == expected
+
+
+def test_initial_loss_is_about_log_vocab_size():
+    model = _tiny()
+    ids = _ids(4, 65)
+    with torch.no_grad():
+        loss = model.loss(ids[:, :-1], ids[:, 1:], ignore_index=PAD_ID)
+    assert abs(loss.item() - math.log(VOCAB_SIZE)) < 0.1
+
+
+@pytest.mark.parametrize("attend", [True, False], ids=["attend_len", "static_full_buffer_mask"])
+def test_cached_decoding_matches_full_forward_at_every_position(attend):
+    model = _tiny()
+    ids = _ids(3, 40)
+    with torch.no_grad():
+        full = model(ids)  # (B, T, V)
+        model.setup_cache(3, model.config.block_size)
+        prefill = 7
+        steps = [model(ids[:, :prefill], torch.arange(prefill),
+                       attend_len=prefill if attend else None)]
+        for pos in range(prefill, ids.size(1)):
+            steps.append(model(ids[:, pos : pos + 1], torch.tensor([pos]),
+                               attend_len=pos + 1 if attend else None))
+        model.clear_cache()
+    cached = torch.cat(steps, dim=1)
+    assert cached.shape == full.shape
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+
+
+def test_chunked_prefill_matches_full_forward():
+    model = _tiny()
+    ids = _ids(2, 30)
+    with torch.no_grad():
+        full = model(ids)
+        model.setup_cache(2, 48)  # a cache shorter than block_size is allowed
+        first = model(ids[:, :12], torch.arange(12), attend_len=12)
+        second = model(ids[:, 12:], torch.arange(12, 30), attend_len=30)
+        model.clear_cache()
+    torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-4, rtol=0)
+
+
+def test_cache_is_preallocated_and_written_in_place():
+    model = _tiny()
+    model.setup_cache(2, 16)
+    buffers = [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
+               for b in model.blocks]
+    with torch.no_grad():
+        model(_ids(2, 5), torch.arange(5), attend_len=5)
+        model(_ids(2, 1), torch.tensor([5]), attend_len=6)
+    assert [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
+            for b in model.blocks] == buffers
+    assert model.blocks[0].attn.kv_cache.k.shape == (2, 2, 16, 16)  # (B, H, max_len, D)
+    assert model.blocks[0].attn.kv_cache.k[:, :, 6:].abs().sum() == 0
+    model.clear_cache()
+    assert all(b.attn.kv_cache is None for b in model.blocks)
+
+
+def test_bad_lengths_and_missing_cache_are_refused():
+    model = _tiny()
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(_ids(1, 65))
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model.setup_cache(1, 65)
+    with pytest.raises(ValueError, match="setup_cache"):
+        model(_ids(1, 3), torch.arange(3))
+
+
+def test_attention_weights_reproduce_the_fast_path_layer_by_layer():
+    model = _tiny()
+    ids = _ids(2, 20)
+    with torch.no_grad():
+        x = model.wte(ids) + model.wpe(torch.arange(20))
+        for block in model.blocks:
+            attn = block.attn
+            h = block.ln_1(x)
+            weights = attn.attention_weights(h)  # (B, H, T, T)
+            assert weights.shape == (2, model.config.n_head, 20, 20)
+            torch.testing.assert_close(weights.sum(-1), torch.ones(2, model.config.n_head, 20))
+            assert weights.triu(1).abs().max() == 0  # nothing attends to the future
+            _, _, v = attn.qkv(h)
+            y = (weights @ v).transpose(1, 2).reshape(2, 20, model.config.n_embd)
+            torch.testing.assert_close(attn.c_proj(y), attn(h), atol=1e-5, rtol=0)
+            x = block(x)
+        torch.testing.assert_close(model.ln_f(x) @ model.wte.weight.t(), model(ids),
+                                   atol=1e-5, rtol=0)
+
+
+def test_tiny_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(preset("tiny")).train()
+    ids = _ids(4, 65, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        loss = model.loss(ids[:, :-1], ids[:, 1:], ignore_index=PAD_ID)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3, f"loss {loss.item():.3f} after 250 steps on one batch"
+
+
+def test_dropout_is_active_in_training_only():
+    model = _tiny(dropout=0.2)
+    ids = _ids(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model(ids))
+        model.train()
+        assert not torch.allclose(model(ids), model(ids))

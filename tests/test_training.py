@@ -1,0 +1,152 @@
+"""Trainer: files it writes, schedule, weight decay groups, resume, SIGINT, DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_midi
+
+from musicgpt.cli import train_main
+from musicgpt.config import preset
+from musicgpt.data import preprocess_folder
+from musicgpt.model import GPT, Linear
+from musicgpt.training import learning_rate_at, make_optimizer, train
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Tokens of six short random piano pieces, made by code and run through preprocess_folder."""
+    midi_dir = tmp_path_factory.mktemp("midi")
+    rng = np.random.default_rng(0)
+    for piece in range(6):
+        starts = np.sort(rng.uniform(0, 20, 50))
+        notes = [(int(rng.integers(40, 90)), int(rng.integers(30, 120)), float(s),
+                  float(s + rng.uniform(0.1, 1.0))) for s in starts]
+        write_midi(midi_dir / f"piece_{piece}.mid", notes)
+    out = tmp_path_factory.mktemp("tokens")
+    manifest = preprocess_folder(midi_dir, out, workers=1, progress=False)
+    assert len(manifest["pieces"]) == 6
+    return out
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_run_writes_checkpoint_metrics_and_parameter_count(data_dir, tmp_path, capsys):
+    config = preset("tiny", max_steps=12, eval_interval=6, ckpt_interval=6)
+    result = train(config, tmp_path, data_dir=data_dir, progress=False)
+    files = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
+    assert files == ["config.json", "model.safetensors", "state.json", "state.safetensors"]
+    metrics = _lines(tmp_path / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    assert [m["step"] for m in metrics if "val_nll" in m] == [6, 12]
+    assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
+    assert result["val_nll"] < math.log(config.vocab_size)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 12
+    assert f"{GPT(config).num_params():,} parameters" in capsys.readouterr().out
+
+
+def test_resume_after_interruption_ends_where_an_uninterrupted_run_ends(data_dir, tmp_path):
+    # dropout and accumulation on, so the restored RNG and optimizer state both matter
+    config = preset("tiny", max_steps=10, eval_interval=5, ckpt_interval=100, dropout=0.1,
+                    grad_accum=2)
+    whole = train(config, tmp_path / "whole", data_dir=data_dir, progress=False)
+    part = train(config, tmp_path / "split", data_dir=data_dir, progress=False, stop_after=4)
+    assert part["step"] == 4
+    resumed = train(config, tmp_path / "split", data_dir=data_dir, progress=False, resume=True)
+    assert resumed["step"] == whole["step"] == 10
+    assert resumed["loss"] == pytest.approx(whole["loss"], abs=1e-4)
+    assert resumed["val_nll"] == pytest.approx(whole["val_nll"], abs=1e-4)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    config = preset("tiny", max_steps=110, warmup_steps=10, learning_rate=1e-3,
+                    min_learning_rate=1e-4)
+    assert learning_rate_at(0, config) == pytest.approx(1e-4)
+    assert learning_rate_at(9, config) == pytest.approx(1e-3)
+    assert learning_rate_at(60, config) == pytest.approx(5.5e-4)  # half way down the cosine
+    assert learning_rate_at(110, config) == pytest.approx(1e-4)
+    rates = [learning_rate_at(s, config) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_weight_decay_applies_to_linear_matrices_only():
+    model = GPT(preset("tiny"))
+    decay, no_decay = make_optimizer(model, model.config).param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, Linear)}
+    assert {id(p) for p in decay["params"]} == matrices
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert {"wte.weight", "wpe.weight", "ln_f.weight", "blocks.0.attn.c_attn.bias"} <= kept
+
+
+def _wait_for_steps(path: Path, steps: int, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.is_file() and len(path.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"training wrote fewer than {steps} metric lines in {timeout_s} s")
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues(data_dir, tmp_path):
+    command = [sys.executable, "train.py", "--preset", "tiny", "--data-dir", str(data_dir),
+               "--out", str(tmp_path), "--no-progress", "--ckpt-interval", "100000",
+               "--eval-interval", "100000"]
+    process = subprocess.Popen([*command, "--max-steps", "100000"], cwd=REPO, env=CHILD_ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_steps(tmp_path / "metrics.jsonl", 3, process, timeout_s=120)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    assert "interrupted: checkpoint at step" in out and "Traceback" not in out
+    step = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"]
+    assert step >= 3
+    done = subprocess.run([*command, "--resume", "--max-steps", str(step + 2)], cwd=REPO,
+                          env=CHILD_ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resumed from step {step}" in done.stdout
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == step + 2
+
+
+def test_ddp_with_two_cpu_processes_finishes_and_checkpoints(data_dir, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "train.py", "--preset", "tiny", "--data-dir",
+               str(data_dir), "--out", str(tmp_path), "--max-steps", "4", "--eval-interval", "2",
+               "--no-progress"]
+    done = subprocess.run(command, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 process(es)" in done.stdout
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
+    assert [m["step"] for m in _lines(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_train_cli_without_data_is_a_one_line_error(tmp_path, capsys):
+    assert train_main(["--out", str(tmp_path), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--midi-dir" in err[0]
