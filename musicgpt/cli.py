@@ -33,33 +33,35 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
+    from .checkpoint import checkpoint_dir, load_config
     from .training import train
 
     out = Path(args.out)
-    base = None
-    if args.resume and (out / "checkpoint" / "config.json").is_file():
-        from .checkpoint import load_config
-
-        base = load_config(out / "checkpoint")
     try:
+        resuming = args.resume and (checkpoint_dir(out / "checkpoint") / "config.json").is_file()
+        base = load_config(out / "checkpoint") if resuming else None
         config = config_from_arguments(args, base)
-        if not args.midi_dir and not args.data_dir and not (out / "data" / "manifest.json").exists():
+        has_data = args.midi_dir or args.data_dir or (out / "data" / "manifest.json").exists()
+        if not has_data:
             raise UserError("give --midi-dir (a folder of MIDI files) or --data-dir")
         result = train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
                        resume=args.resume, progress=not args.no_progress)
     except (UserError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
+    except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
+        print("interrupted before training started; nothing to save", file=sys.stderr)
+        return 130
     print(json.dumps(result))
     return 0
 
 
 def _load_model(checkpoint: str | None, device: str):
     from .assets import default_model_dir
-    from .checkpoint import load_model_from_checkpoint
+    from .checkpoint import checkpoint_dir, load_model_from_checkpoint
     from .training import pick_device
 
     path = Path(checkpoint) if checkpoint else default_model_dir()
-    if not (path / "config.json").is_file():
+    if not (checkpoint_dir(path) / "config.json").is_file():
         hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
         raise UserError(f"no checkpoint at {path}{hint}")
     try:
@@ -92,32 +94,54 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .pipeline import ids_to_midi_file, ids_to_seconds, midi_file_to_primer
-    from .sampling import SamplingSettings, generate
-    from .midi_io import MidiReadError
+    from .pipeline import ids_to_midi_file, ids_to_seconds
+    from .sampling import generate
 
+    settings = _sampling_settings(args)
+    primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device)
-    primer = None
-    if args.primer:
-        try:
-            primer = midi_file_to_primer(args.primer, args.primer_seconds)
-        except MidiReadError as exc:
-            raise UserError(f"bad primer {args.primer}: {exc}") from exc
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, grammar=not args.no_grammar)
     from tqdm import tqdm
 
     bar = tqdm(total=args.max_tokens, unit="tok", disable=args.no_progress)
+
     def report(done: int, total: int) -> None:
         bar.update(done - bar.n)
+
     rows = generate(model, primer, max_new_tokens=args.max_tokens, max_seconds=args.seconds,
                     num_samples=args.num_samples, settings=settings, seed=args.seed,
-                    progress=report)
+                    progress=report, dtype=args.dtype)
     bar.close()
-    for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows):
-        ids_to_midi_file(row, path)
+    for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows, strict=True):
+        try:
+            ids_to_midi_file(row, path)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(f"wrote {path} ({ids_to_seconds(row):.1f} s, {len(row)} tokens)")
     return 0
+
+
+def _sampling_settings(args: argparse.Namespace):
+    from .sampling import SamplingSettings
+
+    if args.max_tokens < 1 or args.num_samples < 1 or (args.seconds is not None
+                                                        and args.seconds <= 0):
+        raise UserError("--max-tokens and --num-samples must be >= 1, --seconds > 0")
+    try:
+        return SamplingSettings(temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, grammar=not args.no_grammar)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _read_primer(path: str, seconds: float):
+    from .midi_io import MidiReadError
+    from .pipeline import midi_file_to_primer
+
+    try:
+        return midi_file_to_primer(path, seconds)
+    except (MidiReadError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UserError(f"bad primer {path}: {reason}") from exc
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -175,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                     help="weights used for sampling: int8 is ~2x faster on CPU (see "
+                          "BENCHMARKS.md), float32 is exact (default)")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(run=_generate)

@@ -96,6 +96,14 @@ class SamplingSettings:
     top_p: float = 0.95  # 1.0 = off
     grammar: bool = True  # mask events that cannot be right
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+
 
 def _shift_steps(tokens: torch.Tensor) -> torch.Tensor:
     is_shift = (tokens >= TIME_SHIFT_OFFSET) & (tokens < VELOCITY_OFFSET)

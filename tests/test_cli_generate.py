@@ -1,0 +1,94 @@
+"""`musicgpt generate`: writes readable MIDI; user mistakes end in one line and exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_midi
+
+from musicgpt.checkpoint import save_checkpoint
+from musicgpt.cli import main
+from musicgpt.config import preset
+from musicgpt.midi_io import midi_file_to_arrays
+from musicgpt.model import GPT
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(GPT(preset("tiny")), tmp_path_factory.mktemp("run") / "checkpoint")
+
+
+def _one_line_error(capsys, code: int, *words: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("musicgpt: error:"), err
+    assert all(word in err[0] for word in words), err
+
+
+def test_generate_writes_a_readable_midi_file(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.mid"
+    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", "3",
+                 "--max-tokens", "300", "--seed", "0", "--no-progress"])
+    assert code == 0
+    assert len(midi_file_to_arrays(out)) > 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_generate_continues_a_primer_into_several_files(checkpoint, tmp_path):
+    primer = tmp_path / "primer.mid"
+    write_midi(primer, [(60, 80, 0.0, 0.5), (64, 80, 0.5, 1.5)])
+    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.mid"),
+                 "--primer", str(primer), "--seconds", "2", "--num-samples", "2",
+                 "--top-k", "20", "--temperature", "0.9", "--dtype", "int8", "--no-progress"])
+    assert code == 0
+    for name in ("x_1.mid", "x_2.mid"):
+        pitches = midi_file_to_arrays(tmp_path / name).pitch.tolist()
+        assert pitches[:2] == [60, 64]  # the primer's notes come first
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    code = main(["generate", "--checkpoint", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "o.mid")])
+    _one_line_error(capsys, code, "no checkpoint", "nope")
+
+
+@pytest.mark.parametrize("content", [b"this is not MIDI", b"", None],
+                         ids=["garbage", "empty", "missing"])
+def test_bad_primer_is_one_line(checkpoint, tmp_path, capsys, content):
+    primer = tmp_path / "primer.mid"
+    if content is not None:
+        primer.write_bytes(content)
+    code = main(["generate", "--checkpoint", str(checkpoint), "--primer", str(primer),
+                 "--out", str(tmp_path / "o.mid"), "--no-progress"])
+    _one_line_error(capsys, code, "primer")
+    assert not (tmp_path / "o.mid").exists()
+
+
+@pytest.mark.parametrize("flags", [["--top-p", "0"], ["--temperature", "-1"], ["--top-k", "-2"],
+                                   ["--num-samples", "0"]])
+def test_bad_sampling_values_are_one_line(checkpoint, tmp_path, capsys, flags):
+    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.mid"),
+                 *flags])
+    _one_line_error(capsys, code)
+
+
+def test_installed_command_prints_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "from musicgpt.cli import main; "
+                           "raise SystemExit(main())", "generate", "--checkpoint",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "o.mid")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

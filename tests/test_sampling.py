@@ -1,0 +1,230 @@
+"""Sampler: filters on hand-made distributions, seeds, grammar, stops, sliding window, primers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_midi
+
+from musicgpt.config import preset
+from musicgpt.events import grammar_errors
+from musicgpt.model import GPT
+from musicgpt.pipeline import (
+    ids_to_midi_file,
+    ids_to_seconds,
+    midi_file_to_ids,
+    midi_file_to_primer,
+)
+from musicgpt.sampling import (
+    SamplingSettings,
+    apply_temperature,
+    generate,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+from musicgpt.vocab import END_ID, PAD_ID, START_ID, TIME_SHIFT_OFFSET, VOCAB_SIZE
+
+GREEDY = SamplingSettings(top_k=1, top_p=1.0, grammar=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny(seed: int = 0, end_logit: float | None = -100.0) -> GPT:
+    """A random tiny model; `end_logit` pins END's logit (about -100: never; 5: often)."""
+    torch.manual_seed(seed)
+    model = GPT(preset("tiny")).eval()
+    if end_logit is not None:
+        with torch.no_grad():  # a constant feature in the final norm, read only by END's row
+            model.ln_f.bias[0] = 10.0
+            model.wte.weight[END_ID, 0] = end_logit / 10.0
+    return model
+
+
+def _gen(model: GPT, generator_seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(generator_seed)
+
+
+# --- tensor-in, tensor-out sampling functions -------------------------------------------------
+
+def test_top_k_one_equals_argmax():
+    logits = torch.randn(16, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    for seed in range(5):
+        drawn = sample(top_k_filter(logits, 1), torch.Generator().manual_seed(seed))
+        assert torch.equal(drawn, logits.argmax(-1))
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = torch.isfinite(top_k_filter(logits, 2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+    assert torch.equal(top_k_filter(logits, 0), logits)
+
+
+@pytest.mark.parametrize("p, expected", [
+    (0.3, {0}), (0.49, {0}), (0.51, {0, 1}), (0.79, {0, 1}), (0.81, {0, 1, 2}),
+    (0.94, {0, 1, 2}), (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3}),
+])
+def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):  # positions must not matter
+        logits = probs[order].log().unsqueeze(0)
+        kept = torch.isfinite(top_p_filter(logits, p))[0]
+        assert {order[i] for i in torch.nonzero(kept).flatten().tolist()} == expected
+
+
+def test_top_p_filters_each_row_on_its_own():
+    logits = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]).log()
+    kept = torch.isfinite(top_p_filter(logits, 0.7))
+    assert kept.tolist() == [[True, False, False], [True, True, False]]
+
+
+def test_draws_follow_the_tempered_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    assert torch.equal(apply_temperature(logits, 0.5), logits * 2)
+    for temperature in (0.5, 1.0, 2.0):
+        tempered = apply_temperature(logits, temperature).expand(20000, 4)
+        drawn = sample(tempered, torch.Generator().manual_seed(1))
+        freq = torch.bincount(drawn, minlength=4).float() / 20000
+        expected = (logits / temperature).softmax(-1)
+        assert (freq - expected).abs().max() < 0.015, (temperature, freq, expected)
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+def _greedy_reference(model: GPT, primer: list[int], n: int) -> list[int]:
+    """Full forward at every step over a sliding window, as generate promises to compute."""
+    block, keep = model.config.block_size, model.config.block_size * 3 // 4
+    seq = list(primer)
+    start = max(0, len(seq) - keep) if len(seq) > block else 0
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq[start:]]))[0, -1]
+            seq.append(int(logits.argmax()))
+            if seq[-1] == END_ID:
+                break
+            if len(seq) - start > block:
+                start = len(seq) - keep
+    return seq
+
+
+@pytest.mark.parametrize("new_tokens", [30, 150], ids=["within_context", "sliding_window"])
+def test_greedy_generation_matches_full_recompute(new_tokens):
+    model = _tiny(end_logit=None)
+    primer = [START_ID, 60, TIME_SHIFT_OFFSET + 20, 188]
+    (row,) = generate(model, primer, max_new_tokens=new_tokens, settings=GREEDY, seed=0)
+    assert row.tolist() == _greedy_reference(model, primer, new_tokens)
+
+
+def test_static_shapes_give_the_same_tokens():
+    model = _tiny(end_logit=None)
+    rows = [generate(model, [START_ID], max_new_tokens=80, settings=GREEDY, num_samples=2,
+                     static_shapes=static)[0] for static in (False, True)]
+    assert np.array_equal(*rows)
+
+
+def test_a_fixed_seed_repeats_and_another_seed_differs():
+    model = _tiny()
+    runs = [generate(model, None, max_new_tokens=40, num_samples=2, seed=s) for s in (5, 5, 6)]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
+
+
+def test_grammar_mask_leaves_no_impossible_event():
+    model = _tiny()
+    for seed in range(3):
+        rows = generate(model, [START_ID], max_new_tokens=200, num_samples=4, seed=seed)
+        assert all(grammar_errors(row) == [] for row in rows)
+    unmasked = generate(model, [START_ID], max_new_tokens=200, num_samples=4, seed=0,
+                        settings=SamplingSettings(grammar=False))
+    assert any(grammar_errors(row) for row in unmasked)  # so the check above means something
+
+
+def test_num_samples_makes_that_many_continuations_in_one_batch():
+    model = _tiny()
+    primer = [START_ID, 60, TIME_SHIFT_OFFSET + 49, 188]
+    rows = generate(model, primer, max_new_tokens=30, num_samples=4, seed=0)
+    assert len(rows) == 4
+    assert all(row[:4].tolist() == primer and len(row) == 34 for row in rows)
+    assert len({row.tobytes() for row in rows}) == 4
+
+
+def test_primer_from_a_midi_file_and_from_a_token_list(tmp_path):
+    write_midi(tmp_path / "primer.mid", [(60, 80, 0.0, 0.5), (64, 80, 0.5, 1.0),
+                                         (67, 90, 1.0, 3.0)])
+    primer = midi_file_to_primer(tmp_path / "primer.mid", seconds=2.0)
+    model = _tiny()
+    (row,) = generate(model, primer, max_new_tokens=20, seed=0)
+    assert row[: len(primer)].tolist() == primer.tolist()
+    assert grammar_errors(row) == []  # the grammar mask knows which primer notes still sound
+    (listed,) = generate(model, [60, TIME_SHIFT_OFFSET + 9], max_new_tokens=5, seed=0)
+    assert listed[:3].tolist() == [START_ID, 60, TIME_SHIFT_OFFSET + 9]  # START prepended
+
+
+def test_rows_stop_at_end_one_by_one():
+    model = _tiny(end_logit=5.0)  # END has ~30% of the mass at every step
+    rows = generate(model, [START_ID], max_new_tokens=200, num_samples=6, seed=0)
+    assert all(row[-1] == END_ID and END_ID not in row[:-1] and PAD_ID not in row
+               for row in rows)
+    assert len({len(row) for row in rows}) > 1
+
+
+def test_generation_stops_at_the_token_budget():
+    rows = generate(_tiny(), [START_ID], max_new_tokens=37, num_samples=2, seed=0)
+    assert [len(row) for row in rows] == [38, 38]
+
+
+def test_generation_stops_once_the_music_reaches_max_seconds():
+    rows = generate(_tiny(), [START_ID], max_new_tokens=2000, max_seconds=4.0, num_samples=3,
+                    seed=0)
+    for row in rows:
+        assert ids_to_seconds(row) >= 4.0 > ids_to_seconds(row[:-1])
+
+
+def test_sliding_window_makes_long_pieces_that_decode_to_midi(tmp_path):
+    model = _tiny()
+    assert model.config.block_size == 64
+    (row,) = generate(model, [START_ID], max_new_tokens=300, seed=0)
+    assert len(row) == 301 and grammar_errors(row) == []
+    path = ids_to_midi_file(row, tmp_path / "long.mid")
+    assert len(midi_file_to_ids(path)) > 0
+
+
+def test_progress_is_reported_per_token():
+    calls = []
+    generate(_tiny(), None, max_new_tokens=25, seed=0, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 25) for i in range(1, 26)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(dtype):
+    from musicgpt.quantize import sampling_copy
+
+    model = _tiny()
+    low = sampling_copy(model, dtype)
+    ids = torch.randint(0, 380, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact, approx = model(ids).softmax(-1), low(ids).float().softmax(-1)
+    assert (exact - approx).abs().max() < 2e-3
+    assert model.wte.weight.dtype == torch.float32
+    rows = generate(model, [START_ID], max_new_tokens=100, num_samples=2, seed=0, dtype=dtype)
+    assert all(len(row) == 101 and grammar_errors(row) == [] for row in rows)
+    with pytest.raises(ValueError, match="sampling dtype"):
+        generate(model, None, max_new_tokens=1, dtype="float8")
+
+
+def test_cache_is_released_after_generation():
+    model = _tiny()
+    generate(model, None, max_new_tokens=3, seed=0)
+    assert all(block.attn.kv_cache is None for block in model.blocks)
+    with torch.no_grad():  # an uncached forward works again
+        assert math.isfinite(float(model(torch.tensor([[START_ID]])).sum()))
