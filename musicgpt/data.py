@@ -2,10 +2,11 @@
 
 Output of `preprocess_folder(midi_dir, out_dir)`:
     out_dir/tokens.bin      every piece as START ... END, uint16, back to back
-    out_dir/manifest.json   vocabulary version and, per piece: source path, sha1, offset, tokens,
-                            seconds, split ("train" or "val")
+    out_dir/manifest.json   vocabulary and codec versions and, per piece: source path, sha1,
+                            offset, tokens, seconds, split ("train" or "val")
     out_dir/report.json     files skipped, each with its reason
-A second run reuses every piece whose file is unchanged (same size and mtime, else same sha1).
+A second run reuses every piece whose file is unchanged (same size and mtime, else same sha1),
+unless the vocabulary or the codec version changed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import arrays_to_ids, wrap_piece
-from .midi_io import MidiReadError, midi_bytes_to_arrays
+from .midi_io import CODEC_VERSION, MidiReadError, midi_bytes_to_arrays
 from .vocab import (
     END_ID,
     MAX_SHIFT_STEPS,
@@ -96,7 +97,8 @@ def _load_previous(out_dir: Path) -> tuple[dict[str, dict], np.ndarray | None]:
     manifest_path, tokens_path = out_dir / "manifest.json", out_dir / "tokens.bin"
     try:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("vocab_version") != VOCAB_VERSION:
+        if (manifest.get("vocab_version"), manifest.get("codec_version")) != (VOCAB_VERSION,
+                                                                              CODEC_VERSION):
             return {}, None
         tokens = np.fromfile(tokens_path, dtype=np.uint16)
     except (OSError, ValueError):
@@ -123,7 +125,7 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     previous, old_tokens = _load_previous(out_dir)
     old_by_sha = {p["sha1"]: p for p in previous.values()}
     groups = _group_keys(root)
-    old_skipped = _previous_skipped(out_dir)
+    old_skipped = _previous_skipped(out_dir) if old_tokens is not None else {}
 
     results: dict[str, tuple[str, np.ndarray | None, str | None]] = {}
     to_encode: list[Path] = []
@@ -172,7 +174,8 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
         chunks.append(ids)
         offset += len(ids)
     tokens = np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16)
-    manifest = {"vocab_version": VOCAB_VERSION, "midi_dir": str(root.resolve()),
+    manifest = {"vocab_version": VOCAB_VERSION, "codec_version": CODEC_VERSION,
+                "midi_dir": str(root.resolve()),
                 "tokens": int(offset), "seconds": round(sum(p.seconds for p in pieces), 2),
                 "pieces": [asdict(p) for p in pieces]}
     _atomic_write(out_dir / "tokens.bin", tokens.tobytes())

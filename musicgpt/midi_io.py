@@ -1,12 +1,13 @@
 """`.mid` file <-> notes. The only module that touches MIDI parsers and writers.
 
-Reading uses symusic (a C++ parser, ~200x faster than pretty_midi here), with seconds computed
-through the full tempo map. All non-drum tracks are merged into one piano; the sustain pedal
-(CC64 >= 64) is folded into note lengths per track: a note released while the pedal is down sounds
-until the pedal lifts, or until its pitch is struck again (resolved later by the overlap rule).
-symusic, like pretty_midi, silently drops notes that are never released; we append note-offs (and
-a pedal-up) for every pitch at each track's end before parsing, so such notes end with their track
-instead. A note ends at the next note-on or note-off of its pitch in its track, as a key would.
+Reading uses symusic (a C++ parser, ~200x faster than pretty_midi here) in integer ticks; seconds
+are computed through the full tempo map at the end, after notes are paired and pedalled. All
+non-drum tracks are merged into one piano. The sustain pedal (CC64 >= 64) is folded into note
+lengths per track: a note released while the pedal is down sounds until the pedal lifts, or until
+its pitch is struck again (resolved later by the overlap rule). symusic, like pretty_midi, silently
+drops notes that are never released; we append note-offs for every pitch at each track's end
+before parsing, so such notes end with their track instead (a pedal never lifted is ignored).
+A note ends at the next note-on or note-off of its pitch in its track, as a key would.
 """
 
 from __future__ import annotations
@@ -19,25 +20,30 @@ import numpy as np
 from .events import NoteArrays, seconds_to_steps
 from .vocab import STEP_MS
 
+# Bump when the notes read from a file change, so cached preprocessed pieces are re-encoded.
+# 2: key-release note pairing, exact-tick ties, CC64 pedal spans, truncated files rejected.
+CODEC_VERSION = 2
+
 
 class MidiReadError(ValueError):
     """A file that cannot be read as music, with the reason in the message."""
 
 
-# Appended at each track's end: a pedal-up (CC64 = 0) and a note-off for every channel and pitch.
-# The first event reuses the end-of-track's delta time; the rest, and end-of-track, follow at 0.
+# Appended at each track's end: a note-off for every channel and pitch. The first reuses the
+# end-of-track's delta time; the rest, and end-of-track, follow at 0. No pedal-up is added: a
+# pedal never lifted is ignored, as symusic and pretty_midi do, because POP909's melody tracks
+# carry CC64 values that rise (70, 72, 73, ...) and never fall, which would otherwise hold every
+# later melody note to the end of the song.
 _ALL_NOTES_OFF = b"".join(
-    (b"" if i == 0 else b"\x00") + message
-    for i, message in enumerate(
-        [bytes([0xB0 | c, 64, 0]) for c in range(16)]
-        + [bytes([0x80 | c, p, 0]) for c in range(16) for p in range(128)])
+    (b"" if i == 0 else b"\x00") + bytes([0x80 | c, p, 0])
+    for i, (c, p) in enumerate((c, p) for c in range(16) for p in range(128))
 ) + b"\x00"
 
 
 def close_hanging_notes(data: bytes) -> bytes:
-    """Insert a pedal-up and a note-off for every channel and pitch before each end-of-track.
+    """Insert a note-off for every channel and pitch just before each track's end-of-track.
 
-    Notes and pedals already released are unaffected (the parser ignores unmatched releases).
+    Notes already released are unaffected (the parser ignores unmatched note-offs).
     Only one note-off per pitch is added: if a pitch is struck again and again without any
     note-off, all but the first of those trailing onsets are lost (the parser drops them).
     Raises MidiReadError for data that is not a Standard MIDI File, has 0 ticks per beat, or is
@@ -64,19 +70,21 @@ def close_hanging_notes(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _key_release_ends(pitch: np.ndarray, start_s: np.ndarray, end_s: np.ndarray) -> np.ndarray:
+def _key_release_ends(pitch: np.ndarray, start_tick: np.ndarray,
+                      end_tick: np.ndarray) -> np.ndarray:
     """End each note at the next note-on or note-off of its pitch in its track, as a key would.
 
     The parser pairs a pitch's note-ons and note-offs first-in, first-out, so in
     on(0) on(1) off(2) off(3) the second note would run to 3, and a never-released note struck
     again would run to the track's end while the re-struck one took its note-off. Both ends
     are re-derived here: an onset closes the sounding note, the next note-off closes the new one,
-    later note-offs are orphans (pretty_midi's reading too). A note-off at the same instant as
-    an onset comes first, unless the parser paired them into a zero-length note.
+    later note-offs are orphans (pretty_midi's reading too). A note-off at the same tick as
+    an onset comes first, unless the parser paired them into a zero-length note. Works in
+    integer ticks: ties must be exact, which float seconds are not.
     """
     n = len(pitch)
-    times = np.concatenate([start_s, end_s])
-    kind = np.concatenate([np.ones(n), np.where(end_s <= start_s, 2, 0)])  # off, on, zero-off
+    times = np.concatenate([start_tick, end_tick])
+    kind = np.concatenate([np.ones(n), np.where(end_tick <= start_tick, 2, 0)])  # off, on, 0-off
     order = np.lexsort((kind, times, np.concatenate([pitch, pitch])))
     rank = np.empty(2 * n, dtype=np.int64)
     rank[order] = np.arange(2 * n)
@@ -84,17 +92,53 @@ def _key_release_ends(pitch: np.ndarray, start_s: np.ndarray, end_s: np.ndarray)
     return times[order[rank[:n] + 1]]
 
 
-def _fold_pedal(end_s: np.ndarray, pedals: np.ndarray) -> np.ndarray:
+def _fold_pedal(end_tick: np.ndarray, pedals: np.ndarray) -> np.ndarray:
     """Extend each release that falls while the pedal is down to the pedal's lift.
 
-    `pedals` is (n, 2) of (down_s, up_s), sorted by down_s.
+    `pedals` is (n, 2) of (down_tick, up_tick), sorted by down_tick.
     """
-    if len(pedals) == 0 or len(end_s) == 0:
-        return end_s
-    idx = np.searchsorted(pedals[:, 0], end_s, side="right") - 1
-    held = idx >= 0
-    up = np.where(held, pedals[np.maximum(idx, 0), 1], -np.inf)
-    return np.where(held & (end_s < up), up, end_s)
+    if len(pedals) == 0 or len(end_tick) == 0:
+        return end_tick
+    idx = np.searchsorted(pedals[:, 0], end_tick, side="right") - 1
+    up = pedals[np.maximum(idx, 0), 1]
+    return np.where((idx >= 0) & (end_tick < up), up, end_tick)
+
+
+def _ticks_to_seconds(ticks: np.ndarray, tempos: dict, ticks_per_beat: int) -> np.ndarray:
+    """Seconds of each tick through the tempo map (120 bpm until the first tempo event)."""
+    order = np.argsort(tempos["time"], kind="stable")
+    change_tick = np.concatenate([[0], tempos["time"][order]]).astype(np.int64)
+    us_per_beat = np.concatenate([[500_000], tempos["mspq"][order]]).astype(np.float64)
+    last_at_tick = np.append(change_tick[1:] != change_tick[:-1], True)  # same tick: last wins
+    change_tick, us_per_beat = change_tick[last_at_tick], us_per_beat[last_at_tick]
+    s_per_tick = us_per_beat / 1e6 / ticks_per_beat
+    change_s = np.concatenate([[0.0], np.cumsum(np.diff(change_tick) * s_per_tick[:-1])])
+    idx = np.searchsorted(change_tick, ticks, side="right") - 1
+    return change_s[idx] + (ticks - change_tick[idx]) * s_per_tick[idx]
+
+
+def _pedal_spans(controls: dict) -> np.ndarray:
+    """(n, 2) sustain spans (down_tick, up_tick) from a track's control changes, by time.
+
+    Built from the CC64 events themselves: symusic 0.6's own `pedals` start a track's first
+    pedal at tick 0 on every channel but the first. A pedal never lifted gives no span.
+    """
+    is_pedal = controls["number"] == 64
+    order = np.argsort(controls["time"][is_pedal], kind="stable")
+    tick = controls["time"][is_pedal][order].astype(np.int64)
+    down = controls["value"][is_pedal][order] >= 64
+    was_down = np.concatenate([[False], down[:-1]])
+    starts, ends = tick[down & ~was_down], tick[~down & was_down]
+    return np.stack([starts[: len(ends)], ends], axis=1)
+
+
+def _track_columns(track) -> tuple[np.ndarray, ...]:
+    """(pitch, velocity, start_tick, end_tick) of one track, re-paired and pedal folded."""
+    notes = track.notes.numpy()
+    start = notes["time"].astype(np.int64)
+    end = _key_release_ends(notes["pitch"], start, start + notes["duration"])
+    pedals = _pedal_spans(track.controls.numpy())
+    return notes["pitch"], notes["velocity"], start, _fold_pedal(end, pedals)
 
 
 def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
@@ -102,36 +146,25 @@ def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
     import symusic
 
     try:
-        score = symusic.Score.from_midi(close_hanging_notes(data), ttype="second")
+        score = symusic.Score.from_midi(close_hanging_notes(data), ttype="tick")
     except MidiReadError:
         raise
     except Exception as exc:  # symusic raises RuntimeError/ValueError with its own text
         raise MidiReadError(f"unreadable MIDI: {exc}") from exc
-    columns: list[list[np.ndarray]] = [[], [], [], []]
-    for track in score.tracks:
-        if track.is_drum:
-            continue
-        notes = track.notes.numpy()
-        if len(notes["pitch"]) == 0:
-            continue
-        start = notes["time"].astype(np.float64)
-        end = _key_release_ends(notes["pitch"], start, start + notes["duration"])
-        pedal = track.pedals.numpy()
-        pedals = np.stack([pedal["time"], pedal["time"] + pedal["duration"]], axis=1)
-        pedals = pedals[np.argsort(pedals[:, 0], kind="stable")].astype(np.float64)
-        for column, values in zip(columns, (notes["pitch"], notes["velocity"], start,
-                                            _fold_pedal(end, pedals)), strict=True):
-            column.append(values)
-    if not columns[0]:
+    tracks = [_track_columns(t) for t in score.tracks if not t.is_drum and len(t.notes)]
+    if not tracks:
         has_drums = any(track.is_drum and len(track.notes) for track in score.tracks)
         raise MidiReadError("only drum notes" if has_drums else "no notes")
-    pitch, velocity, start, end = (np.concatenate(c) for c in columns)
+    pitch, velocity, start, end = (np.concatenate(c) for c in zip(*tracks, strict=True))
     audible = velocity > 0
     if not audible.any():
         raise MidiReadError("no notes")
-    if not (np.isfinite(start).all() and np.isfinite(end).all()):
+    tempos, tpq = score.tempos.numpy(), score.ticks_per_quarter
+    start_s = _ticks_to_seconds(start[audible], tempos, tpq)
+    end_s = _ticks_to_seconds(end[audible], tempos, tpq)
+    if not (np.isfinite(start_s).all() and np.isfinite(end_s).all()):
         raise MidiReadError("bad timing: note times are not finite")
-    return seconds_to_steps(pitch[audible], velocity[audible], start[audible], end[audible])
+    return seconds_to_steps(pitch[audible], velocity[audible], start_s, end_s)
 
 
 def midi_file_to_arrays(path: str | Path) -> NoteArrays:

@@ -178,3 +178,99 @@ def arrays_to_tuples(arrays) -> list[tuple[int, int, int, int]]:
     rows = zip(arrays.pitch.tolist(), arrays.velocity.tolist(), arrays.start_step.tolist(),
                arrays.end_step.tolist(), strict=True)
     return sorted(rows, key=lambda n: (n[2], n[0]))
+
+
+def assert_close(got, expected, steps: int = 1) -> None:
+    """Same notes per pitch, in order, same velocity; onsets and offsets within `steps` steps.
+
+    Rows are (pitch, velocity, start_step, end_step). Times that sit on a half step in one
+    reader can round the other way in another (float32 seconds), hence the tolerance.
+    """
+    by_pitch: dict[int, tuple[list, list]] = {}
+    for row in expected:
+        by_pitch.setdefault(row[0], ([], []))[0].append(row)
+    for row in got:
+        by_pitch.setdefault(row[0], ([], []))[1].append(row)
+    for pitch, (want, have) in by_pitch.items():
+        assert len(want) == len(have), f"pitch {pitch}: {len(want)} notes expected, {len(have)}"
+        for (_, v1, s1, e1), (_, v2, s2, e2) in zip(want, have, strict=True):
+            assert v1 == v2 and abs(s1 - s2) <= steps and abs(e1 - e2) <= steps, (
+                f"pitch {pitch}: expected {(v1, s1, e1)}, got {(v2, s2, e2)}")
+
+
+def _tick_seconds(midi: mido.MidiFile):
+    """A tick -> seconds function from every set_tempo in the file (same tick: the last wins)."""
+    import bisect
+
+    changes: dict[int, int] = {0: 500_000}
+    for track in midi.tracks:
+        tick = 0
+        for message in track:
+            tick += message.time
+            if message.type == "set_tempo":
+                changes[tick] = message.tempo
+    ticks = sorted(changes)
+    seconds = [0.0]
+    for before, after in zip(ticks, ticks[1:], strict=False):
+        seconds.append(seconds[-1] + (after - before) * changes[before] / 1e6 / midi.ticks_per_beat)
+
+    def to_seconds(tick: int) -> float:
+        i = bisect.bisect_right(ticks, tick) - 1
+        return seconds[i] + (tick - ticks[i]) * changes[ticks[i]] / 1e6 / midi.ticks_per_beat
+    return to_seconds
+
+
+def _track_reference(track: mido.MidiTrack) -> list[tuple[int, int, int, int, int]]:
+    """(channel, pitch, velocity, start_tick, end_tick) by the key rule, pedal folded.
+
+    An onset ends the sounding note of its pitch. A note-off first answers for the note that
+    was sounding when its tick began (even if a re-strike at that tick already ended it), and
+    otherwise ends a note begun at that tick (a zero-length note). Notes still sounding end
+    with the track; a pedal never lifted is ignored.
+    """
+    sounding: dict[tuple[int, int], tuple[int, int]] = {}  # (channel, pitch) -> (start, velocity)
+    owed_off: set[tuple[int, int]] = set()  # keys sounding when the current tick began
+    notes, pedals, down, tick, current = [], {}, {}, 0, -1
+    for message in track:
+        tick += message.time
+        if tick != current:
+            owed_off, current = set(sounding), tick
+        if message.type == "control_change" and message.control == 64:
+            if message.value >= 64:
+                down.setdefault(message.channel, tick)
+            elif message.channel in down:
+                pedals.setdefault(message.channel, []).append((down.pop(message.channel), tick))
+        if message.type not in ("note_on", "note_off"):
+            continue
+        key = (message.channel, message.note)
+        is_on = message.type == "note_on" and message.velocity > 0
+        if key in sounding and (is_on or key not in owed_off or sounding[key][0] < tick):
+            start, velocity = sounding.pop(key)
+            notes.append((*key, velocity, start, tick))
+        if is_on:
+            sounding[key] = (tick, message.velocity)
+        else:
+            owed_off.discard(key)
+    notes += [(*key, velocity, start, tick) for key, (start, velocity) in sounding.items()]
+    notes.sort(key=lambda n: n[3])  # onset order, as the parser lists notes
+    return [(ch, p, v, s, _fold_ticks(e, pedals.get(ch, []))) for ch, p, v, s, e in notes]
+
+
+def _fold_ticks(end_tick: int, pedals: list[tuple[int, int]]) -> int:
+    held = [up for down, up in pedals if down <= end_tick < up]
+    return max(held, default=end_tick)
+
+
+def read_reference(path: str | Path) -> list[tuple[int, int, int, int]]:
+    """An independent reading of a `.mid` (mido, plain Python), by the rules the codec documents.
+
+    Returns (pitch, velocity, start_step, end_step) rows like `arrays_to_tuples`, drums dropped.
+    """
+    midi = mido.MidiFile(str(path))
+    to_seconds = _tick_seconds(midi)
+    notes = []
+    for track in midi.tracks:
+        for channel, pitch, velocity, start, end in _track_reference(track):
+            if channel != 9:
+                notes.append((pitch, velocity, to_seconds(start), to_seconds(end)))
+    return quantise_reference(notes)

@@ -26,6 +26,7 @@ from musicgpt.data import (
     transpose_ids,
 )
 from musicgpt.events import Note, grammar_errors, ids_to_arrays, notes_to_ids, wrap_piece
+from musicgpt.midi_io import CODEC_VERSION
 from musicgpt.pipeline import ids_to_seconds, midi_file_to_ids
 from musicgpt.vocab import (
     PAD_ID,
@@ -147,12 +148,15 @@ def test_a_deleted_file_leaves_the_manifest(folder, tmp_path):
     assert sorted(p["path"] for p in manifest["pieces"]) == sorted(set(GOOD) - {"d.midi"})
 
 
-def test_another_vocabulary_version_is_not_reused(folder, tmp_path):
+@pytest.mark.parametrize("field", ["vocab_version", "codec_version"])
+def test_another_vocabulary_or_codec_version_is_not_reused(folder, tmp_path, field):
     out = tmp_path / "out"
     preprocess_folder(folder, out, workers=1, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "vocab_version": -1}))
-    assert preprocess_folder(folder, out, workers=1, progress=False)["reused"] == len(BAD)
+    assert manifest["codec_version"] == CODEC_VERSION
+    (out / "manifest.json").write_text(json.dumps({**manifest, field: -1}))
+    again = preprocess_folder(folder, out, workers=1, progress=False)
+    assert again["reused"] == 0 and len(again["skipped"]) == len(BAD)
 
 
 def test_parallel_and_serial_runs_write_the_same_bytes(folder, tmp_path):
