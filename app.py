@@ -83,10 +83,11 @@ def pick_sampling() -> dict:
 def run_generation(model, primer: np.ndarray | None, opts: dict) -> list[dict]:
     """Sample, then decode, render and analyse each piece once, for every later rerun."""
     bar = st.progress(0.0, text="Generating...")
-    shown = [-1]
+    shown, expected = [-1], studio.expected_tokens(opts["seconds"])
 
     def progress(done: int, total: int) -> None:
-        percent = int(100 * done / total)
+        # The sampler stops at the asked length, usually long before the token cap `total`.
+        percent = min(99, int(100 * done / min(total, expected)))
         if percent != shown[0]:
             shown[0] = percent
             bar.progress(percent / 100, text=f"Generating... {done} tokens")
@@ -158,7 +159,10 @@ def show_arcs(result: dict, number: int) -> None:
     clicked = _clicked_note(f"arcs_{number}")
     if clicked is not None and low <= clicked <= high:
         st.session_state[query_key] = clicked
-    elif not low <= st.session_state.get(query_key, -1) <= high:
+    elif clicked is not None:
+        st.info(f"Note {clicked} cannot be a query: only notes {low} to {high} have their "
+                "note-on inside the analysed window (and an earlier note to look back at).")
+    if not low <= st.session_state.get(query_key, -1) <= high:
         st.session_state[query_key] = high
     a, b, c = st.columns(3)
     layer = a.slider("Layer", 0, n_layer - 1, n_layer - 1, key="arc_layer")

@@ -33,6 +33,7 @@ def _note_trace(notes: NoteArrays, index: np.ndarray, name: str, colour: str) ->
     return go.Bar(
         orientation="h", base=start_s, x=end_s - start_s, y=pitch, width=0.85, name=name,
         marker=dict(color=colour, line=dict(width=0)), customdata=custom,
+        unselected=dict(marker=dict(opacity=1.0)),  # a click picks a query; don't dim the rest
         hovertemplate=("<b>%{customdata[0]}</b> (note %{customdata[4]})<br>velocity "
                        "%{customdata[1]}<br>start %{customdata[2]} s<br>length %{customdata[3]} s"
                        "<extra>" + name + "</extra>"),

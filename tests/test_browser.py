@@ -67,7 +67,10 @@ def _tiny_checkpoint(folder: Path) -> Path:
 def app_url(tmp_path_factory):
     checkpoint = _tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
     port = _free_port()
-    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(checkpoint), "MUSICGPT_CHECKPOINTS": ""}
+    # One torch thread: the server shares the cores with Chromium and pytest, and oversubscribed
+    # OpenMP threads slow CPU decoding ~10x on a busy 2-core machine.
+    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(checkpoint), "MUSICGPT_CHECKPOINTS": "",
+           "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless",
          "true", "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -79,9 +82,10 @@ def app_url(tmp_path_factory):
     finally:
         server.terminate()
         try:
-            server.wait(timeout=10)
+            server.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            server.kill()
+            server.kill()  # nothing to save; a busy server can take >10 s to stop gracefully
+            server.wait()
 
 
 def test_browser_generate_shows_audio_and_piano_roll(app_url):
