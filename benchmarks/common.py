@@ -2,9 +2,10 @@
 computing the same function, interleaved timing, and peak memory measured in a child process.
 
 Peak memory: torch allocates outside Python's allocator, so tracemalloc sees nothing. Each side is
-run in its own child process (`python benchmarks/X.py --side NAME ... --memory`) that reports
-`resource.getrusage(RUSAGE_SELF).ru_maxrss` (the process's resident-set high-water mark) before and
-after the workload; the table gives the peak and the growth over the set-up (imports + weights).
+run in its own child process (`python benchmarks/X.py --side NAME ... --memory`) that reads its
+resident-set high-water mark (`VmHWM` in /proc/self/status) after set-up (imports, weights) and
+after the workload; the table gives the peak and the growth over the set-up. (getrusage's
+ru_maxrss would not do: Linux carries the parent's high-water mark across fork and exec.)
 """
 
 from __future__ import annotations
@@ -79,7 +80,14 @@ def interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> dict[st
 
 
 def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+    """Peak resident memory of this process so far, in MB (VmHWM; ru_maxrss off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def peak_memory_in_child(script: str | Path, args: list[str]) -> dict:

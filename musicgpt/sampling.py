@@ -121,6 +121,7 @@ class _Rows:
         if self.grammar is not None:
             self.grammar.observe(history[:, 1:])
         self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.n_new = torch.zeros(B, dtype=torch.long, device=device)  # tokens each row keeps
         self.new_steps = torch.zeros(B, dtype=torch.long, device=device)
         self.max_steps = None if max_seconds is None else int(round(max_seconds * 1000 / STEP_MS))
 
@@ -131,6 +132,7 @@ class _Rows:
             logits = self.grammar.apply(logits)
         logits = top_p_filter(top_k_filter(logits, self.settings.top_k), self.settings.top_p)
         token = torch.where(self.done, PAD_ID, sample(logits, self.generator))
+        self.n_new += ~self.done
         if self.grammar is not None:
             self.grammar.observe(token)
         self.new_steps += _shift_steps(token)
@@ -177,8 +179,10 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         if bool(rows.done.all()):
             steps.close()  # frees the cache now rather than at garbage collection
             break
-    generated = torch.stack(new_tokens, 1) if new_tokens else history[:, :0]
-    return [_trim(row) for row in torch.cat([history, generated], 1).cpu().numpy()]
+    generated = (torch.stack(new_tokens, 1) if new_tokens else history[:, :0]).cpu().numpy()
+    start = history[0].cpu().numpy()
+    return [np.concatenate([start, row[:n]]) for row, n in zip(generated, rows.n_new.tolist(),
+                                                               strict=True)]
 
 
 def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
@@ -218,12 +222,3 @@ def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
     """Fill the cache with `window` (B, T) from position 0; logits (B, V) for what follows."""
     positions = torch.arange(window.size(1), device=window.device)
     return model(window, positions, attend_len=window.size(1))[:, -1]
-
-
-def _trim(row: np.ndarray) -> np.ndarray:
-    """Cut a row after its END, or before the PAD that fills a row that stopped early."""
-    row = row.astype(np.int64)
-    ends = np.flatnonzero((row == END_ID) | (row == PAD_ID))
-    if not len(ends):
-        return row
-    return row[: ends[0] + 1] if row[ends[0]] == END_ID else row[: ends[0]]

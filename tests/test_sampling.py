@@ -228,3 +228,12 @@ def test_cache_is_released_after_generation():
     assert all(block.attn.kv_cache is None for block in model.blocks)
     with torch.no_grad():  # an uncached forward works again
         assert math.isfinite(float(model(torch.tensor([[START_ID]])).sum()))
+
+
+def test_rows_keep_every_token_drawn_even_pad_when_the_mask_is_off():
+    model = _tiny()
+    with torch.no_grad():
+        model.wte.weight[PAD_ID, 0] = 0.5  # PAD gets a logit of about 5
+    (row,) = generate(model, [START_ID], max_new_tokens=30, seed=0,
+                      settings=SamplingSettings(grammar=False))
+    assert len(row) == 31 and PAD_ID in row.tolist()
