@@ -38,7 +38,7 @@ def _inputs(length: int, heads: int, head_dim: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, length, head_dim, generator=g, requires_grad=True)
                for _ in range(3))
-    rel_emb = (0.02 * torch.randn(length, head_dim, generator=g)).requires_grad_()
+    rel_emb = torch.randn(length, head_dim, generator=g, requires_grad=True)  # unit scale, like q
     return q, k, v, rel_emb
 
 
