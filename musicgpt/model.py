@@ -75,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
-        if self.kv_cache is None:
+        if self.kv_cache is None or input_pos is None:  # uncached pass, even with a cache set
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v = self.kv_cache.update(input_pos, k, v)
@@ -170,6 +170,7 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         mask = None
+        cache_pos = input_pos if self.cache_batch_size else None
         if input_pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} exceeds block_size {self.config.block_size}")
@@ -179,7 +180,6 @@ class GPT(nn.Module):
         elif T > 1 or attend_len is None:  # one query at the newest position needs no mask
             visible = attend_len or self.blocks[0].attn.kv_cache.k.shape[2]
             mask = self.causal_mask[input_pos, :visible]  # (T, visible)
-        cache_pos = input_pos if self.cache_batch_size else None
         x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(input_pos)
         x = self.drop(x)
         for block in self.blocks:
