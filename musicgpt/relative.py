@@ -129,7 +129,8 @@ class RelativeSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         q = q * (1.0 / math.sqrt(self.head_dim))  # scaling (T, D) is cheaper than (T, n_keys)
-        if self.kv_cache is None:
+        cached = self.kv_cache is not None and input_pos is not None  # no positions: uncached
+        if not cached:
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         else:
             k, v = self.kv_cache.update(input_pos, k, v)
@@ -138,7 +139,7 @@ class RelativeSelfAttention(nn.Module):
                 mask = None if mask is None else mask[..., :attend_len]
             if mask is None and T > 1:  # only a lone query may go unmasked (it sees the past)
                 mask = input_pos[:, None] >= torch.arange(k.shape[2], device=x.device)
-        rel = self._relative(q, input_pos if self.kv_cache is not None else None, k.shape[2])
+        rel = self._relative(q, input_pos if cached else None, k.shape[2])
         y = self._attend(q, k, v, rel, mask)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
