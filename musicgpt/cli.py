@@ -128,7 +128,8 @@ def _sampling_settings(args: argparse.Namespace):
         raise UserError("--max-tokens and --num-samples must be >= 1, --seconds > 0")
     try:
         return SamplingSettings(temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, grammar=not args.no_grammar)
+                                top_p=args.top_p, grammar=not args.no_grammar,
+                                max_note_s=args.max_note_seconds or None)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
+    gen.add_argument("--max-note-seconds", type=float, default=6.0,
+                     help="release a note held this long (default 6; 0 = never)")
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
                      help="weights used for sampling: int8 is ~2x faster on CPU (see "
                           "BENCHMARKS.md), float32 is exact (default)")

@@ -237,3 +237,22 @@ def test_rows_keep_every_token_drawn_even_pad_when_the_mask_is_off():
     (row,) = generate(model, [START_ID], max_new_tokens=30, seed=0,
                       settings=SamplingSettings(grammar=False))
     assert len(row) == 31 and PAD_ID in row.tolist()
+
+
+def _longest_note_s(rows) -> float:
+    from musicgpt.events import ids_to_arrays
+
+    lengths = [ids_to_arrays(r).end_step - ids_to_arrays(r).start_step for r in rows]
+    return max(float(x.max()) for x in lengths if len(x)) / 100.0
+
+
+def test_notes_held_past_max_note_s_are_released():
+    torch.manual_seed(3)
+    model = GPT(preset("tiny")).eval()
+    kwargs = dict(max_new_tokens=600, max_seconds=60, num_samples=3, seed=5)
+    unguarded = generate(model, **kwargs, settings=SamplingSettings(top_p=1.0, max_note_s=None))
+    guarded = generate(model, **kwargs, settings=SamplingSettings(top_p=1.0, max_note_s=0.5))
+    assert _longest_note_s(unguarded) > 1.5  # an untrained model forgets its notes
+    # released at the first draw after 0.5 s: at most one time shift (<= 1 s) later
+    assert _longest_note_s(guarded) <= 1.5
+    assert all(not grammar_errors(r) for r in guarded)
