@@ -28,10 +28,10 @@ from common import (
     load_average,
     machine,
     max_logit_difference,
-    maxrss_mb,
     our_model,
     peak_memory_in_child,
     report_memory,
+    reset_peak_memory,
 )
 
 from musicgpt.model import GPT
@@ -84,10 +84,11 @@ def speed(args, ours: GPT, hf) -> list[tuple]:
                                                  args.new_tokens)
         for run in sides.values():  # warm-up: first long generation in a process is slower
             run()
-        seconds = interleaved(sides, args.repeats)
-        tokens = batch * args.new_tokens
-        for name, s in seconds.items():
-            rows.append((batch, name, tokens / s, seconds["hf"] / s))
+        timings = interleaved(sides, args.repeats)
+        tokens, hf_time = batch * args.new_tokens, timings["hf"]
+        for name, t in timings.items():
+            rows.append((batch, name, tokens / t.wall_s, hf_time.wall_s / t.wall_s,
+                         tokens / t.cpu_s, hf_time.cpu_s / t.cpu_s))
     return rows
 
 
@@ -122,7 +123,7 @@ def memory_child(args) -> None:
     ours = bench_model()
     model = hf_model_from(ours) if args.side == "hf" else sampling_copy(ours, args.side)
     del ours
-    setup = maxrss_mb()
+    setup = reset_peak_memory()
     run = (hf_runner if args.side == "hf" else ours_runner)(model, args.batch_sizes[0],
                                                             args.new_tokens)
     run()
@@ -134,7 +135,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=1024)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", nargs="*", default=["bfloat16", "int8"])
+    parser.add_argument("--dtypes", nargs="*", default=["int8"],
+                        help="reduced-precision modes to time and check (int8, bfloat16)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help="trained checkpoint for the NLL check")
@@ -159,8 +161,10 @@ def main() -> None:
     print(f"same function: max |logit difference| ours vs HF = "
           f"{max_logit_difference(ours, hf):.2e}")
     start = time.perf_counter()
-    for batch, name, tok_s, ratio in speed(args, ours, hf):
-        print(f"batch {batch}  {name:15s} {tok_s:8.1f} tok/s   {ratio:5.2f}x HF")
+    print("                          wall clock            |  CPU time (process_time)")
+    for batch, name, tok_s, ratio, cpu_tok_s, cpu_ratio in speed(args, ours, hf):
+        print(f"batch {batch}  {name:15s} {tok_s:8.1f} tok/s {ratio:5.2f}x HF  | "
+              f"{cpu_tok_s:8.1f} tok/s {cpu_ratio:5.2f}x HF")
     print(f"(timing took {time.perf_counter() - start:.0f} s; load average {load_average()})")
     if args.checkpoint and (args.checkpoint / "config.json").is_file() and args.dtypes:
         print(f"validation NLL on {args.checkpoint} "
@@ -169,7 +173,7 @@ def main() -> None:
                                            args.nll_windows):
             print(f"  {dtype:9s} {nll:.4f} nats/token  ({delta:+.2f}% vs fp32)")
     if not args.no_memory:
-        print("peak RSS per side (own process, getrusage ru_maxrss), MB:")
+        print("peak RSS per side (own process, VmHWM reset after set-up), MB:")
         for batch in args.batch_sizes:
             for side in ["hf", "float32", *args.dtypes]:
                 child = ["--side", side, "--batch-sizes", str(batch),

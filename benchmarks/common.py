@@ -3,9 +3,11 @@ computing the same function, interleaved timing, and peak memory measured in a c
 
 Peak memory: torch allocates outside Python's allocator, so tracemalloc sees nothing. Each side is
 run in its own child process (`python benchmarks/X.py --side NAME ... --memory`) that reads its
-resident-set high-water mark (`VmHWM` in /proc/self/status) after set-up (imports, weights) and
-after the workload; the table gives the peak and the growth over the set-up. (getrusage's
-ru_maxrss would not do: Linux carries the parent's high-water mark across fork and exec.)
+resident set after set-up (imports, weights), resets the high-water mark (`clear_refs`), runs the
+workload and reads the mark again (`VmHWM` in /proc/self/status): the table gives that peak and
+its growth over the set-up. (getrusage's ru_maxrss would not do: Linux carries the parent's
+high-water mark across fork and exec, and it would include set-up transients such as copying
+weights into the peer model.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,18 +68,32 @@ def max_logit_difference(ours: GPT, hf, length: int = 64) -> float:
     """Both models on the same random ids: the largest |logit difference| (should be ~1e-5)."""
     idx = torch.randint(0, VOCAB_SIZE - 3, (2, length), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return float((ours(idx) - hf(idx).logits).abs().max())
+        hf_logits = hf(idx, attention_mask=torch.ones_like(idx)).logits
+        return float((ours(idx) - hf_logits).abs().max())
 
 
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per side, running the sides in turn so background load hits both alike."""
-    times: dict[str, list[float]] = {name: [] for name in sides}
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, Timing]:
+    """Median wall and CPU seconds per side, running the sides in turn so load hits both alike.
+
+    On a machine shared with other jobs, wall time measures the scheduler as much as the code;
+    with one torch thread, process CPU time is the work done and stays put under load.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    cpus: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            cpus[name].append(time.process_time() - cpu)
+            walls[name].append(time.perf_counter() - wall)
+    return {name: Timing(statistics.median(walls[name]), statistics.median(cpus[name]))
+            for name in sides}
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall_s: float
+    cpu_s: float
 
 
 def maxrss_mb() -> float:
@@ -95,6 +112,15 @@ def peak_memory_in_child(script: str | Path, args: list[str]) -> dict:
     out = subprocess.run([sys.executable, str(script), *args, "--memory"], cwd=REPO,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reset_peak_memory() -> float:
+    """Forget the set-up's peak (Linux: clear_refs 5 resets VmHWM); returns the RSS now, MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return maxrss_mb()
 
 
 def report_memory(setup_mb: float) -> None:

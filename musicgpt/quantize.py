@@ -4,10 +4,13 @@ Decoding one token reads every weight once, so at batch 1 a step costs about the
 weights. Halving (bf16) or quartering (int8) them is the one large speed-up left once the Python
 overhead is gone. Training never uses these copies; the original model is left untouched.
 
-"int8" is weight-only: each Linear's W (in, out) is stored as int8 (out, in) with one fp32 scale per
-output column (symmetric, max-abs), and activations, norms, embeddings and the KV cache are bf16.
-The product goes through `torch._weight_int8pack_mm`, the fused CPU kernel gpt-fast uses; where a
-torch build lacks it, the weights are dequantised on the fly (same numbers, no speed-up).
+"int8" is weight-only: each Linear's W (in, out) is stored as int8 (out, in) with one scale per
+output column (symmetric, max-abs). The product goes through `torch._weight_int8pack_mm`, the
+fused CPU kernel gpt-fast uses, fed bf16 activations (its fp32 path is slow); everything else
+(norms, embeddings, the KV cache and attention) stays fp32, because CPU attention in bf16 runs
+5-7x slower than in fp32. Where a torch build lacks the kernel, the weights are dequantised on the
+fly (same numbers, no speed-up).
+"bfloat16" casts the whole model, cache included: the fast mode on a GPU, not on a CPU.
 """
 
 from __future__ import annotations
@@ -25,33 +28,34 @@ SAMPLING_DTYPES = ("float32", "bfloat16", "int8")
 class Int8Linear(nn.Module):
     """y = x @ (Q * scale) + b, Q int8 (out, in), scale (out,): a quarter of a Linear's bytes."""
 
-    def __init__(self, linear: Linear, act_dtype: torch.dtype = torch.float32):
+    def __init__(self, linear: Linear):
         super().__init__()
         w = linear.weight.detach().float().t()  # (out, in)
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
         self.register_buffer("q", q)
-        self.register_buffer("scale", scale.to(act_dtype))
-        self.register_buffer("bias", linear.bias.detach().to(act_dtype))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("bias", linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         if hasattr(torch, "_weight_int8pack_mm") and flat.device.type == "cpu":
             out = torch._weight_int8pack_mm(flat, self.q, self.scale)
         else:
             out = flat @ (self.q.to(flat.dtype) * self.scale[:, None]).t()
-        return (out + self.bias).view(*x.shape[:-1], -1)
+        return (out.to(x.dtype) + self.bias).view(*x.shape[:-1], -1)
 
 
 def sampling_copy(model: GPT, dtype: str | torch.dtype | None) -> GPT:
-    """`model` itself for fp32 (or None), else an eval-mode copy with bf16 or int8 weights."""
+    """`model` itself for fp32 (or None), else an eval-mode copy with int8 or bf16 weights."""
     name = _dtype_name(dtype)
     if name == "float32" or (name == "bfloat16" and model.wte.weight.dtype == torch.bfloat16):
         return model
-    low = copy.deepcopy(model)
+    low = copy.deepcopy(model).eval()
     if name == "int8":
-        _swap_linears(low)  # quantised from the fp32 weights; scales and biases become bf16 next
-    return low.to(torch.bfloat16).eval()
+        _swap_linears(low)
+        return low
+    return low.to(torch.bfloat16)
 
 
 def _dtype_name(dtype: str | torch.dtype | None) -> str:
