@@ -30,6 +30,7 @@ ProgressFn = Callable[[int, int], None]  # (tokens generated so far, token budge
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
     return logits / max(temperature, 1e-5)
 
 
@@ -46,8 +47,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cumulative - sorted_logits.softmax(-1) >= p  # mass before this token >= p
+    probs = sorted_logits.softmax(-1)
+    drop_sorted = probs.cumsum(-1) - probs >= p  # the mass before this token already reaches p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 
