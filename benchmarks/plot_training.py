@@ -37,7 +37,7 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     ax.plot(steps, loss, color="#bbbbbb", linewidth=0.6, label="train loss (per step)")
     ax.plot(steps, smooth, color="#1f77b4", label="train loss (EMA)")
     if val:
-        ax.plot(*zip(*val), "o-", color="#d62728", label="validation NLL")
+        ax.plot(*zip(*val, strict=True), "o-", color="#d62728", label="validation NLL")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.set_ylim(bottom=min(loss + [v for _, v in val]) - 0.1, top=min(6.0, max(loss) + 0.1))

@@ -1,4 +1,4 @@
-"""The one Config dataclass (model, data, training, sampling), its presets, and JSON/CLI round trips."""
+"""The one Config dataclass (model, data, training, sampling), presets, JSON and CLI."""
 
 from __future__ import annotations
 

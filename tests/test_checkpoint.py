@@ -21,14 +21,6 @@ from musicgpt.model import GPT
 from musicgpt.training import make_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tiny(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     return GPT(preset("tiny", **overrides)).eval()

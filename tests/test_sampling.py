@@ -31,14 +31,6 @@ from musicgpt.vocab import END_ID, PAD_ID, START_ID, TIME_SHIFT_OFFSET, VOCAB_SI
 GREEDY = SamplingSettings(top_k=1, top_p=1.0, grammar=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tiny(seed: int = 0, end_logit: float | None = -100.0) -> GPT:
     """A random tiny model; `end_logit` pins END's logit (about -100: never; 5: often)."""
     torch.manual_seed(seed)
