@@ -221,14 +221,16 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     """
     block_size = model.config.block_size
     keep = max(1, block_size * 3 // 4)
-    positions = torch.arange(block_size, device=history.device)
     window = history[:, -keep:] if history.size(1) > block_size else history
+    # a cache no longer than the piece can get: short pieces never hold a full-context buffer
+    capacity = min(block_size, window.size(1) + max_new_tokens)
+    positions = torch.arange(capacity, device=history.device)
     tail: list[torch.Tensor] = []  # tokens drawn since `window` was prefilled
-    model.setup_cache(history.size(0), block_size)
+    model.setup_cache(history.size(0), capacity)
     try:
         logits, pos = _prefill(model, window), window.size(1)
         for i in range(max_new_tokens):
-            if i > 0 and pos < block_size:  # one step at position pos
+            if i > 0 and pos < capacity:  # one step at position pos
                 attend = None if static_shapes else pos + 1
                 logits = model(tail[-1][:, None], positions[pos : pos + 1], attend)[:, -1]
                 pos += 1
