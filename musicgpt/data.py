@@ -24,13 +24,13 @@ import numpy as np
 
 from .events import arrays_to_ids, wrap_piece
 from .midi_io import CODEC_VERSION, MidiReadError, midi_bytes_to_arrays
+from .pipeline import ids_to_seconds
 from .vocab import (
     END_ID,
     MAX_SHIFT_STEPS,
     NOTE_OFF_OFFSET,
     NOTE_ON_OFFSET,
     PAD_ID,
-    STEP_MS,
     TIME_SHIFT_OFFSET,
     VELOCITY_OFFSET,
     VOCAB_VERSION,
@@ -168,7 +168,7 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
                             "mtime_ns": stat.st_mtime_ns})
             continue
         old = old_by_sha.get(sha1)
-        seconds = old["seconds"] if old else _seconds(ids)
+        seconds = old["seconds"] if old else ids_to_seconds(ids)
         pieces.append(Piece(rel, sha1, stat.st_size, stat.st_mtime_ns, offset, len(ids),
                             round(seconds, 2), split_of(groups.get(rel, rel))))
         chunks.append(ids)
@@ -198,12 +198,6 @@ def _slice(tokens: np.ndarray | None, piece: dict) -> np.ndarray | None:
     if tokens is None or piece["offset"] + piece["tokens"] > len(tokens):
         return None
     return tokens[piece["offset"] : piece["offset"] + piece["tokens"]].copy()
-
-
-def _seconds(ids: np.ndarray) -> float:
-    ids = ids.astype(np.int64)
-    shifts = ids[(ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)] - TIME_SHIFT_OFFSET + 1
-    return float(shifts.sum()) * STEP_MS / 1000.0
 
 
 def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
