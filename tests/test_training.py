@@ -47,7 +47,7 @@ def _lines(path: Path) -> list[dict]:
 
 def test_tiny_run_writes_checkpoint_metrics_and_parameter_count(data_dir, tmp_path, capsys):
     config = preset("tiny", max_steps=12, eval_interval=6, ckpt_interval=6)
-    result = train(config, tmp_path, data_dir=data_dir, progress=False)
+    result = train(config, tmp_path, data_dir=data_dir, progress=True)
     files = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
     assert files == ["config.json", "model.safetensors", "state.json", "state.safetensors"]
     metrics = _lines(tmp_path / "metrics.jsonl")
@@ -56,7 +56,10 @@ def test_tiny_run_writes_checkpoint_metrics_and_parameter_count(data_dir, tmp_pa
     assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
     assert result["val_nll"] < math.log(config.vocab_size)
     assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 12
-    assert f"{GPT(config).num_params():,} parameters" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"{GPT(config).num_params():,} parameters" in printed.out
+    bar = printed.err.replace("\r", "\n").splitlines()[-1]  # the progress bar's last state
+    assert "12/12" in bar and "loss=" in bar and "tok_s=" in bar, bar
 
 
 def test_resume_after_interruption_ends_where_an_uninterrupted_run_ends(data_dir, tmp_path):
@@ -104,14 +107,15 @@ def _wait_for_steps(path: Path, steps: int, process: subprocess.Popen, timeout_s
     pytest.fail(f"training wrote fewer than {steps} metric lines in {timeout_s} s")
 
 
-def test_sigint_saves_a_checkpoint_and_resume_continues(data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_resume_continues(data_dir, tmp_path, signum):
     command = [sys.executable, "train.py", "--preset", "tiny", "--data-dir", str(data_dir),
                "--out", str(tmp_path), "--no-progress", "--ckpt-interval", "100000",
                "--eval-interval", "100000"]
     process = subprocess.Popen([*command, "--max-steps", "100000"], cwd=REPO, env=CHILD_ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_steps(tmp_path / "metrics.jsonl", 3, process, timeout_s=120)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 0, out
     assert "interrupted: checkpoint at step" in out and "Traceback" not in out
