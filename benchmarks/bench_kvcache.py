@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from bench_generate import SETTINGS, bench_model, ours_runner
 from common import (
@@ -37,13 +38,13 @@ def recompute_runner(model: GPT, new_tokens: int):
     """Decode without a cache: every step re-reads the whole sequence."""
 
     def run():
-        generator = torch.Generator().manual_seed(0)
+        rng = np.random.default_rng(0)
         seq = torch.tensor([[START_ID]])
         with torch.no_grad():
             for _ in range(new_tokens):
                 logits = model(seq)[:, -1]
-                token = sample(top_k_filter(logits, SETTINGS.top_k), generator)
-                seq = torch.cat([seq, token[:, None]], 1)
+                token = sample(top_k_filter(logits.numpy(), SETTINGS.top_k), rng)
+                seq = torch.cat([seq, torch.from_numpy(token)[:, None]], 1)
         assert seq.shape[1] == new_tokens + 1
     return run
 

@@ -42,24 +42,27 @@ def _tiny(seed: int = 0, end_logit: float | None = -100.0) -> GPT:
     return model
 
 
-def _gen(model: GPT, generator_seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(generator_seed)
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
 
 
-# --- tensor-in, tensor-out sampling functions -------------------------------------------------
+# --- array-in, array-out sampling functions ---------------------------------------------------
+
+def _finite(logits: np.ndarray) -> list:
+    return np.isfinite(logits).tolist()
+
 
 def test_top_k_one_equals_argmax():
-    logits = torch.randn(16, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    logits = _rng().standard_normal((16, VOCAB_SIZE)).astype(np.float32)
     for seed in range(5):
-        drawn = sample(top_k_filter(logits, 1), torch.Generator().manual_seed(seed))
-        assert torch.equal(drawn, logits.argmax(-1))
+        drawn = sample(top_k_filter(logits, 1), _rng(seed))
+        assert np.array_equal(drawn, logits.argmax(-1))
 
 
 def test_top_k_keeps_the_k_largest():
-    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
-    kept = torch.isfinite(top_k_filter(logits, 2))
-    assert kept.tolist() == [[False, True, False, True, False]]
-    assert torch.equal(top_k_filter(logits, 0), logits)
+    logits = np.array([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    assert _finite(top_k_filter(logits, 2)) == [[False, True, False, True, False]]
+    assert np.array_equal(top_k_filter(logits, 0), logits)
 
 
 @pytest.mark.parametrize("p, expected", [
@@ -67,28 +70,30 @@ def test_top_k_keeps_the_k_largest():
     (0.94, {0, 1, 2}), (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3}),
 ])
 def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
     for order in ([0, 1, 2, 3], [3, 1, 0, 2]):  # positions must not matter
-        logits = probs[order].log().unsqueeze(0)
-        kept = torch.isfinite(top_p_filter(logits, p))[0]
-        assert {order[i] for i in torch.nonzero(kept).flatten().tolist()} == expected
+        kept = np.isfinite(top_p_filter(np.log(probs[order])[None], p))[0]
+        assert {order[i] for i in np.flatnonzero(kept)} == expected
 
 
 def test_top_p_filters_each_row_on_its_own():
-    logits = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]).log()
-    kept = torch.isfinite(top_p_filter(logits, 0.7))
-    assert kept.tolist() == [[True, False, False], [True, True, False]]
+    logits = np.log(np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
+    assert _finite(top_p_filter(logits, 0.7)) == [[True, False, False], [True, True, False]]
 
 
 def test_draws_follow_the_tempered_softmax():
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    assert torch.equal(apply_temperature(logits, 0.5), logits * 2)
+    logits = np.array([2.0, 1.0, 0.0, -1.0])
+    assert np.array_equal(apply_temperature(logits, 0.5), logits * 2)
     for temperature in (0.5, 1.0, 2.0):
-        tempered = apply_temperature(logits, temperature).expand(20000, 4)
-        drawn = sample(tempered, torch.Generator().manual_seed(1))
-        freq = torch.bincount(drawn, minlength=4).float() / 20000
-        expected = (logits / temperature).softmax(-1)
-        assert (freq - expected).abs().max() < 0.015, (temperature, freq, expected)
+        tempered = np.broadcast_to(apply_temperature(logits, temperature), (20000, 4))
+        freq = np.bincount(sample(tempered, _rng(1)), minlength=4) / 20000
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+        assert np.abs(freq - expected).max() < 0.015, (temperature, freq, expected)
+
+
+def test_a_token_with_no_probability_is_never_drawn():
+    logits = np.array([[-np.inf, 0.0, -np.inf, 0.0, -np.inf]] * 5000)
+    assert set(sample(logits, _rng(2)).tolist()) == {1, 3}
 
 
 # --- generate ---------------------------------------------------------------------------------
