@@ -56,9 +56,9 @@ class CausalSelfAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor):
         """(B, T, C) -> q, k, v each (B, H, T, D); also used by attention.py for the weights."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head causal softmax (B, H, T, T) for x (B, T, C), recomputed from q and k.
@@ -82,8 +82,7 @@ class CausalSelfAttention(nn.Module):
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class MLP(nn.Module):
@@ -91,17 +90,16 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class Block(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        if config.attention == "relative":  # late import: relative.py builds on Linear here
+        if config.attention == "relative":  # late import: relative.py subclasses the attention here
             from .relative import RelativeSelfAttention
 
             self.attn = RelativeSelfAttention(config)
@@ -109,11 +107,15 @@ class Block(nn.Module):
             self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x, input_pos=None, mask=None, attend_len=None):
-        x = x + self.resid_dropout(self.attn(self.ln_1(x), input_pos, mask, attend_len))
-        return x + self.mlp(self.ln_2(x))
+        x = x + self._drop(self.attn(self.ln_1(x), input_pos, mask, attend_len))
+        return x + self._drop(self.mlp(self.ln_2(x)))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual dropout, a no-op call skipped when off (decode steps are overhead-bound)."""
+        return F.dropout(x, self.dropout) if self.training and self.dropout > 0 else x
 
 
 class GPT(nn.Module):
@@ -124,7 +126,6 @@ class GPT(nn.Module):
         # relative attention carries positions in each layer, so it has no position table
         self.wpe = (nn.Embedding(config.block_size, config.n_embd)
                     if config.attention == "absolute" else None)
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.register_buffer("causal_mask", torch.ones(config.block_size, config.block_size,
@@ -181,7 +182,8 @@ class GPT(nn.Module):
             visible = attend_len or self.blocks[0].attn.kv_cache.k.shape[2]
             mask = self.causal_mask[input_pos, :visible]  # (T, visible)
         x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(input_pos)
-        x = self.drop(x)
+        if self.training and self.config.dropout > 0:
+            x = F.dropout(x, self.config.dropout)
         for block in self.blocks:
             x = block(x, cache_pos, mask, attend_len)
         x = self.ln_f(x)

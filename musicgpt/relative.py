@@ -1,7 +1,8 @@
 """Relative-position self-attention (Shaw et al. 2018) with Music Transformer's skewing.
 
-Drop-in for `model.CausalSelfAttention` (same `qkv`, `forward`, `attention_weights`, `kv_cache`),
-chosen by `Config.attention == "relative"`. Nothing about MIDI or sampling; imports torch only.
+A subclass of `model.CausalSelfAttention` (same projections, `qkv` and `kv_cache`; its own
+`forward` and `attention_weights`), chosen by `Config.attention == "relative"`. Nothing about
+MIDI or sampling; imports torch only.
 
 logits[i, j] = (q_i . k_j + q_i . E[pos_i - j]) / sqrt(D) for key j <= query position pos_i.
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .model import Linear  # model.py imports this module lazily, only for "relative"
+from .model import CausalSelfAttention  # model.py imports this module lazily, for "relative"
 
 
 def skew(rel: torch.Tensor) -> torch.Tensor:
@@ -68,24 +69,17 @@ def indexed_relative_logits(q: torch.Tensor, rel_emb: torch.Tensor, input_pos: t
     return q @ rel_emb.index_select(0, distance).transpose(0, 1)
 
 
-class RelativeSelfAttention(nn.Module):
-    """Causal self-attention whose logits add a learned term per query-key distance."""
+class RelativeSelfAttention(CausalSelfAttention):
+    """Causal self-attention whose logits add a learned term per query-key distance.
+
+    Shares the absolute layer's projections and `qkv`; adds the distance table.
+    """
 
     def __init__(self, config: Config):
-        super().__init__()
-        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        super().__init__(config)
         # rel_emb[r] is the embedding of distance r = query position - key position
         rel_emb = torch.empty(config.block_size, config.head_dim).normal_(0.0, 0.02)
         self.rel_emb = nn.Parameter(rel_emb)
-        self.kv_cache = None  # a model.KVCache while generating
-
-    def qkv(self, x: torch.Tensor):
-        """(B, T, C) -> q, k, v each (B, H, T, D)."""
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
 
     def _relative(self, q_scaled: torch.Tensor, input_pos: torch.Tensor | None,
                   n_keys: int) -> torch.Tensor:
@@ -141,7 +135,7 @@ class RelativeSelfAttention(nn.Module):
                 mask = input_pos[:, None] >= torch.arange(k.shape[2], device=x.device)
         rel = self._relative(q, input_pos if cached else None, k.shape[2])
         y = self._attend(q, k, v, rel, mask)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _attend(self, q_scaled, k, v, rel, allowed) -> torch.Tensor:
         """softmax(scores) @ v, (B, H, T, D).

@@ -157,7 +157,7 @@ class _Rows:
         return np.where(overdue, NOTE_OFF_OFFSET + oldest, token)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
              max_new_tokens: int = 1024, max_seconds: float | None = None,
              num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
