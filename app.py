@@ -12,6 +12,7 @@ import streamlit as st
 
 from musicgpt import attention, audio, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint
+from musicgpt.config import Config
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.vocab import id_to_name
 
@@ -67,16 +68,22 @@ def pick_primer() -> tuple[np.ndarray | None, bool]:
         return None, False
 
 
-def pick_sampling() -> dict:
+WEIGHTS = {"auto (int8 on CPU: faster, same NLL within 0.01%)": "auto", "float32 (exact)": None}
+
+
+def pick_sampling(config: Config) -> dict:
+    """Sidebar sampling controls, starting from the checkpoint's own settings."""
     bar = st.sidebar
     bar.subheader("Sampling")
     return dict(
         seconds=bar.slider("Length of new music (s)", 2, 120, 20, key="seconds"),
-        temperature=bar.slider("Temperature", 0.1, 2.0, 1.0, 0.05, key="temperature"),
-        top_k=bar.number_input("Top-k (0 = off)", 0, 391, 0, key="top_k"),
-        top_p=bar.slider("Top-p (1 = off)", 0.05, 1.0, 0.95, 0.01, key="top_p"),
+        temperature=bar.slider("Temperature", 0.1, 2.0, float(config.temperature), 0.05,
+                               key="temperature"),
+        top_k=bar.number_input("Top-k (0 = off)", 0, 391, int(config.top_k), key="top_k"),
+        top_p=bar.slider("Top-p (1 = off)", 0.05, 1.0, float(config.top_p), 0.01, key="top_p"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
+        dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype")],
     )
 
 
@@ -96,7 +103,8 @@ def run_generation(model, primer: np.ndarray | None, opts: dict) -> list[dict]:
                                 float(opts["top_p"]))
     rows = generate(model, primer, max_new_tokens=studio.token_budget(opts["seconds"]),
                     max_seconds=float(opts["seconds"]), num_samples=int(opts["num_samples"]),
-                    settings=settings, seed=int(opts["seed"]), progress=progress)
+                    settings=settings, seed=int(opts["seed"]), progress=progress,
+                    dtype=opts["dtype"])
     primer_len = 1 if primer is None else len(primer)
     bar.progress(1.0, text="Rendering audio...")
     results = [analyse(model, row, primer_len) for row in rows]
@@ -206,7 +214,7 @@ def main() -> None:
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
     model = pick_model()
     primer, primer_ok = pick_primer()
-    opts = pick_sampling()
+    opts = pick_sampling(model.config if model is not None else Config())
     clicked = st.sidebar.button("Generate", type="primary", disabled=model is None or not primer_ok,
                                 key="generate")
     if clicked:

@@ -97,9 +97,10 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline import ids_to_midi_file, ids_to_seconds
     from .sampling import generate
 
-    settings = _sampling_settings(args)
+    _check_lengths(args)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device)
+    settings = _sampling_settings(args, model.config)
     from tqdm import tqdm
 
     bar = tqdm(total=args.max_tokens, unit="tok", disable=args.no_progress)
@@ -120,15 +121,24 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling_settings(args: argparse.Namespace):
-    from .sampling import SamplingSettings
-
+def _check_lengths(args: argparse.Namespace) -> None:
     if args.max_tokens < 1 or args.num_samples < 1 or (args.seconds is not None
                                                         and args.seconds <= 0):
         raise UserError("--max-tokens and --num-samples must be >= 1, --seconds > 0")
+
+
+def _sampling_settings(args: argparse.Namespace, config):
+    """The flags given, else the checkpoint's own temperature, top-k and top-p."""
+    from .sampling import SamplingSettings
+
+    def flag_or_config(name: str):
+        value = getattr(args, name)
+        return getattr(config, name) if value is None else value
+
     try:
-        return SamplingSettings(temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, grammar=not args.no_grammar,
+        return SamplingSettings(temperature=flag_or_config("temperature"),
+                                top_k=flag_or_config("top_k"), top_p=flag_or_config("top_p"),
+                                grammar=not args.no_grammar,
                                 max_note_s=args.max_note_seconds or None)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -194,17 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the primer's first N seconds (default 10)")
     gen.add_argument("--seconds", type=float, default=30.0, help="seconds of new music (30)")
     gen.add_argument("--max-tokens", type=int, default=4096, help="token budget per sample")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="default: the checkpoint's (1.0 for the shipped model)")
+    gen.add_argument("--top-k", type=int, default=None,
+                     help="0 = off; default: the checkpoint's (off for the shipped model)")
+    gen.add_argument("--top-p", type=float, default=None,
+                     help="1 = off; default: the checkpoint's (off for the shipped model)")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
     gen.add_argument("--max-note-seconds", type=float, default=6.0,
                      help="release a note held this long (default 6; 0 = never)")
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
-                     help="weights used for sampling: int8 is ~2x faster on CPU (see "
-                          "BENCHMARKS.md), float32 is exact (default)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
+                     help="weights used for sampling: int8 is 1.4-1.8x faster on CPU with the "
+                          "same NLL within 0.01%% (see BENCHMARKS.md), float32 is exact; "
+                          "auto (default) = int8 on CPU, float32 on GPU")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(run=_generate)

@@ -43,7 +43,7 @@ class Config:
     # sampling
     temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 0.95
+    top_p: float = 1.0  # off: nucleus sampling cuts the long time shifts, music gets ~1.5x denser
 
     def __post_init__(self) -> None:
         checks = {

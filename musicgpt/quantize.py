@@ -11,6 +11,7 @@ fused CPU kernel gpt-fast uses, fed bf16 activations (its fp32 path is slow); ev
 5-7x slower than in fp32. Where a torch build lacks the kernel, the weights are dequantised on the
 fly (same numbers, no speed-up).
 "bfloat16" casts the whole model, cache included: the fast mode on a GPU, not on a CPU.
+"auto" (the CLI's and the app's default) is int8 on a CPU and the model's own weights elsewhere.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Int8Linear(nn.Module):
 
 def sampling_copy(model: GPT, dtype: str | torch.dtype | None) -> GPT:
     """`model` itself for fp32 (or None), else an eval-mode copy with int8 or bf16 weights."""
+    if dtype == "auto":
+        dtype = "int8" if model.wte.weight.device.type == "cpu" else None
     name = _dtype_name(dtype)
     if name == "float32" or (name == "bfloat16" and model.wte.weight.dtype == torch.bfloat16):
         return model
@@ -64,7 +67,7 @@ def _dtype_name(dtype: str | torch.dtype | None) -> str:
                "int8": "int8", torch.int8: "int8"}
     if dtype not in aliases:
         raise ValueError(f"unknown sampling dtype {dtype!r}; "
-                         f"choose from {', '.join(SAMPLING_DTYPES)}")
+                         f"choose from auto, {', '.join(SAMPLING_DTYPES)}")
     return aliases[dtype]
 
 

@@ -69,7 +69,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class SamplingSettings:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
-    top_p: float = 0.95  # 1.0 = off
+    top_p: float = 1.0  # 1.0 = off; see Config.top_p
     grammar: bool = True  # mask events that cannot be right
     # Release a note that has sounded this long (None = never). Past the context the sampler
     # slides its window and the model no longer sees old NOTE_ONs, so it would never end them:
@@ -170,9 +170,9 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
-    `dtype` "int8" samples from a copy with int8 weights (about 1.7x faster on CPU, NLL within
-    0.01%; see quantize.py and BENCHMARKS.md), "bfloat16" from a bf16 copy (for GPUs); None or
-    "float32" uses the model as it is.
+    `dtype` "int8" samples from a copy with int8 weights (1.4-1.8x faster on CPU, NLL within
+    0.01%; see quantize.py and BENCHMARKS.md), "bfloat16" from a bf16 copy (for GPUs), "auto"
+    picks int8 on a CPU; None or "float32" uses the model as it is.
     """
     from .quantize import sampling_copy
 

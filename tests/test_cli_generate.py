@@ -51,6 +51,22 @@ def test_generate_continues_a_primer_into_several_files(checkpoint, tmp_path):
         assert pitches[:2] == [60, 64]  # the primer's notes come first
 
 
+def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(tmp_path):
+    torch.manual_seed(0)
+    greedy = save_checkpoint(GPT(preset("tiny", top_k=1)), tmp_path / "greedy")  # argmax
+
+    def notes(seed: int, *flags: str) -> list:
+        out = tmp_path / f"{seed}_{len(flags)}.mid"
+        assert main(["generate", "--checkpoint", str(greedy), "--out", str(out), "--seconds", "3",
+                     "--max-tokens", "200", "--seed", str(seed), "--dtype", "float32",
+                     "--no-progress", *flags]) == 0
+        return midi_file_to_arrays(out).pitch.tolist()
+
+    greedy_notes = notes(1)
+    assert greedy_notes and greedy_notes == notes(2)  # the checkpoint's top_k=1: no randomness
+    assert notes(1, "--top-k", "0") != notes(2, "--top-k", "0")
+
+
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     code = main(["generate", "--checkpoint", str(tmp_path / "nope"), "--out",
                  str(tmp_path / "o.mid")])
