@@ -1,15 +1,21 @@
-"""Absolute vs relative attention on the real corpus: same budget, data, steps and seed.
+"""Absolute vs relative attention on the real corpus: same budget, data, seed, and steps or time.
 
     python benchmarks/compare_attention.py --data-dir /tmp/cache --out /tmp/compare_attention
         [--n-layer 2 --n-embd 128 --n-head 2 --block-size 512 --batch-size 8 --steps 200
-         --eval-batches 20 --gen-tokens 2048 --gen-samples 4 --threads 1 --json-out FILE]
+         --eval-batches 20 --gen-tokens 2048 --gen-samples 4 --top-p 0.95 --threads 1
+         --minutes M --json-out FILE]
+
+Equal steps (default) asks which variant learns more per update; `--minutes M` asks which is
+better for the same training time: each variant first times a few of its own training steps, then
+trains for as many steps as fit in M minutes (its cosine schedule ends there). Relative attention
+costs more per step on CPU, so equal time gives it fewer steps.
 
 For each variant: train with `musicgpt.training.train` (a finished run in --out is reused), then
 1. validation NLL (nats/token) over `--eval-batches` fixed windows of the val split, the same
    windows for both, overall and by position in the window (does a variant use far context?);
 2. generate `--gen-tokens` tokens past the training context (the sampler slides: it re-prefills
    the most recent 3/4 of the context each time the cache is full), `--gen-samples` rows, same
-   seed, top-p 0.95; music statistics (musicgpt.stats) of the first and the last `block_size`
+   seed, `--top-p`; music statistics (musicgpt.stats) of the first and the last `block_size`
    tokens of each row, faults over the whole row, and each variant's overlap with real music
    (val excerpts of the same length; 1 = same distribution).
 Budgets match when n_layer == n_head: the relative model drops the absolute one's position table
@@ -49,12 +55,37 @@ VARIANTS = ("absolute", "relative")
 POSITION_BUCKETS = 4
 
 
-def variant_config(args: argparse.Namespace, attention: str) -> Config:
+def variant_config(args: argparse.Namespace, attention: str, steps: int) -> Config:
     return Config(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                   block_size=args.block_size, attention=attention, batch_size=args.batch_size,
-                  max_steps=args.steps, warmup_steps=max(1, min(200, args.steps // 10)),
-                  eval_interval=max(1, args.steps // 4), eval_batches=args.eval_batches // 2,
-                  ckpt_interval=args.steps, seed=args.seed, device="cpu")
+                  max_steps=steps, warmup_steps=max(1, min(200, steps // 10)),
+                  eval_interval=max(1, steps // 4), eval_batches=args.eval_batches // 2,
+                  ckpt_interval=max(1, steps // 4), seed=args.seed, device="cpu")
+
+
+def seconds_per_step(config: Config, data_dir: str, steps: int = 4) -> float:
+    """Median wall time of a training step (forward, backward, AdamW) on real windows."""
+    torch.manual_seed(config.seed)
+    model = GPT(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    windows = TokenWindows(load_split(data_dir, "train"), config.block_size, seed=config.seed)
+    times = []
+    for step in range(steps + 1):  # the first step warms up and is not counted
+        batch = torch.from_numpy(windows.batch(step, config.batch_size))
+        start = time.perf_counter()
+        model.loss(batch[:, :-1], batch[:, 1:], PAD_ID).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def variant_steps(args: argparse.Namespace, attention: str) -> tuple[int, float | None]:
+    """`--steps`, or with `--minutes` as many steps as fit that wall time (and the step time)."""
+    if not args.minutes:
+        return args.steps, None
+    step_s = seconds_per_step(variant_config(args, attention, args.steps), args.data_dir)
+    return max(10, int(args.minutes * 60 / step_s)), step_s
 
 
 def train_variant(config: Config, out_dir: Path, data_dir: str) -> dict:
@@ -110,7 +141,7 @@ def segment_stats(rows: list[np.ndarray], block_size: int) -> dict:
 def generation_report(model: GPT, args: argparse.Namespace, val_pieces) -> dict:
     start = time.perf_counter()
     rows = generate(model, None, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples,
-                    settings=SamplingSettings(top_p=0.95), seed=args.seed)
+                    settings=SamplingSettings(top_p=args.top_p), seed=args.seed)
     seconds = time.perf_counter() - start
     report = segment_stats(rows, model.config.block_size)
     report["tokens_per_s"] = sum(len(r) - 1 for r in rows) / seconds
@@ -124,16 +155,18 @@ def generation_report(model: GPT, args: argparse.Namespace, val_pieces) -> dict:
 def run_variant(attention: str, args: argparse.Namespace, val_pieces) -> dict:
     """Train, evaluate and sample one variant; a result.json made with the same flags is reused
     (so the two variants can run in parallel processes and a last run prints both)."""
-    config = variant_config(args, attention)
     out_dir = Path(args.out) / attention
     saved = out_dir / "result.json"
     flags = {k: v for k, v in vars(args).items() if k not in ("variants", "json_out", "threads")}
     if saved.is_file() and json.loads(saved.read_text()).get("flags") == flags:
         return json.loads(saved.read_text())["result"]
+    steps, step_s = variant_steps(args, attention)
+    config = variant_config(args, attention, steps)
     trained = train_variant(config, out_dir, args.data_dir)
     model = load_model_from_checkpoint(out_dir / "checkpoint")
     windows = TokenWindows(val_pieces, config.block_size, seed=args.seed + 1)
-    result = {"params": model.num_params(), "steps": config.max_steps, "train": trained,
+    result = {"params": model.num_params(), "steps": config.max_steps,
+              "calibrated_step_s": step_s, "train": trained,
               **nll_by_position(model, windows, args.eval_batches, config.batch_size)}
     result["generation"] = generation_report(model, args, val_pieces)
     print(f"{attention}: {json.dumps(result)}", file=sys.stderr, flush=True)
@@ -150,14 +183,16 @@ def val_reference(val_pieces, block_size: int) -> dict:
 
 
 def print_report(results: dict, reference: dict, args: argparse.Namespace) -> None:
+    budget = (f"{args.minutes:g} min of training each" if args.minutes
+              else f"{args.steps} steps each")
     print(f"\n{args.n_layer} layers x {args.n_embd} wide x {args.n_head} heads, context "
-          f"{args.block_size}, batch {args.batch_size}, {args.steps} steps, seed {args.seed}, "
+          f"{args.block_size}, batch {args.batch_size}, {budget}, seed {args.seed}, "
           f"{torch.get_num_threads()} thread(s)\n")
-    print("| variant | params | train s | train tok/s | val NLL | NLL by window quarter |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | params | steps | train s | train tok/s | val NLL | NLL by window quarter |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         quarters = " / ".join(f"{x:.3f}" for x in r["nll_by_position"])
-        print(f"| {name} | {r['params']:,} | {r['train'].get('train_s')} | "
+        print(f"| {name} | {r['params']:,} | {r['steps']} | {r['train'].get('train_s')} | "
               f"{r['train'].get('tokens_per_s', '?')} | {r['nll']:.4f} | {quarters} |")
     names = list(results)
     print(f"\nGeneration, {args.gen_samples} x {args.gen_tokens} tokens; features of the first and "
@@ -188,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                           ("gen-tokens", 2048), ("gen-samples", 4), ("seed", 1337),
                           ("threads", 1)):
         parser.add_argument(f"--{flag}", type=int, default=default, help=f"default {default}")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="equal wall time instead of equal steps: each variant trains for "
+                             "as many steps as its measured step time fits in this many minutes")
+    parser.add_argument("--top-p", type=float, default=0.95,
+                        help="sampling for the generation check (0.95, as in the first run; "
+                             "1 = off, the sampler's default now)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--json-out", help="write all figures as JSON here")
     args = parser.parse_args(argv)
