@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             totals[name]["tokens"] += len(row) - 1
 
     print(f"{path.name}: {c.short()}, {model.num_params():,} parameters; {machine()}, "
-          f"{torch.get_num_threads()} threads, load {load_before} -> {load_average()}")
-    print(f"{args.pieces} pieces x {args.seconds:g} s from START, batch 1, sampling "
-          f"{settings.temperature=}, {settings.top_k=}, {settings.top_p=}\n")
+          f"load {load_before} -> {load_average()}")
+    print(f"{args.pieces} pieces x {args.seconds:g} s from START, batch 1, temperature "
+          f"{settings.temperature:g}, top-k {settings.top_k} (0 = off), top-p {settings.top_p:g} "
+          f"(1 = off)\n")
     print("| weights | music s / wall s | tokens/s | tokens per music s | vs target "
           f"{TARGET_MUSIC_S_PER_S:g} |\n|---|---|---|---|---|")
     for name, t in totals.items():
