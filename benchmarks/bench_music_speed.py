@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in totals.items():
         speed = t["music_s"] / t["wall_s"]
         t.update(music_s_per_s=speed, tokens_per_s=t["tokens"] / t["wall_s"],
-                 tokens_per_music_s=t["tokens"] / t["music_s"])
+                 tokens_per_music_s=t["tokens"] / max(t["music_s"], 1e-9))
         print(f"| {name} | {speed:.1f} | {t['tokens_per_s']:.0f} | "
               f"{t['tokens_per_music_s']:.1f} | {speed / TARGET_MUSIC_S_PER_S:.2f}x |")
     if args.json_out:

@@ -71,10 +71,11 @@ class SamplingSettings:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off; see Config.top_p
     grammar: bool = True  # mask events that cannot be right
-    # Release a note that has sounded this long (None = never). Past the context the sampler
-    # slides its window and the model no longer sees old NOTE_ONs, so it would never end them:
-    # without this guard the default model left ~13 notes per 30 s sample sounding for 10 s.
-    # Real piano music holds 0.25% of its notes this long (ASAP + POP909 validation split).
+    # Release a note that has sounded this long (None = never). The default model forgets to end
+    # notes (12% of its notes reach 6 s, even before the window first slides), and past the
+    # context it cannot see old NOTE_ONs at all: without this guard it left ~13 notes per 30 s
+    # sample sounding for 10 s. Real piano music holds 0.36% of its notes this long (ASAP +
+    # POP909 validation split).
     max_note_s: float | None = 6.0
 
     def __post_init__(self) -> None:
