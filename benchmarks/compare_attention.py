@@ -20,9 +20,10 @@ For each variant: train with `musicgpt.training.train` (a finished run in --out 
    (val excerpts of the same length; 1 = same distribution).
 Budgets match when n_layer == n_head: the relative model drops the absolute one's position table
 (block_size x n_embd) and adds one (block_size x head_dim) distance table per layer.
-The defaults are the run reported for issue 6: 50-60 min per variant on 2 busy shared cores,
-the two variants in parallel processes (`--variants absolute` / `--variants relative`, then a run
-with both reuses their result.json and prints the tables).
+Two runs are reported in MODEL_CARD.md: the defaults (equal steps; 50-60 min per variant on 2 busy
+shared cores) and `--n-layer 4 --n-embd 256 --n-head 4 --minutes 25 --top-p 1.0` (equal time).
+Both ran the two variants in parallel processes, one thread each (`--variants absolute` /
+`--variants relative`, then a run with both reuses their result.json and prints the tables).
 """
 
 from __future__ import annotations
