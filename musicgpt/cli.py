@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-note-seconds", type=float, default=6.0,
                      help="release a note held this long (default 6; 0 = never)")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
-                     help="weights used for sampling: int8 is 1.4-1.8x faster on CPU with the "
+                     help="weights used for sampling: int8 is 1.3-2x faster on CPU with the "
                           "same NLL within 0.01%% (see BENCHMARKS.md), float32 is exact; "
                           "auto (default) = int8 on CPU, float32 on GPU")
     gen.add_argument("--device", default="auto")

@@ -171,7 +171,7 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
-    `dtype` "int8" samples from a copy with int8 weights (1.4-1.8x faster on CPU, NLL within
+    `dtype` "int8" samples from a copy with int8 weights (1.3-2x faster on CPU, NLL within
     0.01%; see quantize.py and BENCHMARKS.md), "bfloat16" from a bf16 copy (for GPUs), "auto"
     picks int8 on a CPU; None or "float32" uses the model as it is.
     """
