@@ -23,15 +23,16 @@ from pathlib import Path
 import torch
 from common import (
     BENCH_CONFIG,
+    add_side_arguments,
     hf_model_from,
     interleaved,
     load_average,
     machine,
     max_logit_difference,
     our_model,
-    peak_memory_in_child,
     report_memory,
     reset_peak_memory,
+    side_peak_memory,
 )
 
 from musicgpt.model import GPT
@@ -137,15 +138,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", nargs="*", default=["int8"],
                         help="reduced-precision modes to time and check (int8, bfloat16)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help="trained checkpoint for the NLL check")
     parser.add_argument("--val-data", type=Path, default=DEFAULT_VAL_DATA,
                         help="preprocessed tokens with a val split (load_split)")
     parser.add_argument("--nll-windows", type=int, default=32)
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--side", default="float32", help=argparse.SUPPRESS)
+    add_side_arguments(parser, "float32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,11 +174,8 @@ def main() -> None:
         print("peak RSS per side (own process, VmHWM reset after set-up), MB:")
         for batch in args.batch_sizes:
             for side in ["hf", "float32", *args.dtypes]:
-                child = ["--side", side, "--batch-sizes", str(batch),
-                         "--new-tokens", str(args.new_tokens)]
-                if args.threads:
-                    child += ["--threads", str(args.threads)]
-                mem = peak_memory_in_child(Path(__file__), child)
+                mem = side_peak_memory(Path(__file__), side, args.threads, "--batch-sizes",
+                                       str(batch), "--new-tokens", str(args.new_tokens))
                 print(f"  batch {batch} {side:9s} peak {mem['peak_mb']:7.1f}  "
                       f"(set-up {mem['setup_mb']:.1f}, generation +{mem['growth_mb']:.1f})")
 

@@ -21,12 +21,13 @@ import torch
 from bench_generate import SETTINGS, bench_model, ours_runner
 from common import (
     BENCH_CONFIG,
+    add_side_arguments,
     interleaved,
     load_average,
     machine,
-    peak_memory_in_child,
     report_memory,
     reset_peak_memory,
+    side_peak_memory,
 )
 
 from musicgpt.model import GPT
@@ -53,10 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--side", default="cache", help=argparse.SUPPRESS)
+    add_side_arguments(parser, "cache")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,10 +84,8 @@ def main() -> None:
           f"{full.cpu_s / cached.cpu_s:.1f}x CPU time (load average {load_average()})")
     if not args.no_memory:
         for side in sides:
-            child = ["--side", side, "--new-tokens", str(args.new_tokens)]
-            if args.threads:
-                child += ["--threads", str(args.threads)]
-            mem = peak_memory_in_child(Path(__file__), child)
+            mem = side_peak_memory(Path(__file__), side, args.threads,
+                                   "--new-tokens", str(args.new_tokens))
             print(f"peak RSS {side:10s} {mem['peak_mb']:7.1f} MB "
                   f"(set-up {mem['setup_mb']:.1f}, decoding +{mem['growth_mb']:.1f})")
 

@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from common import (
     BENCH_CONFIG,
+    add_side_arguments,
     hf_model_from,
     interleaved,
     load_average,
     machine,
     our_model,
-    peak_memory_in_child,
     report_memory,
     reset_peak_memory,
+    side_peak_memory,
 )
 
 from musicgpt.vocab import VOCAB_SIZE
@@ -67,10 +68,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--side", default="ours", help=argparse.SUPPRESS)
+    add_side_arguments(parser, "ours")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,11 +96,9 @@ def main() -> None:
     print(f"(load average {load_average()})")
     if not args.no_memory:
         for side in sides:
-            child = ["--side", side, "--batch-size", str(args.batch_size), "--seq", str(args.seq),
-                     "--dropout", str(args.dropout)]
-            if args.threads:
-                child += ["--threads", str(args.threads)]
-            mem = peak_memory_in_child(Path(__file__), child)
+            mem = side_peak_memory(Path(__file__), side, args.threads, "--batch-size",
+                                   str(args.batch_size), "--seq", str(args.seq),
+                                   "--dropout", str(args.dropout))
             print(f"peak RSS {side:5s} {mem['peak_mb']:7.1f} MB "
                   f"(set-up {mem['setup_mb']:.1f}, two steps +{mem['growth_mb']:.1f})")
 

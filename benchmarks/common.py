@@ -12,6 +12,7 @@ weights into the peer model.)
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -105,6 +106,20 @@ def maxrss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def add_side_arguments(parser, default_side: str) -> None:
+    """`--threads`, `--no-memory`, and the hidden flags a one-side memory child is run with."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--side", default=default_side, help=argparse.SUPPRESS)
+
+
+def side_peak_memory(script: str | Path, side: str, threads: int | None, *flags: str) -> dict:
+    """`peak_memory_in_child` for one side, with `--side` and `--threads` passed on."""
+    child = ["--side", side, *flags] + (["--threads", str(threads)] if threads else [])
+    return peak_memory_in_child(script, child)
 
 
 def peak_memory_in_child(script: str | Path, args: list[str]) -> dict:
