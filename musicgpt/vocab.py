@@ -1,7 +1,8 @@
 """Event <-> token id, the fixed performance-event vocabulary, and readable token names.
 
-Pure: no torch, no MIDI. The id layout is one table of ranges (`RANGES`) that encoding and
-decoding both walk, so the two cannot drift apart.
+Pure: numpy only, no torch, no MIDI. The id layout is one table (`_EVENT_RANGES`) that encoding
+and decoding both walk, so the two cannot drift apart; every other module turns ids into numbers
+(pitches, 10 ms steps, velocity bins, seconds) through the functions here, never by offsets.
 
     ids   0..127  NOTE_ON   pitch 0..127
         128..255  NOTE_OFF  pitch 0..127
@@ -15,6 +16,8 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 VOCAB_VERSION = 1
 STEP_MS = 10
@@ -33,26 +36,123 @@ class EventType(enum.Enum):
     END = "END"
 
 
-# (type, first id, number of values), in id order.
-RANGES: tuple[tuple[EventType, int, int], ...] = (
-    (EventType.NOTE_ON, 0, N_PITCHES),
-    (EventType.NOTE_OFF, 128, N_PITCHES),
-    (EventType.TIME_SHIFT, 256, MAX_SHIFT_STEPS),
-    (EventType.VELOCITY, 356, N_VELOCITY_BINS),
-    (EventType.PAD, 388, 1),
-    (EventType.START, 389, 1),
-    (EventType.END, 390, 1),
+# The one table of the id layout: (type, number of values), in id order. First ids, offsets and
+# the vocabulary size are derived from it; encoding and decoding both walk it.
+_EVENT_RANGES: tuple[tuple[EventType, int], ...] = (
+    (EventType.NOTE_ON, N_PITCHES),
+    (EventType.NOTE_OFF, N_PITCHES),
+    (EventType.TIME_SHIFT, MAX_SHIFT_STEPS),
+    (EventType.VELOCITY, N_VELOCITY_BINS),
+    (EventType.PAD, 1),
+    (EventType.START, 1),
+    (EventType.END, 1),
 )
-_OFFSET = {etype: (first, count) for etype, first, count in RANGES}
-VOCAB_SIZE = 391
 
-NOTE_ON_OFFSET = 0
-NOTE_OFF_OFFSET = 128
-TIME_SHIFT_OFFSET = 256
-VELOCITY_OFFSET = 356
-PAD_ID = 388
-START_ID = 389
-END_ID = 390
+
+def _with_first_ids(ranges) -> tuple[tuple[EventType, int, int], ...]:
+    firsts = np.cumsum([0] + [count for _, count in ranges])[:-1]
+    return tuple((etype, int(first), count)
+                 for (etype, count), first in zip(ranges, firsts, strict=True))
+
+
+# (type, first id, number of values), in id order.
+RANGES: tuple[tuple[EventType, int, int], ...] = _with_first_ids(_EVENT_RANGES)
+_OFFSET = {etype: (first, count) for etype, first, count in RANGES}
+VOCAB_SIZE = RANGES[-1][1] + RANGES[-1][2]
+
+NOTE_ON_OFFSET = _OFFSET[EventType.NOTE_ON][0]
+NOTE_OFF_OFFSET = _OFFSET[EventType.NOTE_OFF][0]
+TIME_SHIFT_OFFSET = _OFFSET[EventType.TIME_SHIFT][0]
+VELOCITY_OFFSET = _OFFSET[EventType.VELOCITY][0]
+PAD_ID = _OFFSET[EventType.PAD][0]
+START_ID = _OFFSET[EventType.START][0]
+END_ID = _OFFSET[EventType.END][0]
+TOP_SHIFT_ID = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1  # the longest shift, 1000 ms
+
+
+# --- id arithmetic, vectorised: the only place ids are turned into numbers and back ---------
+
+def _kind(ids, etype: EventType) -> np.ndarray:
+    first, count = _OFFSET[etype]
+    ids = np.asarray(ids)
+    return (ids >= first) & (ids < first + count)
+
+
+def is_note_on(ids) -> np.ndarray:
+    return _kind(ids, EventType.NOTE_ON)
+
+
+def is_note_off(ids) -> np.ndarray:
+    return _kind(ids, EventType.NOTE_OFF)
+
+
+def is_note(ids) -> np.ndarray:
+    """NOTE_ON or NOTE_OFF."""
+    return is_note_on(ids) | is_note_off(ids)
+
+
+def is_shift(ids) -> np.ndarray:
+    return _kind(ids, EventType.TIME_SHIFT)
+
+
+def is_velocity(ids) -> np.ndarray:
+    return _kind(ids, EventType.VELOCITY)
+
+
+def note_pitch(ids) -> np.ndarray:
+    """Pitch of NOTE_ON/NOTE_OFF ids (other ids give values outside 0..127)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where(is_note_off(ids), ids - NOTE_OFF_OFFSET, ids - NOTE_ON_OFFSET)
+
+
+def note_on_id(pitch):
+    return NOTE_ON_OFFSET + np.asarray(pitch, dtype=np.int64)
+
+
+def note_off_id(pitch):
+    return NOTE_OFF_OFFSET + np.asarray(pitch, dtype=np.int64)
+
+
+def shift_steps(ids) -> np.ndarray:
+    """10 ms steps each id advances time by: 1..100 for TIME_SHIFT ids, 0 for every other id."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where(is_shift(ids), ids - TIME_SHIFT_OFFSET + 1, 0)
+
+
+def shift_id(steps):
+    """The TIME_SHIFT id of a shift of `steps` (1..MAX_SHIFT_STEPS)."""
+    return TIME_SHIFT_OFFSET + np.asarray(steps, dtype=np.int64) - 1
+
+
+def split_gap(gap_steps) -> tuple[np.ndarray, np.ndarray]:
+    """A gap in steps -> (full 1000 ms shifts, remainder steps): the shifts that write it."""
+    return np.divmod(np.asarray(gap_steps, dtype=np.int64), MAX_SHIFT_STEPS)
+
+
+def gap_to_shift_ids(gap_steps: int) -> np.ndarray:
+    """The TIME_SHIFT ids that write one gap: full 1000 ms shifts, then the remainder (if any)."""
+    full, rest = (int(v) for v in split_gap(max(int(gap_steps), 0)))
+    return np.array([TOP_SHIFT_ID] * full + ([int(shift_id(rest))] if rest else []),
+                    dtype=np.int64)
+
+
+def velocity_bin_of(ids) -> np.ndarray:
+    """Velocity bin (0..31) of VELOCITY ids."""
+    return np.asarray(ids, dtype=np.int64) - VELOCITY_OFFSET
+
+
+def velocity_id(velocity_bin):
+    return VELOCITY_OFFSET + np.asarray(velocity_bin, dtype=np.int64)
+
+
+def steps_to_seconds(steps):
+    """10 ms steps -> seconds (float or array)."""
+    return np.asarray(steps) * (STEP_MS / 1000.0)
+
+
+def seconds_to_steps(seconds: float) -> int:
+    """Seconds -> the nearest whole number of 10 ms steps."""
+    return int(round(float(seconds) * 1000.0 / STEP_MS))
 
 
 @dataclass(frozen=True)
@@ -93,6 +193,11 @@ def id_to_event(token_id: int) -> Event:
 def velocity_to_bin(velocity: int) -> int:
     """MIDI velocity 1..127 -> bin 0..31 (bins of 4: 1-4, 5-8, ..., 125-127)."""
     return min(N_VELOCITY_BINS - 1, max(0, (int(velocity) - 1) // 4))
+
+
+def velocities_to_bins(velocity) -> np.ndarray:
+    """`velocity_to_bin` over an array."""
+    return ((np.asarray(velocity, dtype=np.int64) - 1) // 4).clip(0, N_VELOCITY_BINS - 1)
 
 
 def bin_to_velocity(velocity_bin: int) -> int:
