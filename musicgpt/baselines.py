@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vocab import PAD_ID, VOCAB_SIZE
+from .vocab import BASE_VOCAB_SIZE, PAD_ID
 
-BITS_PER_TOKEN = 9  # 2**9 = 512 > VOCAB_SIZE
+BITS_PER_TOKEN = 9  # 2**9 = 512 > BASE_VOCAB_SIZE (n-grams model music ids only)
 MAX_ORDER = 7  # 7 * 9 = 63 bits fit an int64
 
 
@@ -33,7 +33,7 @@ def _targets(pieces: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def fit_unigram(pieces: Sequence[np.ndarray], vocab_size: int = VOCAB_SIZE) -> np.ndarray:
+def fit_unigram(pieces: Sequence[np.ndarray], vocab_size: int = BASE_VOCAB_SIZE) -> np.ndarray:
     """Add-one (Laplace) unigram: log-probabilities (vocab_size,) in nats."""
     counts = np.bincount(_targets(pieces), minlength=vocab_size).astype(np.float64)
     return np.log((counts + 1.0) / (counts.sum() + vocab_size))
@@ -118,7 +118,7 @@ def _order_table(gram_keys: np.ndarray, gram_counts: np.ndarray) -> _OrderTable:
 
 
 def fit_kneser_ney(pieces: Sequence[np.ndarray], order: int = 4,
-                   vocab_size: int = VOCAB_SIZE) -> KneserNey:
+                   vocab_size: int = BASE_VOCAB_SIZE) -> KneserNey:
     """Fit an interpolated modified Kneser-Ney model of `order` (1..7) on whole pieces."""
     if not 1 <= order <= MAX_ORDER:
         raise ValueError(f"order must be 1..{MAX_ORDER}, got {order}")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .config import Config
 from .model import GPT
-from .vocab import VOCAB_SIZE
+from .vocab import BASE_VOCAB_SIZE, VOCAB_SIZE
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "state.safetensors", "state.json")
 
@@ -69,28 +69,43 @@ def checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
+def has_weights(path: str | Path) -> bool:
+    """Whether `path` (or the `.old` a cut-off save left) holds a config and weights to load."""
+    folder = checkpoint_dir(path)
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def has_training_state(path: str | Path) -> bool:
+    """Whether `path` (or its `.old`) holds a training state that `--resume` can continue from."""
+    return (checkpoint_dir(path) / "state.json").is_file()
+
+
 def load_config(ckpt_dir: str | Path) -> Config:
     """The Config stored with a checkpoint; refuses a vocabulary other than ours."""
     path = checkpoint_dir(ckpt_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt_dir} (missing config.json)")
     values = json.loads(path.read_text())
-    if values.get("vocab_size") != VOCAB_SIZE:
-        raise ValueError(f"checkpoint vocab_size {values.get('vocab_size')} != {VOCAB_SIZE}")
+    if values.get("vocab_size") not in (BASE_VOCAB_SIZE, VOCAB_SIZE):
+        raise ValueError(f"checkpoint vocab_size {values.get('vocab_size')} is neither "
+                         f"{VOCAB_SIZE} nor {BASE_VOCAB_SIZE} (the vocabulary before FIM)")
     return Config.from_dict(values)
 
 
 def load_model_from_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu",
                                config: Config | None = None) -> GPT:
     """Rebuild the model from config.json and fill it from model.safetensors (eval mode)."""
-    ckpt_dir = checkpoint_dir(ckpt_dir)
-    config = config or load_config(ckpt_dir)
-    weights = ckpt_dir / "model.safetensors"
+    model = GPT(config or load_config(ckpt_dir))
+    load_weights(model, ckpt_dir, device)
+    return model.to(device).eval()
+
+
+def load_weights(model: GPT, ckpt_dir: str | Path, device: str | torch.device = "cpu") -> None:
+    """Fill `model` in place from a checkpoint's model.safetensors (every tensor must match)."""
+    weights = checkpoint_dir(ckpt_dir) / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at {weights}")
-    model = GPT(config)
     load_model(model, str(weights), strict=True, device=str(device))
-    return model.to(device).eval()
 
 
 def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .vocab import VOCAB_SIZE
+from .vocab import BASE_VOCAB_SIZE, N_STYLES, VOCAB_SIZE
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,12 @@ class Config:
     attention: str = "absolute"
     # data
     augment: bool = True
+    # Fill-in-the-middle: the share of training windows cut at two times and rearranged as
+    # prefix, FILL_SUFFIX, gap, suffix, FILL_MIDDLE, middle (fim.py). 0 = plain left-to-right.
+    fim_rate: float = 0.5
+    # Style names, one per STYLE slot (set from the data at training time; empty = no styles).
+    styles: tuple[str, ...] = ()
+    style_drop: float = 0.2  # share of training windows without their style token
     # training
     batch_size: int = 16
     grad_accum: int = 1
@@ -59,7 +65,11 @@ class Config:
             "top_k": self.top_k >= 0,
             "batch_size": self.batch_size >= 1,
             "grad_accum": self.grad_accum >= 1,
-            "vocab_size": self.vocab_size == VOCAB_SIZE,
+            "vocab_size": self.vocab_size in (BASE_VOCAB_SIZE, VOCAB_SIZE),
+            "fim_rate": 0.0 <= self.fim_rate <= 1.0,
+            "style_drop": 0.0 <= self.style_drop <= 1.0,
+            "styles": (len(self.styles) <= N_STYLES and len(set(self.styles)) == len(self.styles)
+                       and all(isinstance(s, str) and s.strip() for s in self.styles)),
         }
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
@@ -68,6 +78,11 @@ class Config:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def has_fim(self) -> bool:
+        """Whether the vocabulary has the fill-in-the-middle sentinels and style tokens."""
+        return self.vocab_size >= VOCAB_SIZE
 
     def short(self) -> str:
         return (f"{self.n_layer} layers x {self.n_embd} wide x {self.n_head} heads, "
@@ -85,6 +100,10 @@ class Config:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        if isinstance(values.get("styles"), list):  # JSON has no tuples
+            values = {**values, "styles": tuple(values["styles"])}
+        if values.get("vocab_size") == BASE_VOCAB_SIZE:  # trained before FIM and styles
+            values = {"fim_rate": 0.0, **values}
         return cls(**values)
 
     @classmethod
@@ -107,10 +126,15 @@ def preset(name: str, **overrides) -> Config:
     return Config(**{**PRESETS[name], **overrides})
 
 
+_DERIVED_FIELDS = ("styles",)  # set from the data, not by a flag
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--field` flag per Config field (default None = take it from the preset)."""
     group = parser.add_argument_group("config (defaults come from --preset)")
     for f in fields(Config):
+        if f.name in _DERIVED_FIELDS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             group.add_argument(flag, dest=f.name, default=None,
@@ -123,7 +147,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace, base: Config | None = None) -> Config:
     overrides = {f.name: getattr(args, f.name) for f in fields(Config)
-                 if getattr(args, f.name, None) is not None}
+                 if f.name not in _DERIVED_FIELDS and getattr(args, f.name, None) is not None}
     if base is not None:
         return base.replace(**overrides)
     return preset(getattr(args, "preset", "default") or "default", **overrides)

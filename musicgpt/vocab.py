@@ -9,6 +9,11 @@ and decoding both walk, so the two cannot drift apart; every other module turns 
         256..355  TIME_SHIFT  10 ms .. 1000 ms (value = steps - 1)
         356..387  VELOCITY  32 bins of 4 MIDI velocities
         388 PAD, 389 START, 390 END
+        391 FILL_SUFFIX, 392 FILL_MIDDLE      fill-in-the-middle sentinels (see fim.py)
+        393..408  STYLE   16 style slots; a checkpoint's config names the ones it uses
+
+Ids 0..390 are the base vocabulary (`BASE_VOCAB_SIZE`); a checkpoint trained before the sentinels
+and styles existed has only those, and the samplers fall back accordingly.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ class EventType(enum.Enum):
     PAD = "PAD"
     START = "START"
     END = "END"
+    FILL_SUFFIX = "FILL_SUFFIX"  # the suffix of a fill-in-the-middle sequence follows
+    FILL_MIDDLE = "FILL_MIDDLE"  # the middle follows
+    STYLE = "STYLE"
 
+
+N_STYLES = 16
 
 # The one table of the id layout: (type, number of values), in id order. First ids, offsets and
 # the vocabulary size are derived from it; encoding and decoding both walk it.
@@ -46,6 +56,9 @@ _EVENT_RANGES: tuple[tuple[EventType, int], ...] = (
     (EventType.PAD, 1),
     (EventType.START, 1),
     (EventType.END, 1),
+    (EventType.FILL_SUFFIX, 1),
+    (EventType.FILL_MIDDLE, 1),
+    (EventType.STYLE, N_STYLES),
 )
 
 
@@ -67,6 +80,10 @@ VELOCITY_OFFSET = _OFFSET[EventType.VELOCITY][0]
 PAD_ID = _OFFSET[EventType.PAD][0]
 START_ID = _OFFSET[EventType.START][0]
 END_ID = _OFFSET[EventType.END][0]
+FILL_SUFFIX_ID = _OFFSET[EventType.FILL_SUFFIX][0]
+FILL_MIDDLE_ID = _OFFSET[EventType.FILL_MIDDLE][0]
+STYLE_OFFSET = _OFFSET[EventType.STYLE][0]
+BASE_VOCAB_SIZE = END_ID + 1  # the vocabulary before the sentinels and styles
 TOP_SHIFT_ID = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1  # the longest shift, 1000 ms
 
 
@@ -134,6 +151,22 @@ def gap_to_shift_ids(gap_steps: int) -> np.ndarray:
     full, rest = (int(v) for v in split_gap(max(int(gap_steps), 0)))
     return np.array([TOP_SHIFT_ID] * full + ([int(shift_id(rest))] if rest else []),
                     dtype=np.int64)
+
+
+def style_id(slot: int) -> int:
+    """The STYLE token of style slot 0..N_STYLES-1."""
+    if not 0 <= slot < N_STYLES:
+        raise ValueError(f"style slot {slot} outside 0..{N_STYLES - 1}")
+    return STYLE_OFFSET + slot
+
+
+def is_style(ids) -> np.ndarray:
+    return _kind(ids, EventType.STYLE)
+
+
+def is_event(ids) -> np.ndarray:
+    """Ids that are music (note, shift, velocity), as opposed to specials and sentinels."""
+    return is_note(ids) | is_shift(ids) | is_velocity(ids)
 
 
 def velocity_bin_of(ids) -> np.ndarray:
@@ -232,6 +265,8 @@ def event_to_name(event: Event) -> str:
         return f"TIME_SHIFT_{event.value * STEP_MS}ms"
     if etype is EventType.VELOCITY:
         return f"VELOCITY_{bin_to_velocity(event.value)}"
+    if etype is EventType.STYLE:
+        return f"STYLE_{event.value}"
     return etype.value
 
 
@@ -249,7 +284,9 @@ def name_to_event(name: str) -> Event:
         if event_to_name(Event(EventType.VELOCITY, velocity_bin)) != name:
             raise ValueError(f"velocity {name!r} is not a bin edge")
         return Event(EventType.VELOCITY, velocity_bin)
-    if name in ("PAD", "START", "END"):
+    if match := re.fullmatch(r"STYLE_(\d+)", name):
+        return Event(EventType.STYLE, int(match.group(1)))
+    if name in ("PAD", "START", "END", "FILL_SUFFIX", "FILL_MIDDLE"):
         return Event(EventType(name))
     raise ValueError(f"unknown token name {name!r}")
 

@@ -12,7 +12,8 @@ from musicgpt.baselines import (
     kneser_ney_nll,
     unigram_nll,
 )
-from musicgpt.vocab import END_ID, PAD_ID, START_ID, VOCAB_SIZE
+from musicgpt.vocab import BASE_VOCAB_SIZE as VOCAB_SIZE  # n-grams model music ids
+from musicgpt.vocab import END_ID, PAD_ID, START_ID
 
 
 def _wrap(ids) -> np.ndarray:

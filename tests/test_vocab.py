@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from musicgpt import vocab
@@ -25,7 +26,8 @@ from musicgpt.vocab import (
 
 
 def test_id_event_id_is_the_identity_over_the_whole_vocabulary():
-    assert VOCAB_SIZE == 391
+    assert VOCAB_SIZE == 409
+    assert vocab.BASE_VOCAB_SIZE == 391  # ids 0..390 kept their meaning when FIM/styles came
     for token_id in range(VOCAB_SIZE):
         assert event_to_id(id_to_event(token_id)) == token_id
 
@@ -48,6 +50,10 @@ def test_id_event_id_is_the_identity_over_the_whole_vocabulary():
         (388, Event(EventType.PAD), "PAD"),
         (389, Event(EventType.START), "START"),
         (390, Event(EventType.END), "END"),
+        (391, Event(EventType.FILL_SUFFIX), "FILL_SUFFIX"),
+        (392, Event(EventType.FILL_MIDDLE), "FILL_MIDDLE"),
+        (393, Event(EventType.STYLE, 0), "STYLE_0"),
+        (408, Event(EventType.STYLE, 15), "STYLE_15"),
     ],
 )
 def test_range_edges_have_the_documented_ids_and_names(token_id, event, name):
@@ -72,7 +78,8 @@ def test_every_name_parses_back_to_its_id():
     "name",
     ["", "NOTE_ON_H4", "NOTE_ON_C10", "NOTE_ON_G#9", "NOTE_ON_C-2", "NOTE_ON_60",
      "NOTE_OFF_", "TIME_SHIFT_0ms", "TIME_SHIFT_15ms", "TIME_SHIFT_1010ms", "TIME_SHIFT_250",
-     "VELOCITY_95", "VELOCITY_0", "VELOCITY_128", "pad", "BEGIN", "NOTE_ON_Cb4"],
+     "VELOCITY_95", "VELOCITY_0", "VELOCITY_128", "pad", "BEGIN", "NOTE_ON_Cb4", "STYLE_16",
+     "STYLE_-1", "STYLE_x"],
 )
 def test_bad_names_raise_value_error(name):
     with pytest.raises(ValueError):
@@ -88,7 +95,8 @@ def test_ids_outside_the_vocabulary_raise_value_error(token_id):
 @pytest.mark.parametrize(
     "event_args",
     [(EventType.NOTE_ON, 128), (EventType.NOTE_OFF, -1), (EventType.TIME_SHIFT, 0),
-     (EventType.TIME_SHIFT, 101), (EventType.VELOCITY, 32), (EventType.PAD, 1)],
+     (EventType.TIME_SHIFT, 101), (EventType.VELOCITY, 32), (EventType.PAD, 1),
+     (EventType.STYLE, 16), (EventType.FILL_MIDDLE, 1)],
 )
 def test_events_reject_values_outside_their_range(event_args):
     with pytest.raises(ValueError):
@@ -105,6 +113,26 @@ def test_velocity_bins_invert_and_cover_every_velocity():
         assert abs(bin_to_velocity(velocity_to_bin(velocity)) - velocity) <= 3
     assert (velocity_to_bin(1), velocity_to_bin(4), velocity_to_bin(5)) == (0, 0, 1)
     assert (velocity_to_bin(124), velocity_to_bin(125), velocity_to_bin(127)) == (30, 31, 31)
+
+
+def test_id_functions_agree_with_the_event_table():
+    ids = np.arange(VOCAB_SIZE)
+    events = [id_to_event(int(i)) for i in ids]
+    shifts = [e.value if e.type is EventType.TIME_SHIFT else 0 for e in events]
+    assert vocab.shift_steps(ids).tolist() == shifts
+    notes = [e.type in (EventType.NOTE_ON, EventType.NOTE_OFF) for e in events]
+    assert vocab.is_note(ids).tolist() == notes
+    assert vocab.note_pitch(ids)[vocab.is_note(ids)].tolist() == [
+        e.value for e in events if e.type in (EventType.NOTE_ON, EventType.NOTE_OFF)]
+    assert vocab.is_style(ids).sum() == vocab.N_STYLES
+    assert vocab.style_id(3) == name_to_id("STYLE_3")
+
+
+def test_a_gap_is_full_shifts_plus_a_remainder_that_sum_back():
+    for gap in (0, 1, 99, 100, 101, 250, 1000, 12345):
+        ids = vocab.gap_to_shift_ids(gap)
+        assert vocab.shift_steps(ids).sum() == gap
+        assert (vocab.shift_steps(ids)[:-1] == vocab.MAX_SHIFT_STEPS).all()
 
 
 def test_velocity_names_parse_through_the_bin_edge():
