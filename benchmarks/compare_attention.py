@@ -38,19 +38,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from musicgpt import stats  # noqa: E402
-from musicgpt.checkpoint import load_model_from_checkpoint  # noqa: E402
-from musicgpt.config import Config  # noqa: E402
-from musicgpt.data import TokenWindows, load_split  # noqa: E402
-from musicgpt.events import grammar_errors, ids_to_arrays  # noqa: E402
-from musicgpt.model import GPT  # noqa: E402
-from musicgpt.sampling import SamplingSettings, generate  # noqa: E402
-from musicgpt.training import train  # noqa: E402
-from musicgpt.vocab import PAD_ID  # noqa: E402
+from musicgpt import stats
+from musicgpt.checkpoint import load_model_from_checkpoint
+from musicgpt.config import Config
+from musicgpt.data import TokenWindows, load_split
+from musicgpt.events import grammar_errors, ids_to_arrays
+from musicgpt.model import GPT
+from musicgpt.sampling import SamplingSettings, generate
+from musicgpt.training import token_loss, train
+from musicgpt.vocab import PAD_ID
 
 VARIANTS = ("absolute", "relative")
 POSITION_BUCKETS = 4
@@ -74,7 +70,7 @@ def seconds_per_step(config: Config, data_dir: str, steps: int = 4) -> float:
     for step in range(steps + 1):  # the first step warms up and is not counted
         batch = torch.from_numpy(windows.batch(step, config.batch_size))
         start = time.perf_counter()
-        model.loss(batch[:, :-1], batch[:, 1:], PAD_ID).backward()
+        token_loss(model(batch[:, :-1]), batch[:, 1:]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)

@@ -21,7 +21,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from .model import GPT, Linear
+from .layers import Linear
+from .model import GPT
 
 SAMPLING_DTYPES = ("float32", "bfloat16", "int8")
 

@@ -1,8 +1,8 @@
 """Relative-position self-attention (Shaw et al. 2018) with Music Transformer's skewing.
 
-A subclass of `model.CausalSelfAttention` (same projections, `qkv` and `kv_cache`; its own
-`forward` and `attention_weights`), chosen by `Config.attention == "relative"`. Nothing about
-MIDI or sampling; imports torch only.
+A subclass of `layers.CausalSelfAttention` (same projections, `qkv` and `kv_cache`; its own
+`forward` and `attention_weights`), chosen by `Config.attention == "relative"` through
+`model.ATTENTION`. Nothing about MIDI or sampling; imports torch and layers.py only.
 
 logits[i, j] = (q_i . k_j + q_i . E[pos_i - j]) / sqrt(D) for key j <= query position pos_i.
 
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .model import CausalSelfAttention  # model.py imports this module lazily, for "relative"
+from .layers import CausalSelfAttention
 
 
 def skew(rel: torch.Tensor) -> torch.Tensor:

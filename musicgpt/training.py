@@ -21,7 +21,8 @@ import torch
 from .checkpoint import checkpoint_dir, load_training_state, restore_optimizer, save_checkpoint
 from .config import Config
 from .data import TokenWindows, load_split, preprocess_folder
-from .model import GPT, Linear
+from .layers import Linear
+from .model import GPT
 from .vocab import PAD_ID
 
 
@@ -101,6 +102,18 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def token_loss(logits: torch.Tensor, targets: torch.Tensor,
+               reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against targets (B, T) in fp32, PAD targets skipped.
+
+    The one loss of training and validation, so both score the same tokens the same way (fp32
+    even under bf16 autocast: the softmax over the vocabulary loses too much in bf16).
+    """
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                             targets.reshape(-1), ignore_index=PAD_ID,
+                                             reduction=reduction)
+
+
 @torch.no_grad()
 def evaluate_nll(model: GPT, windows: TokenWindows, config: Config, device: torch.device,
                  autocast) -> float:
@@ -112,10 +125,7 @@ def evaluate_nll(model: GPT, windows: TokenWindows, config: Config, device: torc
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast:
             logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                                 y.reshape(-1), ignore_index=PAD_ID,
-                                                 reduction="sum")
-        total += loss.item()
+        total += token_loss(logits, y, reduction="sum").item()
         count += int((y != PAD_ID).sum())
     model.train()
     return total / max(count, 1)
@@ -244,9 +254,7 @@ def _train_step(run: _Run, step: int) -> float:
         with sync:
             with run.autocast:
                 logits = run.step_fn(batch[:, :-1])
-            loss = torch.nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1),
-                ignore_index=PAD_ID)
+            loss = token_loss(logits, batch[:, 1:])
             (loss / config.grad_accum).backward()
         loss_sum += loss.item() / config.grad_accum
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)

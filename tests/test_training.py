@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import write_midi
 
 from musicgpt.cli import train_main
 from musicgpt.config import preset
 from musicgpt.data import preprocess_folder
-from musicgpt.model import GPT, Linear
-from musicgpt.training import learning_rate_at, make_optimizer, train
+from musicgpt.layers import Linear
+from musicgpt.model import GPT
+from musicgpt.training import learning_rate_at, make_optimizer, token_loss, train
+from musicgpt.vocab import PAD_ID, VOCAB_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -84,6 +87,15 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     assert learning_rate_at(110, config) == pytest.approx(1e-4)
     rates = [learning_rate_at(s, config) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_token_loss_skips_pad_targets():
+    logits = torch.randn(2, 5, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[1, 2, 3, PAD_ID, PAD_ID], [4, 5, 6, 7, PAD_ID]])
+    kept = targets != PAD_ID
+    expected = torch.nn.functional.cross_entropy(logits[kept], targets[kept], reduction="sum")
+    torch.testing.assert_close(token_loss(logits, targets, reduction="sum"), expected)
+    torch.testing.assert_close(token_loss(logits, targets), expected / int(kept.sum()))
 
 
 def test_weight_decay_applies_to_linear_matrices_only():
