@@ -22,7 +22,7 @@ RESULT_WIDGET_PREFIXES = ("arc_", "arcs_", "heat_", "sample")
 
 @st.cache_resource(show_spinner="Loading the model...")
 def load_model(path: str):
-    from musicgpt.training import pick_device
+    from musicgpt.device import pick_device
 
     return load_model_from_checkpoint(path, pick_device("auto"))
 

@@ -17,18 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from musicgpt.baselines import (  # noqa: E402
+from musicgpt.baselines import (
     fit_kneser_ney,
     fit_unigram,
     kneser_ney_nll,
     unigram_nll,
 )
-from musicgpt.data import load_split  # noqa: E402
-from musicgpt.pipeline import ids_to_seconds  # noqa: E402
+from musicgpt.data import load_split
+from musicgpt.pipeline import ids_to_seconds
 
 ORDER_NAMES = {2: "bigram", 3: "trigram"}
 

@@ -35,6 +35,7 @@ from common import (
     side_peak_memory,
 )
 
+from musicgpt.checkpoint import has_weights
 from musicgpt.model import GPT
 from musicgpt.quantize import sampling_copy
 from musicgpt.sampling import SamplingSettings, generate
@@ -164,7 +165,7 @@ def main() -> None:
         print(f"batch {batch}  {name:15s} {tok_s:8.1f} tok/s {ratio:5.2f}x HF  | "
               f"{cpu_tok_s:8.1f} tok/s {cpu_ratio:5.2f}x HF")
     print(f"(timing took {time.perf_counter() - start:.0f} s; load average {load_average()})")
-    if args.checkpoint and (args.checkpoint / "config.json").is_file() and args.dtypes:
+    if args.checkpoint and has_weights(args.checkpoint) and args.dtypes:
         print(f"validation NLL on {args.checkpoint} "
               f"({args.nll_windows} windows of {args.val_data}):")
         for dtype, nll, delta in nll_check(args.checkpoint, args.val_data, args.dtypes,

@@ -22,18 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import load_average, machine
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from common import load_average, machine  # noqa: E402
-
-from musicgpt.assets import default_model_dir  # noqa: E402
-from musicgpt.checkpoint import load_model_from_checkpoint  # noqa: E402
-from musicgpt.pipeline import ids_to_seconds  # noqa: E402
-from musicgpt.quantize import SAMPLING_DTYPES, sampling_copy  # noqa: E402
-from musicgpt.sampling import SamplingSettings, generate  # noqa: E402
+from musicgpt.assets import default_model_dir
+from musicgpt.checkpoint import load_model_from_checkpoint
+from musicgpt.pipeline import ids_to_seconds
+from musicgpt.quantize import SAMPLING_DTYPES, sampling_copy
+from musicgpt.sampling import SamplingSettings, generate
 
 TARGET_MUSIC_S_PER_S = 10.0
 

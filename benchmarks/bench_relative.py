@@ -25,11 +25,9 @@ import sys
 from pathlib import Path
 
 import torch
+from common import REPO, interleaved, load_average, machine, maxrss_mb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, interleaved, load_average, machine, maxrss_mb  # noqa: E402
-
-from musicgpt.relative import skewed_relative_logits  # noqa: E402
+from musicgpt.relative import skewed_relative_logits
 
 SIDES = ("skewed", "naive")
 

@@ -27,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from musicgpt.config import Config
+from musicgpt.model import GPT
+from musicgpt.vocab import PAD_ID, START_ID, VOCAB_SIZE
 
-from musicgpt.config import Config  # noqa: E402
-from musicgpt.model import GPT  # noqa: E402
-from musicgpt.vocab import PAD_ID, START_ID, VOCAB_SIZE  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Issue 3's benchmark shape: 6 layers x 512 wide x 8 heads, context 2048, vocab 391, fp32.
 BENCH_CONFIG = Config(n_layer=6, n_head=8, n_embd=512, block_size=2048, dropout=0.0)

@@ -20,16 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from music_stats import add_sample_arguments, samples_for, val_excerpts
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from music_stats import add_sample_arguments, samples_for, val_excerpts  # noqa: E402
-
-from musicgpt import stats  # noqa: E402
-from musicgpt.data import load_split  # noqa: E402
-from musicgpt.events import ids_to_arrays  # noqa: E402
+from musicgpt import stats
+from musicgpt.data import load_split
+from musicgpt.events import ids_to_arrays
 
 
 def copy_rows(pieces, train_keys: np.ndarray, n: int) -> list[dict]:

@@ -23,13 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from musicgpt import stats  # noqa: E402
-from musicgpt.data import load_split  # noqa: E402
-from musicgpt.events import NoteArrays, grammar_errors, ids_to_arrays  # noqa: E402
+from musicgpt import stats
+from musicgpt.data import load_split
+from musicgpt.events import NoteArrays, grammar_errors, ids_to_arrays
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

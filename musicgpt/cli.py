@@ -33,15 +33,16 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    from .checkpoint import checkpoint_dir, load_config
+    from .checkpoint import has_weights, load_config
+    from .data import has_token_cache
     from .training import train
 
     out = Path(args.out)
     try:
-        resuming = args.resume and (checkpoint_dir(out / "checkpoint") / "config.json").is_file()
+        resuming = args.resume and has_weights(out / "checkpoint")
         base = load_config(out / "checkpoint") if resuming else None
         config = config_from_arguments(args, base)
-        has_data = args.midi_dir or args.data_dir or (out / "data" / "manifest.json").exists()
+        has_data = args.midi_dir or args.data_dir or has_token_cache(out / "data")
         if not has_data:
             raise UserError("give --midi-dir (a folder of MIDI files) or --data-dir")
         result = train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
@@ -57,11 +58,11 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _load_model(checkpoint: str | None, device: str):
     from .assets import default_model_dir
-    from .checkpoint import checkpoint_dir, load_model_from_checkpoint
-    from .training import pick_device
+    from .checkpoint import has_weights, load_model_from_checkpoint
+    from .device import pick_device
 
     path = Path(checkpoint) if checkpoint else default_model_dir()
-    if not (checkpoint_dir(path) / "config.json").is_file():
+    if not has_weights(path):
         hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
         raise UserError(f"no checkpoint at {path}{hint}")
     try:

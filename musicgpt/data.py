@@ -12,7 +12,6 @@ unless the vocabulary or the codec version changed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import zlib
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .events import arrays_to_ids, wrap_piece
-from .midi_io import CODEC_VERSION, MidiReadError, midi_bytes_to_arrays
-from .pipeline import ids_to_seconds
+from .midi_io import CODEC_VERSION
+from .pipeline import ids_to_seconds, read_midi_piece
 from .vocab import (
     END_ID,
     MAX_SHIFT_STEPS,
@@ -58,22 +56,9 @@ def find_midi_files(midi_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
 
 
-def _encode_file(path: str) -> tuple[str, np.ndarray | None, str | None]:
-    """Worker: (sha1, ids or None, skip reason or None). Never raises."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return "", None, f"cannot read file: {exc.strerror or exc}"
-    sha1 = hashlib.sha1(data).hexdigest()
-    if not data:
-        return sha1, None, "empty file (0 bytes)"
-    try:
-        ids = arrays_to_ids(midi_bytes_to_arrays(data))
-    except MidiReadError as exc:
-        return sha1, None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-        return sha1, None, f"unreadable MIDI: {type(exc).__name__}: {exc}"
-    return sha1, wrap_piece(ids), None
+def has_token_cache(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds a token cache written by `preprocess_folder`."""
+    return (Path(out_dir) / "manifest.json").is_file()
 
 
 def _group_keys(root: Path) -> dict[str, str]:
@@ -146,13 +131,13 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     bar = tqdm(total=len(to_encode), desc="preprocess", unit="file", disable=not progress)
     if workers > 1 and len(to_encode) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for path, result in zip(to_encode, pool.map(_encode_file, map(str, to_encode),
+            for path, result in zip(to_encode, pool.map(read_midi_piece, map(str, to_encode),
                                                         chunksize=16), strict=True):
                 results[path.relative_to(root).as_posix()] = result
                 bar.update()
     else:
         for path in to_encode:
-            results[path.relative_to(root).as_posix()] = _encode_file(str(path))
+            results[path.relative_to(root).as_posix()] = read_midi_piece(path)
             bar.update()
     bar.close()
 
@@ -288,5 +273,5 @@ class TokenWindows:
         return window
 
 
-__all__ = ["END_ID", "PAD_ID", "Piece", "TokenWindows", "find_midi_files", "load_split",
-           "preprocess_folder", "split_of", "stretch_ids", "transpose_ids"]
+__all__ = ["END_ID", "PAD_ID", "Piece", "TokenWindows", "find_midi_files", "has_token_cache",
+           "load_split", "preprocess_folder", "split_of", "stretch_ids", "transpose_ids"]

@@ -113,22 +113,19 @@ class EvaluationResult:
 def read_midi_folder(midi_dir: str | Path) -> tuple[list[str], list[np.ndarray], list[dict]]:
     """(relative paths, START..END ids, skipped files with reasons) for every MIDI file below."""
     from .data import find_midi_files
-    from .midi_io import MidiReadError
-    from .pipeline import midi_file_to_ids
+    from .pipeline import read_midi_piece
 
     root = Path(midi_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"MIDI folder not found: {root}")
     names, pieces, skipped = [], [], []
     for path in find_midi_files(root):
-        rel = path.relative_to(root).as_posix()
-        try:
-            pieces.append(midi_file_to_ids(path, wrap=True))
+        rel, piece = path.relative_to(root).as_posix(), read_midi_piece(path)
+        if piece.ids is None:
+            skipped.append({"path": rel, "reason": piece.reason})
+        else:
             names.append(rel)
-        except MidiReadError as exc:
-            skipped.append({"path": rel, "reason": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the evaluation
-            skipped.append({"path": rel, "reason": f"unreadable MIDI: {type(exc).__name__}: {exc}"})
+            pieces.append(piece.ids)
     return names, pieces, skipped
 
 

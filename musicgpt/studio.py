@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .assets import default_model_dir, example_midi_files
+from .checkpoint import has_weights
 from .events import Note, NoteArrays, ids_to_arrays, notes_to_ids
 from .midi_io import MidiReadError
 from .pipeline import ids_to_midi_file, ids_to_seconds, ids_until_seconds, midi_bytes_to_ids
@@ -33,18 +34,14 @@ class UploadError(ValueError):
     """An uploaded file that cannot be a primer; the message is meant for the page."""
 
 
-def _is_checkpoint(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
 def _search_folder(folder: Path) -> list[Path]:
     """The folder itself if it is a checkpoint, else checkpoints one or two levels below it."""
-    if _is_checkpoint(folder):
+    if has_weights(folder):
         return [folder]
     if not folder.is_dir():
         return []
-    found = [p for p in sorted(folder.glob("*")) if _is_checkpoint(p)]
-    return found + [p for p in sorted(folder.glob("*/checkpoint")) if _is_checkpoint(p)]
+    found = [p for p in sorted(folder.glob("*")) if has_weights(p)]
+    return found + [p for p in sorted(folder.glob("*/checkpoint")) if has_weights(p)]
 
 
 def find_checkpoints(env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Path]:
@@ -58,8 +55,8 @@ def find_checkpoints(env: dict[str, str] | None = None, cwd: Path | None = None)
     candidates: list[tuple[str, Path]] = []
     if env.get(ENV_CHECKPOINT):
         path = Path(env[ENV_CHECKPOINT])
-        candidates += [(f"{path} (${ENV_CHECKPOINT})", path)] if _is_checkpoint(path) else []
-    if _is_checkpoint(default_model_dir()):
+        candidates += [(f"{path} (${ENV_CHECKPOINT})", path)] if has_weights(path) else []
+    if has_weights(default_model_dir()):
         candidates.append(("default model", default_model_dir()))
     folders = [REPO_ROOT / "runs", cwd / "runs"]
     folders += [Path(p) for p in env.get(ENV_CHECKPOINTS, "").split(os.pathsep) if p]

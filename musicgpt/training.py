@@ -18,22 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_dir, load_training_state, restore_optimizer, save_checkpoint
+from .checkpoint import (
+    checkpoint_dir,
+    has_training_state,
+    load_training_state,
+    load_weights,
+    restore_optimizer,
+    save_checkpoint,
+)
 from .config import Config
 from .data import TokenWindows, load_split, preprocess_folder
+from .device import pick_device
 from .layers import Linear
 from .model import GPT
 from .vocab import PAD_ID
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def learning_rate_at(step: int, config: Config) -> float:
@@ -310,15 +308,13 @@ def _save(run: _Run, step: int, best_val: float) -> None:
 
 def _resume(run: _Run) -> tuple[int, float]:
     """Load weights, optimizer moments and RNG from the run's checkpoint: (step, best val NLL)."""
-    from safetensors.torch import load_model
-
     ckpt = checkpoint_dir(run.ckpt)
-    if not (ckpt / "state.json").is_file():
+    if not has_training_state(ckpt):
         if run.dist.main:
             print(f"no checkpoint in {run.ckpt}; starting from scratch")
         return 0, float("inf")
     state, tensors = load_training_state(ckpt)
-    load_model(run.model, str(ckpt / "model.safetensors"), device=str(run.device))
+    load_weights(run.model, ckpt, run.device)
     restore_optimizer(run.optimizer, state["optimizer"],
                       {k: v.to(run.device) for k, v in tensors.items() if k.startswith("optim.")})
     torch.set_rng_state(tensors["rng.torch"])
