@@ -11,8 +11,9 @@ import numpy as np
 import streamlit as st
 
 from musicgpt import attention, audio, plots, studio
-from musicgpt.checkpoint import load_model_from_checkpoint
+from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
+from musicgpt.quantize import sampling_dtype
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.vocab import id_to_name
 
@@ -27,22 +28,37 @@ def load_model(path: str):
     return load_model_from_checkpoint(path, pick_device("auto"))
 
 
+@st.cache_resource(show_spinner="Preparing the sampling weights...")
+def load_sampler(path: str, dtype: str):
+    """The model `generate` samples from, made once per checkpoint and dtype, not per click.
+
+    float32 is the loaded model itself; int8 is a second model, loaded and quantised in place.
+    Attention arcs always come from the float32 model (`load_model`).
+    """
+    model = load_model(path)
+    device = model.wte.weight.device
+    if sampling_dtype(dtype, device) == "float32":
+        return model
+    return load_sampling_model(path, device, dtype)
+
+
 def pick_model():
-    """Sidebar checkpoint picker; returns the loaded model, or None after saying why."""
+    """Sidebar checkpoint picker: (the loaded model, its folder), or (None, None) after saying
+    why."""
     found = studio.find_checkpoints()
     if not found:
         st.error("No model found. The shipped default model is missing and no checkpoint was "
                  "found in runs/*/checkpoint. Train one (`python train.py --out runs/mine`) or "
                  f"set ${studio.ENV_CHECKPOINTS} to a folder holding checkpoints.")
-        return None
+        return None, None
     label = st.sidebar.selectbox("Checkpoint", list(found), key="checkpoint")
     try:
         model = load_model(str(found[label]))
     except (OSError, ValueError, RuntimeError) as exc:
         st.error(f"Cannot load checkpoint {found[label]}: {exc}")
-        return None
+        return None, None
     st.sidebar.caption(f"{model.config.short()}, {model.num_params() / 1e6:.2f} M parameters")
-    return model
+    return model, str(found[label])
 
 
 def pick_primer() -> tuple[np.ndarray | None, bool]:
@@ -68,7 +84,8 @@ def pick_primer() -> tuple[np.ndarray | None, bool]:
         return None, False
 
 
-WEIGHTS = {"auto (int8 on CPU: faster, same NLL within 0.01%)": "auto", "float32 (exact)": None}
+WEIGHTS = {"auto (int8 on CPU: faster, same NLL within 0.01%)": "auto",
+           "float32 (exact)": "float32"}
 
 
 def pick_sampling(config: Config) -> dict:
@@ -87,8 +104,9 @@ def pick_sampling(config: Config) -> dict:
     )
 
 
-def run_generation(model, primer: np.ndarray | None, opts: dict) -> list[dict]:
-    """Sample, then decode, render and analyse each piece once, for every later rerun."""
+def run_generation(model, sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:
+    """Sample with `sampler`, then decode, render and analyse (attention of the float32 `model`)
+    each piece once, for every later rerun."""
     bar = st.progress(0.0, text="Generating...")
     shown, expected = [-1], studio.expected_tokens(opts["seconds"])
 
@@ -101,10 +119,9 @@ def run_generation(model, primer: np.ndarray | None, opts: dict) -> list[dict]:
 
     settings = SamplingSettings(float(opts["temperature"]), int(opts["top_k"]),
                                 float(opts["top_p"]))
-    rows = generate(model, primer, max_new_tokens=studio.token_budget(opts["seconds"]),
+    rows = generate(sampler, primer, max_new_tokens=studio.token_budget(opts["seconds"]),
                     max_seconds=float(opts["seconds"]), num_samples=int(opts["num_samples"]),
-                    settings=settings, seed=int(opts["seed"]), progress=progress,
-                    dtype=opts["dtype"])
+                    settings=settings, seed=int(opts["seed"]), progress=progress)
     primer_len = 1 if primer is None else len(primer)
     bar.progress(1.0, text="Rendering audio...")
     results = [analyse(model, row, primer_len) for row in rows]
@@ -212,7 +229,7 @@ def main() -> None:
     st.set_page_config(page_title="musicgpt", layout="wide")
     st.title("musicgpt")
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
-    model = pick_model()
+    model, path = pick_model()
     primer, primer_ok = pick_primer()
     opts = pick_sampling(model.config if model is not None else Config())
     clicked = st.sidebar.button("Generate", type="primary", disabled=model is None or not primer_ok,
@@ -220,7 +237,8 @@ def main() -> None:
     if clicked:
         for key in [k for k in st.session_state if k.startswith(RESULT_WIDGET_PREFIXES)]:
             del st.session_state[key]  # their ranges belong to the previous results
-        st.session_state[RESULTS] = run_generation(model, primer, opts)
+        sampler = load_sampler(path, opts["dtype"])
+        st.session_state[RESULTS] = run_generation(model, sampler, primer, opts)
     results = st.session_state.get(RESULTS)
     if not results:
         st.info("Choose a primer and settings in the sidebar, then press Generate.")

@@ -5,8 +5,9 @@ to agree within 1e-4), fp32, top-k 40, temperature 1, no top-p, no grammar mask 
 exactly --new-tokens new tokens from a one-token primer (END is pinned to about -100 so ours never
 stops early; HF gets eos_token_id=None). Each side runs once as warm-up, then --repeats times,
 interleaved, and the median counts. Our reduced-precision modes (bf16 weights, int8 weights;
-`generate(..., dtype=...)`) are timed against the same HF run, and their validation NLL is
-compared with fp32 on a trained checkpoint (random weights would make that check meaningless).
+`quantize.sampling_copy`, made once before timing) are timed against the same HF run, and their
+validation NLL is compared with fp32 on a trained checkpoint (random weights would make that
+check meaningless).
 
     python benchmarks/bench_generate.py                      # full run (1024 new tokens)
     python benchmarks/bench_generate.py --new-tokens 256 --repeats 2 --threads 1

@@ -108,6 +108,21 @@ def load_weights(model: GPT, ckpt_dir: str | Path, device: str | torch.device = 
     load_model(model, str(weights), strict=True, device=str(device))
 
 
+def load_sampling_model(ckpt_dir: str | Path, device: str | torch.device = "cpu",
+                        dtype: str | torch.dtype | None = "auto") -> GPT:
+    """The model to sample from: loaded, then quantised once, in place (see quantize.py).
+
+    Quantising at load time, not in `generate`, makes every later generation start at once (the
+    app and the CLI load once and sample many times). "auto" is int8 weights on a CPU and the
+    checkpoint's own weights elsewhere; "float32" is `load_model_from_checkpoint` itself. Use the
+    plain float32 model for training, evaluation and attention maps.
+    """
+    from .quantize import quantize_for_sampling, sampling_dtype
+
+    name = sampling_dtype(dtype, device)  # an unknown dtype fails before the weights are read
+    return quantize_for_sampling(load_model_from_checkpoint(ckpt_dir, device), name)
+
+
 def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(state.json contents, state.safetensors tensors) of a checkpoint saved during training."""
     ckpt_dir = checkpoint_dir(ckpt_dir)

@@ -30,6 +30,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/musicgpt", help="run folder (default runs/musicgpt)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    parser.add_argument("--style-names", default="",
+                        help="readable names for the style labels (index.csv's style column or "
+                             "top-level folders), e.g. asap=classical,pop909=pop")
     parser.add_argument("--no-progress", action="store_true")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -46,7 +49,8 @@ def train_main(argv: list[str] | None = None) -> int:
         if not has_data:
             raise UserError("give --midi-dir (a folder of MIDI files) or --data-dir")
         result = train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
-                       resume=args.resume, progress=not args.no_progress)
+                       resume=args.resume, progress=not args.no_progress,
+                       style_names=_style_names(args.style_names))
     except (UserError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
@@ -56,9 +60,21 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_model(checkpoint: str | None, device: str):
+def _style_names(text: str) -> dict[str, str]:
+    """'asap=classical,pop909=pop' -> {'asap': 'classical', 'pop909': 'pop'}."""
+    names = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        label, sep, name = item.partition("=")
+        if not sep or not label.strip() or not name.strip():
+            raise UserError(f"--style-names wants label=name pairs, got {item!r}")
+        names[label.strip()] = name.strip()
+    return names
+
+
+def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
+    """The checkpoint's model on `device`; `dtype` other than float32 quantises it once, here."""
     from .assets import default_model_dir
-    from .checkpoint import has_weights, load_model_from_checkpoint
+    from .checkpoint import has_weights, load_sampling_model
     from .device import pick_device
 
     path = Path(checkpoint) if checkpoint else default_model_dir()
@@ -66,7 +82,7 @@ def _load_model(checkpoint: str | None, device: str):
         hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
         raise UserError(f"no checkpoint at {path}{hint}")
     try:
-        return load_model_from_checkpoint(path, pick_device(device))
+        return load_sampling_model(path, pick_device(device), dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load checkpoint {path}: {exc}") from exc
 
@@ -100,7 +116,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     _check_lengths(args)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
-    model = _load_model(args.checkpoint, args.device)
+    model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
     from tqdm import tqdm
 
@@ -111,7 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     rows = generate(model, primer, max_new_tokens=args.max_tokens, max_seconds=args.seconds,
                     num_samples=args.num_samples, settings=settings, seed=args.seed,
-                    progress=report, dtype=args.dtype)
+                    progress=report)
     bar.close()
     for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows, strict=True):
         try:

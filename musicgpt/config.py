@@ -30,6 +30,7 @@ class Config:
     fim_rate: float = 0.5
     # Style names, one per STYLE slot (set from the data at training time; empty = no styles).
     styles: tuple[str, ...] = ()
+    style_sources: tuple[str, ...] = ()  # the data label of each style, when renamed
     style_drop: float = 0.2  # share of training windows without their style token
     # training
     batch_size: int = 16
@@ -48,6 +49,7 @@ class Config:
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
+    bf16: bool = True  # bf16 autocast where the hardware has it (CUDA, CPUs with AVX512-BF16/AMX)
     # sampling
     temperature: float = 1.0
     top_k: int = 0
@@ -70,6 +72,7 @@ class Config:
             "style_drop": 0.0 <= self.style_drop <= 1.0,
             "styles": (len(self.styles) <= N_STYLES and len(set(self.styles)) == len(self.styles)
                        and all(isinstance(s, str) and s.strip() for s in self.styles)),
+            "style_sources": not self.style_sources or len(self.style_sources) == len(self.styles),
         }
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
@@ -100,8 +103,9 @@ class Config:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        if isinstance(values.get("styles"), list):  # JSON has no tuples
-            values = {**values, "styles": tuple(values["styles"])}
+        for name in _DERIVED_FIELDS:  # JSON has no tuples
+            if isinstance(values.get(name), list):
+                values = {**values, name: tuple(values[name])}
         if values.get("vocab_size") == BASE_VOCAB_SIZE:  # trained before FIM and styles
             values = {"fim_rate": 0.0, **values}
         return cls(**values)
@@ -126,7 +130,7 @@ def preset(name: str, **overrides) -> Config:
     return Config(**{**PRESETS[name], **overrides})
 
 
-_DERIVED_FIELDS = ("styles",)  # set from the data, not by a flag
+_DERIVED_FIELDS = ("styles", "style_sources")  # set from the data, not by a flag
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,12 +15,14 @@ import csv
 import json
 import os
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .fim import random_fim
 from .midi_io import CODEC_VERSION
 from .pipeline import ids_to_seconds, read_midi_piece
 from .vocab import (
@@ -29,9 +31,11 @@ from .vocab import (
     NOTE_OFF_OFFSET,
     NOTE_ON_OFFSET,
     PAD_ID,
+    START_ID,
     TIME_SHIFT_OFFSET,
     VELOCITY_OFFSET,
     VOCAB_VERSION,
+    style_id,
 )
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -63,14 +67,7 @@ def has_token_cache(out_dir: str | Path) -> bool:
 
 def _group_keys(root: Path) -> dict[str, str]:
     """Optional `index.csv` with `file` and `piece_group` columns keeps a piece's files together."""
-    index = root / "index.csv"
-    if not index.is_file():
-        return {}
-    with index.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"file", "piece_group"} <= rows[0].keys():
-        return {}
-    return {row["file"]: row["piece_group"] for row in rows}
+    return _index_column(root, "piece_group")
 
 
 def split_of(key: str) -> str:
@@ -185,6 +182,35 @@ def _slice(tokens: np.ndarray | None, piece: dict) -> np.ndarray | None:
     return tokens[piece["offset"] : piece["offset"] + piece["tokens"]].copy()
 
 
+def with_style(ids: np.ndarray, slot: int) -> np.ndarray:
+    """`ids` with the STYLE token of `slot` in front, or right after START if it starts with one."""
+    ids = np.asarray(ids, dtype=np.int64)
+    at = 1 if len(ids) and ids[0] == START_ID else 0
+    return np.insert(ids, at, style_id(slot))
+
+
+def piece_styles(out_dir: str | Path, split: str) -> list[str]:
+    """Style label of each piece of a split ('' for none), in `load_split` order: the `style`
+    column of the MIDI folder's `index.csv` where it has one, else the piece's top-level folder
+    (a file directly in the MIDI folder has none)."""
+    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    column = _index_column(Path(manifest.get("midi_dir", "")), "style")
+    return [column.get(p["path"]) or (p["path"].split("/")[0] if "/" in p["path"] else "")
+            for p in manifest["pieces"] if p["split"] == split]
+
+
+def _index_column(root: Path, name: str) -> dict[str, str]:
+    """file -> value of one column of `root/index.csv` ({} without the file or the column)."""
+    index = root / "index.csv"
+    if not index.is_file():
+        return {}
+    with index.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", name} <= rows[0].keys():
+        return {}
+    return {row["file"]: row[name] for row in rows if row[name]}
+
+
 def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
     """The pieces of one split as uint16 arrays (views into a memory map of tokens.bin)."""
     out_dir = Path(out_dir)
@@ -241,15 +267,23 @@ class TokenWindows:
     Pieces are picked in proportion to their length; a piece shorter than the window is used
     whole and padded with PAD (the loss ignores PAD targets). With `augment`, each window is
     transposed by -3..+3 semitones and stretched by one of 0.95..1.05, as in Music Transformer.
+    With `styles` (a STYLE slot per piece, -1 for none), a window carries its piece's style token
+    in front (after START when it begins the piece), except for a `style_drop` share of windows,
+    so the model also learns music without one. A `fim_rate` share of windows is rearranged for
+    fill-in-the-middle (fim.py) after that, the style token staying in front.
     """
 
     def __init__(self, pieces: list[np.ndarray], length: int, *, augment: bool = False,
-                 seed: int = 0):
-        pieces = [p for p in pieces if len(p) > 1]
-        if not pieces:
+                 seed: int = 0, styles: Sequence[int] | None = None, style_drop: float = 0.0,
+                 fim_rate: float = 0.0):
+        slots = list(styles) if styles is not None else [-1] * len(pieces)
+        kept = [i for i, p in enumerate(pieces) if len(p) > 1]
+        if not kept:
             raise ValueError("no pieces to draw windows from")
-        self.pieces, self.length, self.augment, self.seed = pieces, length, augment, seed
-        sizes = np.array([len(p) for p in pieces], dtype=np.float64)
+        self.pieces, self.slots = [pieces[i] for i in kept], [slots[i] for i in kept]
+        self.length, self.augment, self.seed = length, augment, seed
+        self.style_drop, self.fim_rate = style_drop, fim_rate
+        sizes = np.array([len(p) for p in self.pieces], dtype=np.float64)
         self.weights = sizes / sizes.sum()
 
     def batch(self, step: int, batch_size: int, rank: int = 0) -> np.ndarray:
@@ -258,7 +292,8 @@ class TokenWindows:
         return np.stack([self._window(rng) for _ in range(batch_size)])
 
     def _window(self, rng: np.random.Generator) -> np.ndarray:
-        piece = self.pieces[rng.choice(len(self.pieces), p=self.weights)]
+        index = rng.choice(len(self.pieces), p=self.weights)
+        piece = self.pieces[index]
         span = self.length + 1
         raw_span = span + span // 4 + 8 if self.augment else span
         start = int(rng.integers(0, max(1, len(piece) - raw_span + 1)))
@@ -267,7 +302,11 @@ class TokenWindows:
             window = transpose_ids(window, int(rng.integers(TRANSPOSE_RANGE[0],
                                                             TRANSPOSE_RANGE[1] + 1)))
             window = stretch_ids(window, float(rng.choice(STRETCH_FACTORS)))
+        if self.slots[index] >= 0 and rng.random() >= self.style_drop:
+            window = with_style(window, self.slots[index])
         window = window[:span]
+        if self.fim_rate > 0 and rng.random() < self.fim_rate:
+            window = random_fim(window, rng)[:span]  # the end of the middle may be cut off
         if len(window) < span:
             window = np.concatenate([window, np.full(span - len(window), PAD_ID)])
         return window

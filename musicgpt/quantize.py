@@ -1,8 +1,13 @@
-"""Reduced-precision copies of a model for sampling on CPU: bf16 weights, or int8 weights.
+"""Reduced-precision models for sampling on CPU: bf16 weights, or int8 weights.
 
 Decoding one token reads every weight once, so at batch 1 a step costs about the bytes of the
 weights. Halving (bf16) or quartering (int8) them is the one large speed-up left once the Python
-overhead is gone. Training never uses these copies; the original model is left untouched.
+overhead is gone. Training, evaluation and attention maps never use them.
+
+Quantise once, when the model is loaded (gpt-fast quantises offline), not on every generation:
+`checkpoint.load_sampling_model` converts a freshly loaded model in place
+(`quantize_for_sampling`), and `generate` samples from whatever model it is given.
+`sampling_copy` keeps the original model too, for side-by-side comparisons (benchmarks, tests).
 
 "int8" is weight-only: each Linear's W (in, out) is stored as int8 (out, in) with one scale per
 output column (symmetric, max-abs). The product goes through `torch._weight_int8pack_mm`, the
@@ -48,21 +53,13 @@ class Int8Linear(nn.Module):
         return (out.to(x.dtype) + self.bias).view(*x.shape[:-1], -1)
 
 
-def sampling_copy(model: GPT, dtype: str | torch.dtype | None) -> GPT:
-    """`model` itself for fp32 (or None), else an eval-mode copy with int8 or bf16 weights."""
+def sampling_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> str:
+    """"float32", "bfloat16" or "int8" for a dtype name or alias; "auto" is int8 on a CPU only.
+
+    Raises ValueError for an unknown name, so a caller can refuse it before loading anything.
+    """
     if dtype == "auto":
-        dtype = "int8" if model.wte.weight.device.type == "cpu" else None
-    name = _dtype_name(dtype)
-    if name == "float32" or (name == "bfloat16" and model.wte.weight.dtype == torch.bfloat16):
-        return model
-    low = copy.deepcopy(model).eval()
-    if name == "int8":
-        _swap_linears(low)
-        return low
-    return low.to(torch.bfloat16)
-
-
-def _dtype_name(dtype: str | torch.dtype | None) -> str:
+        return "int8" if torch.device(device).type == "cpu" else "float32"
     aliases = {None: "float32", torch.float32: "float32", "fp32": "float32", "float32": "float32",
                torch.bfloat16: "bfloat16", "bf16": "bfloat16", "bfloat16": "bfloat16",
                "int8": "int8", torch.int8: "int8"}
@@ -70,6 +67,37 @@ def _dtype_name(dtype: str | torch.dtype | None) -> str:
         raise ValueError(f"unknown sampling dtype {dtype!r}; "
                          f"choose from auto, {', '.join(SAMPLING_DTYPES)}")
     return aliases[dtype]
+
+
+def quantize_for_sampling(model: GPT, dtype: str | torch.dtype | None) -> GPT:
+    """Turn `model` itself (eval mode) into its sampling form: int8 or bf16 weights, fp32 as is.
+
+    In place, so a model loaded only to sample from costs no second copy; its fp32 Linear
+    weights are dropped. Returns the model for chaining.
+    """
+    name = sampling_dtype(dtype, model.wte.weight.device)
+    if _as_is(model, name):
+        return model
+    model.eval()
+    if name == "int8":
+        _swap_linears(model)
+        return model
+    return model.to(torch.bfloat16)
+
+
+def sampling_copy(model: GPT, dtype: str | torch.dtype | None) -> GPT:
+    """`model` itself for fp32 (or None), else an eval-mode copy with int8 or bf16 weights.
+
+    For comparing precisions on one model (benchmarks, tests); to sample, load the model once
+    with `checkpoint.load_sampling_model` instead of copying it on every call.
+    """
+    name = sampling_dtype(dtype, model.wte.weight.device)
+    return model if _as_is(model, name) else quantize_for_sampling(copy.deepcopy(model), name)
+
+
+def _as_is(model: GPT, name: str) -> bool:
+    """Nothing to convert: fp32 asked, or bf16 asked of a model already in bf16."""
+    return name == "float32" or (name == "bfloat16" and model.wte.weight.dtype == torch.bfloat16)
 
 
 def _swap_linears(module: nn.Module) -> None:

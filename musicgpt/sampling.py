@@ -163,21 +163,16 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
              max_new_tokens: int = 1024, max_seconds: float | None = None,
              num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
              seed: int | None = None, progress: ProgressFn | None = None,
-             static_shapes: bool | None = None, dtype: str | torch.dtype | None = None,
-             ) -> list[np.ndarray]:
+             static_shapes: bool | None = None) -> list[np.ndarray]:
     """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
 
     Each row stops at END, after `max_new_tokens`, or once its new music reaches `max_seconds`.
     Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
-    `dtype` "int8" samples from a copy with int8 weights (1.3-2x faster on CPU, NLL within
-    0.01%; see quantize.py and BENCHMARKS.md), "bfloat16" from a bf16 copy (for GPUs), "auto"
-    picks int8 on a CPU; None or "float32" uses the model as it is.
+    Samples from `model` as given: for int8 weights (1.3-2x faster on CPU, NLL within 0.01%; see
+    quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
-    from .quantize import sampling_copy
-
-    model = sampling_copy(model, dtype)
     device = model.wte.weight.device
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
     if not primer_ids or primer_ids[0] != START_ID:

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config
-from .data import TokenWindows, load_split, preprocess_folder
+from .data import TokenWindows, load_split, piece_styles, preprocess_folder
 from .device import pick_device
 from .layers import Linear
 from .model import GPT
-from .vocab import PAD_ID
+from .vocab import N_STYLES, PAD_ID
 
 
 def learning_rate_at(step: int, config: Config) -> float:
@@ -129,8 +130,18 @@ def evaluate_nll(model: GPT, windows: TokenWindows, config: Config, device: torc
     return total / max(count, 1)
 
 
+@dataclass
+class TrainingData:
+    """Token pieces of both splits and each piece's style label ('' for none)."""
+
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    train_styles: list[str]
+    val_styles: list[str]
+
+
 def prepare_data(midi_dir: str | Path | None, data_dir: str | Path,
-                 progress: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 progress: bool = True) -> TrainingData:
     if midi_dir is not None:
         manifest = preprocess_folder(midi_dir, data_dir, progress=progress)
         if progress and manifest["skipped"]:
@@ -138,7 +149,68 @@ def prepare_data(midi_dir: str | Path | None, data_dir: str | Path,
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     if not train:
         raise ValueError(f"no training pieces in {data_dir}")
-    return train, val or train
+    train_styles, val_styles = piece_styles(data_dir, "train"), piece_styles(data_dir, "val")
+    if not val:
+        val, val_styles = train, train_styles
+    return TrainingData(train, val, train_styles, val_styles)
+
+
+def resolve_styles(config: Config, labels: list[str], names: dict[str, str] | None = None,
+                   log=print) -> Config:
+    """Give `config` its style table from the training pieces' labels, unless it has one.
+
+    Each distinct label gets a STYLE slot (the N_STYLES most common if there are more; the rest
+    train without a style token), named by `names` (label -> readable name) where given. One
+    label only, or a vocabulary without style tokens, means no styles.
+    """
+    if config.styles or not config.has_fim:
+        return config
+    counts = Counter(label for label in labels if label)
+    if len(counts) < 2:
+        return config
+    kept = sorted(sorted(counts, key=lambda label: -counts[label])[:N_STYLES])
+    if len(counts) > N_STYLES:
+        log(f"{len(counts)} style labels; the {N_STYLES} most common get a style token, "
+            f"the rest train without one")
+    names = names or {}
+    return config.replace(styles=tuple(names.get(label, label) for label in kept),
+                          style_sources=tuple(kept))
+
+
+def style_slots(config: Config, labels: list[str]) -> list[int]:
+    """STYLE slot of each piece's label (-1 for no style or one the config does not know)."""
+    sources = config.style_sources or config.styles
+    return [sources.index(label) if label in sources else -1 for label in labels]
+
+
+def _windows(config: Config, data: TrainingData) -> tuple[TokenWindows, TokenWindows]:
+    """Training windows (augmented, styles dropped at style_drop, FIM at fim_rate) and
+    validation windows (plain left-to-right, always with their style)."""
+    fim_rate = config.fim_rate if config.has_fim else 0.0
+    train = TokenWindows(data.train, config.block_size, augment=config.augment, seed=config.seed,
+                         styles=style_slots(config, data.train_styles),
+                         style_drop=config.style_drop, fim_rate=fim_rate)
+    val = TokenWindows(data.val, config.block_size, seed=config.seed + 1,
+                       styles=style_slots(config, data.val_styles))
+    return train, val
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
+    or AMX), else None: on other CPUs bf16 is emulated and slower than fp32."""
+    if not enabled:
+        return None
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
 
 
 @dataclass
@@ -161,13 +233,17 @@ class _Run:
 
 def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = None,
           data_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, style_names: dict[str, str] | None = None) -> dict:
     """Train `config` and write checkpoints to `out_dir`/checkpoint; returns the last metrics.
+
+    Without styles in `config`, each piece's style label (data.piece_styles) gets a STYLE token,
+    named by `style_names` (label -> readable name) where given.
 
     `stop_after` ends the run early at that step (with a checkpoint), as an interruption would.
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
-    run = _setup(config, Path(out_dir), midi_dir, data_dir, progress)
+    run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names)
+    config = run.config
     start_step, best_val = _resume(run) if resume else (0, float("inf"))
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
     bar = _progress_bar(config, start_step, progress and run.dist.main)
@@ -200,7 +276,8 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     return {**metrics, "best_val_nll": best_val, "checkpoint": str(run.ckpt)}
 
 
-def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool) -> _Run:
+def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
+           style_names: dict[str, str] | None = None) -> _Run:
     """Device, process group, data, model, optimizer, DDP and compile wrappers, autocast."""
     data_dir = Path(data_dir or out_dir / "data")
     device = pick_device(config.device)
@@ -209,11 +286,13 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool) ->
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if dist.main:  # rank 0 preprocesses (cached); the others wait, then read its output
-        train_pieces, val_pieces = prepare_data(midi_dir, data_dir, progress=progress)
+        data = prepare_data(midi_dir, data_dir, progress=progress)
     if dist.world > 1:
         torch.distributed.barrier()
         if not dist.main:
-            train_pieces, val_pieces = prepare_data(None, data_dir, progress=False)
+            data = prepare_data(None, data_dir, progress=False)
+    config = resolve_styles(config, data.train_styles, style_names,
+                            log=print if dist.main else lambda _: None)
     torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
     model = GPT(config).to(device)
     train_model = model
@@ -222,19 +301,18 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool) ->
 
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    bf16 = bf16_autocast(device, config.bf16)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist.main:
+        styles = f", styles: {', '.join(config.styles)}" if config.styles else ""
+        fim = f", FIM rate {config.fim_rate}" if config.has_fim and config.fim_rate else ""
         print(f"model: {config.short()}, {model.num_params():,} parameters, device {device}"
-              f"{', bf16 autocast' if use_bf16 else ', fp32'}, {dist.world} process(es)")
+              f"{', bf16 autocast' if bf16 else ', fp32'}, {dist.world} process(es){fim}{styles}")
+    train_windows, val_windows = _windows(config, data)
     return _Run(config, model, train_model,
                 torch.compile(train_model) if config.compile else train_model,
-                make_optimizer(model, config), device, dist, autocast,
-                TokenWindows(train_pieces, config.block_size, augment=config.augment,
-                             seed=config.seed),
-                TokenWindows(val_pieces, config.block_size, seed=config.seed + 1),
-                out_dir, out_dir / "checkpoint")
+                make_optimizer(model, config), device, dist, bf16 or nullcontext(),
+                train_windows, val_windows, out_dir, out_dir / "checkpoint")
 
 
 def _train_step(run: _Run, step: int) -> float:

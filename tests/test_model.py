@@ -93,9 +93,10 @@ def test_cache_is_preallocated_and_written_in_place():
     assert [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
             for b in model.blocks] == buffers
     assert model.blocks[0].attn.kv_cache.k.shape == (2, 2, 16, 16)  # (B, H, max_len, D)
+    assert model.cache_len == 16  # kept by the GPT, not read off a layer's buffer
     assert model.blocks[0].attn.kv_cache.k[:, :, 6:].abs().sum() == 0
     model.clear_cache()
-    assert all(b.attn.kv_cache is None for b in model.blocks)
+    assert all(b.attn.kv_cache is None for b in model.blocks) and model.cache_len == 0
 
 
 def test_bad_lengths_and_missing_cache_are_refused():

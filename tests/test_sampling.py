@@ -213,10 +213,10 @@ def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(dtype
         exact, approx = model(ids).softmax(-1), low(ids).float().softmax(-1)
     assert (exact - approx).abs().max() < 2e-3
     assert model.wte.weight.dtype == torch.float32
-    rows = generate(model, [START_ID], max_new_tokens=100, num_samples=2, seed=0, dtype=dtype)
+    rows = generate(low, [START_ID], max_new_tokens=100, num_samples=2, seed=0)
     assert all(len(row) == 101 and grammar_errors(row) == [] for row in rows)
     with pytest.raises(ValueError, match="sampling dtype"):
-        generate(model, None, max_new_tokens=1, dtype="float8")
+        sampling_copy(model, "float8")
 
 
 def test_cache_is_released_after_generation():
