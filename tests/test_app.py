@@ -8,24 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from musicgpt import studio
 from musicgpt.checkpoint import save_checkpoint
-from musicgpt.config import preset
 from musicgpt.events import Note, notes_to_arrays
 from musicgpt.midi_io import arrays_to_midi_file
-from musicgpt.model import GPT
 from musicgpt.vocab import START_ID
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(GPT(preset("tiny")), tmp_path_factory.mktemp("tiny") / "checkpoint")
 
 
 @pytest.fixture
@@ -53,8 +44,8 @@ def _generate(at: AppTest, seconds: int = 3, num_samples: int = 1) -> AppTest:
 # --- plain logic ---------------------------------------------------------------------------------
 
 def test_find_checkpoints_lists_env_checkpoint_first_then_searched_folders(tiny_checkpoint,
-                                                                          tmp_path):
-    other = save_checkpoint(GPT(preset("tiny")), tmp_path / "runs" / "b" / "checkpoint")
+                                                                          tiny_model, tmp_path):
+    other = save_checkpoint(tiny_model, tmp_path / "runs" / "b" / "checkpoint")
     env = {studio.ENV_CHECKPOINT: str(tiny_checkpoint), studio.ENV_CHECKPOINTS: str(tmp_path)}
     found = list(studio.find_checkpoints(env, cwd=tmp_path).values())
     assert found[0] == tiny_checkpoint

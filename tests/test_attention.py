@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from musicgpt.attention import (
@@ -14,9 +13,7 @@ from musicgpt.attention import (
     notes_in_window,
     query_arcs,
 )
-from musicgpt.config import preset
 from musicgpt.events import ids_to_arrays
-from musicgpt.model import GPT
 from musicgpt.vocab import START_ID, name_to_id
 
 
@@ -27,12 +24,6 @@ def _ids(names: str) -> np.ndarray:
 # START V64 C4 +100ms E4 +200ms offC4 V96 G4 +300ms offE4 offG4
 PIECE = _ids("START VELOCITY_64 NOTE_ON_C4 TIME_SHIFT_100ms NOTE_ON_E4 TIME_SHIFT_200ms "
              "NOTE_OFF_C4 VELOCITY_96 NOTE_ON_G4 TIME_SHIFT_300ms NOTE_OFF_E4 NOTE_OFF_G4")
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> GPT:
-    torch.manual_seed(0)
-    return GPT(preset("tiny")).eval()
 
 
 def test_note_tokens_follow_the_attribution_rule():
@@ -93,9 +84,8 @@ def test_attention_maps_cover_the_last_block_and_leave_no_hooks(tiny_model):
     assert all(not block.attn._forward_pre_hooks for block in tiny_model.blocks)
 
 
-def test_attention_maps_work_with_relative_attention():
-    torch.manual_seed(0)
-    model = GPT(preset("tiny", attention="relative")).eval()
+def test_attention_maps_work_with_relative_attention(make_tiny_model):
+    model = make_tiny_model(attention="relative")
     maps, offset = attention_maps(model, PIECE)
     assert maps.shape == (2, 2, len(PIECE), len(PIECE)) and offset == 0
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)

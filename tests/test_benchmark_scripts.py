@@ -7,21 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from musicgpt.checkpoint import save_checkpoint
-from musicgpt.config import preset
-from musicgpt.model import GPT
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_music_speed_reports_each_weight_mode(tmp_path):
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(GPT(preset("tiny")), tmp_path / "checkpoint")
+def test_bench_music_speed_reports_each_weight_mode(tiny_checkpoint, tmp_path):
     out = tmp_path / "speed.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_music_speed.py"),
-                           "--checkpoint", str(checkpoint), "--pieces", "2", "--seconds", "1",
+                           "--checkpoint", str(tiny_checkpoint), "--pieces", "2", "--seconds", "1",
                            "--threads", "1", "--json-out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

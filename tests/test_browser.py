@@ -52,24 +52,12 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) 
     raise TimeoutError(f"streamlit did not answer {url} within {timeout_s} s")
 
 
-def _tiny_checkpoint(folder: Path) -> Path:
-    import torch
-
-    from musicgpt.checkpoint import save_checkpoint
-    from musicgpt.config import preset
-    from musicgpt.model import GPT
-
-    torch.manual_seed(0)
-    return save_checkpoint(GPT(preset("tiny")), folder / "checkpoint")
-
-
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    checkpoint = _tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+def app_url(tiny_checkpoint):
     port = _free_port()
     # One torch thread: the server shares the cores with Chromium and pytest, and oversubscribed
     # OpenMP threads slow CPU decoding ~10x on a busy 2-core machine.
-    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(checkpoint), "MUSICGPT_CHECKPOINTS": "",
+    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(tiny_checkpoint), "MUSICGPT_CHECKPOINTS": "",
            "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless",

@@ -10,6 +10,8 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.checkpoint import (
+    has_training_state,
+    has_weights,
     load_config,
     load_model_from_checkpoint,
     load_training_state,
@@ -17,21 +19,15 @@ from musicgpt.checkpoint import (
     save_checkpoint,
 )
 from musicgpt.config import preset
-from musicgpt.model import GPT
 from musicgpt.training import make_optimizer
-
-
-def _tiny(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(preset("tiny", **overrides)).eval()
 
 
 def _ids() -> torch.Tensor:
     return torch.randint(0, 380, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-def test_save_then_load_gives_identical_logits(tmp_path):
-    model = _tiny()
+def test_save_then_load_gives_identical_logits(tiny_model, tmp_path):
+    model = tiny_model
     save_checkpoint(model, tmp_path / "ckpt")
     loaded = load_model_from_checkpoint(tmp_path / "ckpt")
     assert loaded.config == model.config
@@ -42,8 +38,8 @@ def test_save_then_load_gives_identical_logits(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no .tmp or .old left behind
 
 
-def test_loading_never_unpickles(tmp_path, monkeypatch):
-    model = _tiny()
+def test_loading_never_unpickles(tiny_model, tmp_path, monkeypatch):
+    model = tiny_model
     optimizer = make_optimizer(model, model.config)
     model(_ids()).sum().backward()
     optimizer.step()
@@ -67,8 +63,8 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     assert "wte.weight" in header
 
 
-def test_optimizer_state_round_trips(tmp_path):
-    model = _tiny()
+def test_optimizer_state_round_trips(tiny_model, tmp_path):
+    model = tiny_model
     optimizer = make_optimizer(model, model.config)
     for _ in range(2):
         model(_ids()).square().mean().backward()
@@ -84,8 +80,8 @@ def test_optimizer_state_round_trips(tmp_path):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(after["state"][index][key]))
 
 
-def test_a_foreign_vocabulary_is_refused(tmp_path):
-    save_checkpoint(_tiny(), tmp_path / "ckpt")
+def test_a_foreign_vocabulary_is_refused(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "ckpt")
     path = tmp_path / "ckpt" / "config.json"
     values = json.loads(path.read_text())
     path.write_text(json.dumps({**values, "vocab_size": 390}))
@@ -93,29 +89,31 @@ def test_a_foreign_vocabulary_is_refused(tmp_path):
         load_model_from_checkpoint(tmp_path / "ckpt")
 
 
-def test_missing_checkpoint_or_weights_are_clear_errors(tmp_path):
+def test_missing_checkpoint_or_weights_are_clear_errors(tiny_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_config(tmp_path / "nothing")
-    save_checkpoint(_tiny(), tmp_path / "ckpt")
+    save_checkpoint(tiny_model, tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no weights"):
         load_model_from_checkpoint(tmp_path / "ckpt")
 
 
-def test_weights_of_another_shape_are_refused(tmp_path):
-    save_checkpoint(_tiny(), tmp_path / "ckpt")
+def test_weights_of_another_shape_are_refused(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "ckpt")
     with pytest.raises(RuntimeError):
         load_model_from_checkpoint(tmp_path / "ckpt", config=preset("tiny", n_embd=64))
 
 
-def test_overwriting_keeps_foreign_files_and_survives_a_cut_between_renames(tmp_path, monkeypatch):
+def test_overwriting_keeps_foreign_files_and_survives_a_cut_between_renames(make_tiny_model,
+                                                                            tmp_path, monkeypatch):
     ckpt = tmp_path / "ckpt"
-    save_checkpoint(_tiny(seed=0), ckpt)
+    save_checkpoint(make_tiny_model(seed=0), ckpt)
     (ckpt / "MODEL_CARD.md").write_text("card")
-    save_checkpoint(_tiny(seed=1), ckpt)
+    save_checkpoint(make_tiny_model(seed=1), ckpt)
     assert (ckpt / "MODEL_CARD.md").read_text() == "card"
     with torch.no_grad():
-        assert torch.equal(load_model_from_checkpoint(ckpt)(_ids()), _tiny(seed=1)(_ids()))
+        assert torch.equal(load_model_from_checkpoint(ckpt)(_ids()),
+                           make_tiny_model(seed=1)(_ids()))
 
     real_replace, calls = checkpoint.os.replace, []
 
@@ -127,8 +125,22 @@ def test_overwriting_keeps_foreign_files_and_survives_a_cut_between_renames(tmp_
 
     monkeypatch.setattr(checkpoint.os, "replace", crash_on_second_rename)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(_tiny(seed=2), ckpt)
+        save_checkpoint(make_tiny_model(seed=2), ckpt)
     monkeypatch.undo()
     assert not ckpt.exists()
     with torch.no_grad():  # loading falls back to the previous complete checkpoint
-        assert torch.equal(load_model_from_checkpoint(ckpt)(_ids()), _tiny(seed=1)(_ids()))
+        assert torch.equal(load_model_from_checkpoint(ckpt)(_ids()),
+                           make_tiny_model(seed=1)(_ids()))
+
+
+def test_probes_tell_weights_from_training_state_and_follow_a_cut_save(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert not has_weights(ckpt) and not has_training_state(ckpt)
+    save_checkpoint(tiny_model, ckpt)
+    assert has_weights(ckpt) and not has_training_state(ckpt)
+    save_checkpoint(tiny_model, ckpt, state={"step": 1})
+    assert has_weights(ckpt) and has_training_state(ckpt)
+    ckpt.rename(tmp_path / "ckpt.old")  # a save cut between its two renames
+    assert has_weights(ckpt) and has_training_state(ckpt)
+    (tmp_path / "ckpt.old" / "model.safetensors").unlink()
+    assert not has_weights(ckpt)

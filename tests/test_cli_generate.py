@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 from helpers import write_midi
 
 from musicgpt.checkpoint import save_checkpoint
 from musicgpt.cli import main
-from musicgpt.config import preset
 from musicgpt.midi_io import midi_file_to_arrays
-from musicgpt.model import GPT
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(GPT(preset("tiny")), tmp_path_factory.mktemp("run") / "checkpoint")
 
 
 def _one_line_error(capsys, code: int, *words: str) -> None:
@@ -30,19 +20,19 @@ def _one_line_error(capsys, code: int, *words: str) -> None:
     assert all(word in err[0] for word in words), err
 
 
-def test_generate_writes_a_readable_midi_file(checkpoint, tmp_path, capsys):
+def test_generate_writes_a_readable_midi_file(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out.mid"
-    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", "3",
-                 "--max-tokens", "300", "--seed", "0", "--no-progress"])
+    code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                 "--seconds", "3", "--max-tokens", "300", "--seed", "0", "--no-progress"])
     assert code == 0
     assert len(midi_file_to_arrays(out)) > 0
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_generate_continues_a_primer_into_several_files(checkpoint, tmp_path):
+def test_generate_continues_a_primer_into_several_files(tiny_checkpoint, tmp_path):
     primer = tmp_path / "primer.mid"
     write_midi(primer, [(60, 80, 0.0, 0.5), (64, 80, 0.5, 1.5)])
-    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.mid"),
+    code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.mid"),
                  "--primer", str(primer), "--seconds", "2", "--num-samples", "2",
                  "--top-k", "20", "--temperature", "0.9", "--dtype", "int8", "--no-progress"])
     assert code == 0
@@ -51,9 +41,9 @@ def test_generate_continues_a_primer_into_several_files(checkpoint, tmp_path):
         assert pitches[:2] == [60, 64]  # the primer's notes come first
 
 
-def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(tmp_path):
-    torch.manual_seed(0)
-    greedy = save_checkpoint(GPT(preset("tiny", top_k=1)), tmp_path / "greedy")  # argmax
+def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(make_tiny_model,
+                                                                           tmp_path):
+    greedy = save_checkpoint(make_tiny_model(top_k=1), tmp_path / "greedy")  # argmax
 
     def notes(seed: int, *flags: str) -> list:
         out = tmp_path / f"{seed}_{len(flags)}.mid"
@@ -75,11 +65,11 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [b"this is not MIDI", b"", None],
                          ids=["garbage", "empty", "missing"])
-def test_bad_primer_is_one_line(checkpoint, tmp_path, capsys, content):
+def test_bad_primer_is_one_line(tiny_checkpoint, tmp_path, capsys, content):
     primer = tmp_path / "primer.mid"
     if content is not None:
         primer.write_bytes(content)
-    code = main(["generate", "--checkpoint", str(checkpoint), "--primer", str(primer),
+    code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--primer", str(primer),
                  "--out", str(tmp_path / "o.mid"), "--no-progress"])
     _one_line_error(capsys, code, "primer")
     assert not (tmp_path / "o.mid").exists()
@@ -87,8 +77,8 @@ def test_bad_primer_is_one_line(checkpoint, tmp_path, capsys, content):
 
 @pytest.mark.parametrize("flags", [["--top-p", "0"], ["--temperature", "-1"], ["--top-k", "-2"],
                                    ["--num-samples", "0"]])
-def test_bad_sampling_values_are_one_line(checkpoint, tmp_path, capsys, flags):
-    code = main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.mid"),
+def test_bad_sampling_values_are_one_line(tiny_checkpoint, tmp_path, capsys, flags):
+    code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.mid"),
                  *flags])
     _one_line_error(capsys, code)
 

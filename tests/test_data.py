@@ -19,6 +19,7 @@ from musicgpt.data import (
     STRETCH_FACTORS,
     TokenWindows,
     find_midi_files,
+    has_token_cache,
     load_split,
     preprocess_folder,
     split_of,
@@ -27,7 +28,7 @@ from musicgpt.data import (
 )
 from musicgpt.events import Note, grammar_errors, ids_to_arrays, notes_to_ids, wrap_piece
 from musicgpt.midi_io import CODEC_VERSION
-from musicgpt.pipeline import ids_to_seconds, midi_file_to_ids
+from musicgpt.pipeline import ids_to_seconds, midi_file_to_ids, read_midi_piece
 from musicgpt.vocab import (
     PAD_ID,
     START_ID,
@@ -107,6 +108,32 @@ def test_bad_files_are_skipped_with_their_reasons(folder, tmp_path):
         assert reason in reasons[name]
     report = json.loads((out / "report.json").read_text())
     assert {s["path"]: s["reason"] for s in report["skipped"]} == reasons
+
+
+def test_evaluation_reads_a_folder_as_the_preprocessor_does(folder, tmp_path):
+    from musicgpt.evaluation import read_midi_folder
+
+    manifest = preprocess_folder(folder, tmp_path / "out", workers=1, progress=False)
+    names, _, skipped = read_midi_folder(folder)
+    assert sorted(names) == sorted(p["path"] for p in manifest["pieces"])
+    assert ({s["path"]: s["reason"] for s in skipped}
+            == {s["path"]: s["reason"] for s in manifest["skipped"]})
+
+
+def test_read_midi_piece_gives_ids_or_a_reason_never_both(folder):
+    good = read_midi_piece(folder / "a.mid")
+    assert good.reason is None and np.array_equal(good.ids, midi_file_to_ids(folder / "a.mid",
+                                                                              wrap=True))
+    assert good.sha1 == hashlib.sha1((folder / "a.mid").read_bytes()).hexdigest()
+    assert read_midi_piece(folder / "silent.mid").ids is None
+    missing = read_midi_piece(folder / "gone.mid")
+    assert missing.sha1 == "" and missing.ids is None and "cannot read file" in missing.reason
+
+
+def test_has_token_cache_once_preprocessed(folder, tmp_path):
+    assert not has_token_cache(tmp_path / "out")
+    preprocess_folder(folder, tmp_path / "out", workers=1, progress=False)
+    assert has_token_cache(tmp_path / "out")
 
 
 def test_second_run_reuses_the_cache_and_gives_identical_tokens(folder, tmp_path):

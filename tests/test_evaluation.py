@@ -8,17 +8,9 @@ import torch
 import torch.nn.functional as F
 from helpers import write_midi
 
-from musicgpt.checkpoint import save_checkpoint
 from musicgpt.cli import main
-from musicgpt.config import preset
 from musicgpt.evaluation import evaluate_pieces, plan_windows, score_pieces
-from musicgpt.model import GPT
 from musicgpt.vocab import END_ID, START_ID
-
-
-def _model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(preset("tiny")).eval()  # block_size 64
 
 
 def _piece(n_tokens: int, seed: int = 0) -> np.ndarray:
@@ -45,16 +37,16 @@ def test_windows_give_each_late_token_at_least_block_minus_stride_context():
         assert w.first_scored - 1 - w.start >= 64 - 32
 
 
-def test_piece_within_context_equals_one_forward():
-    model, piece = _model(), _piece(60)
+def test_piece_within_context_equals_one_forward(tiny_model):
+    model, piece = tiny_model, _piece(60)  # tiny: block_size 64
     x = torch.from_numpy(piece.astype(np.int64))
     expected = F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="sum").item()
     assert score_pieces(model, [piece])[0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_stride_one_gives_each_token_its_full_left_context():
+def test_stride_one_gives_each_token_its_full_left_context(make_tiny_model):
     """Against a brute force: one forward per target over the block_size tokens before it."""
-    model, piece = _model(1), _piece(90, seed=1)
+    model, piece = make_tiny_model(1), _piece(90, seed=1)
     x = torch.from_numpy(piece.astype(np.int64))
     expected = 0.0
     for j in range(1, len(piece)):
@@ -63,8 +55,8 @@ def test_stride_one_gives_each_token_its_full_left_context():
     assert score_pieces(model, [piece], stride=1)[0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_batching_and_order_do_not_change_per_piece_totals():
-    model = _model(2)
+def test_batching_and_order_do_not_change_per_piece_totals(make_tiny_model):
+    model = make_tiny_model(2)
     pieces = [_piece(n, seed=n) for n in (3, 40, 65, 66, 200, 17)]
     one = score_pieces(model, pieces, batch_size=1)
     many = score_pieces(model, pieces, batch_size=4)
@@ -85,8 +77,8 @@ def _midi_folder(tmp_path):
     return folder
 
 
-def test_evaluate_cli_json_skips_bad_files(tmp_path, capsys):
-    ckpt = save_checkpoint(_model(), tmp_path / "ckpt")
+def test_evaluate_cli_json_skips_bad_files(tiny_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoint
     folder = _midi_folder(tmp_path)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--midi-dir", str(folder), "--json",
                  "--device", "cpu"]) == 0
@@ -103,8 +95,8 @@ def test_evaluate_cli_json_skips_bad_files(tmp_path, capsys):
         result["nll_per_token"] * result["tokens"] / result["seconds"], rel=1e-3)
 
 
-def test_evaluate_cli_text_and_errors(tmp_path, capsys):
-    ckpt = save_checkpoint(_model(), tmp_path / "ckpt")
+def test_evaluate_cli_text_and_errors(tiny_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoint
     folder = _midi_folder(tmp_path)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--midi-dir", str(folder),
                  "--no-progress", "--device", "cpu"]) == 0

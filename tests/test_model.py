@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from musicgpt.config import preset
-from musicgpt.model import GPT
 from musicgpt.training import token_loss
 from musicgpt.vocab import BASE_VOCAB_SIZE, VOCAB_SIZE
 
@@ -23,28 +21,23 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _tiny(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(preset("tiny", **overrides)).eval()
-
-
 def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, BASE_VOCAB_SIZE - 3, (batch, length),
                          generator=torch.Generator().manual_seed(seed))
 
 
-def test_parameter_count_matches_the_gpt2_formula():
-    config = preset("tiny")
+def test_parameter_count_matches_the_gpt2_formula(tiny_model):
+    config = tiny_model.config
     C, L, V, n = config.n_embd, config.block_size, config.vocab_size, config.n_layer
     attn = (C * 3 * C + 3 * C) + (C * C + C)
     mlp = (C * 4 * C + 4 * C) + (4 * C * C + C)
     per_block = 2 * 2 * C + attn + mlp  # two LayerNorms, attention, MLP
     expected = V * C + L * C + n * per_block + 2 * C  # output projection tied to wte: no extra
-    assert GPT(config).num_params() == expected
+    assert tiny_model.num_params() == expected
 
 
-def test_initial_loss_is_about_log_vocab_size():
-    model = _tiny()
+def test_initial_loss_is_about_log_vocab_size(tiny_model):
+    model = tiny_model
     ids = _ids(4, 65)
     with torch.no_grad():
         loss = token_loss(model(ids[:, :-1]), ids[:, 1:])
@@ -52,8 +45,8 @@ def test_initial_loss_is_about_log_vocab_size():
 
 
 @pytest.mark.parametrize("attend", [True, False], ids=["attend_len", "static_full_buffer_mask"])
-def test_cached_decoding_matches_full_forward_at_every_position(attend):
-    model = _tiny()
+def test_cached_decoding_matches_full_forward_at_every_position(tiny_model, attend):
+    model = tiny_model
     ids = _ids(3, 40)
     with torch.no_grad():
         full = model(ids)  # (B, T, V)
@@ -70,8 +63,8 @@ def test_cached_decoding_matches_full_forward_at_every_position(attend):
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
 
 
-def test_chunked_prefill_matches_full_forward():
-    model = _tiny()
+def test_chunked_prefill_matches_full_forward(tiny_model):
+    model = tiny_model
     ids = _ids(2, 30)
     with torch.no_grad():
         full = model(ids)
@@ -82,8 +75,8 @@ def test_chunked_prefill_matches_full_forward():
     torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-4, rtol=0)
 
 
-def test_cache_is_preallocated_and_written_in_place():
-    model = _tiny()
+def test_cache_is_preallocated_and_written_in_place(tiny_model):
+    model = tiny_model
     model.setup_cache(2, 16)
     buffers = [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
                for b in model.blocks]
@@ -99,8 +92,8 @@ def test_cache_is_preallocated_and_written_in_place():
     assert all(b.attn.kv_cache is None for b in model.blocks) and model.cache_len == 0
 
 
-def test_bad_lengths_and_missing_cache_are_refused():
-    model = _tiny()
+def test_bad_lengths_and_missing_cache_are_refused(tiny_model):
+    model = tiny_model
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(_ids(1, 65))
     with pytest.raises(ValueError, match="exceeds block_size"):
@@ -109,8 +102,8 @@ def test_bad_lengths_and_missing_cache_are_refused():
         model(_ids(1, 3), torch.arange(3))
 
 
-def test_attention_weights_reproduce_the_fast_path_layer_by_layer():
-    model = _tiny()
+def test_attention_weights_reproduce_the_fast_path_layer_by_layer(tiny_model):
+    model = tiny_model
     ids = _ids(2, 20)
     with torch.no_grad():
         x = model.wte(ids) + model.wpe(torch.arange(20))
@@ -129,9 +122,8 @@ def test_attention_weights_reproduce_the_fast_path_layer_by_layer():
                                    atol=1e-5, rtol=0)
 
 
-def test_tiny_overfits_one_batch():
-    torch.manual_seed(0)
-    model = GPT(preset("tiny")).train()
+def test_tiny_overfits_one_batch(tiny_model):
+    model = tiny_model.train()
     ids = _ids(4, 65, seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(250):
@@ -142,8 +134,8 @@ def test_tiny_overfits_one_batch():
     assert loss.item() < 0.3, f"loss {loss.item():.3f} after 250 steps on one batch"
 
 
-def test_dropout_is_active_in_training_only():
-    model = _tiny(dropout=0.2)
+def test_dropout_is_active_in_training_only(make_tiny_model):
+    model = make_tiny_model(dropout=0.2)
     ids = _ids(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), model(ids))

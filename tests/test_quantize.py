@@ -7,16 +7,14 @@ import torch
 
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model, save_checkpoint
 from musicgpt.cli import main
-from musicgpt.config import preset
 from musicgpt.layers import Linear
 from musicgpt.model import GPT
 from musicgpt.quantize import Int8Linear, quantize_for_sampling, sampling_dtype
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    return save_checkpoint(GPT(preset("tiny")), tmp_path_factory.mktemp("q") / "checkpoint")
+def checkpoint(make_tiny_model, tmp_path_factory):
+    return save_checkpoint(make_tiny_model(1), tmp_path_factory.mktemp("q") / "checkpoint")
 
 
 def _ids() -> torch.Tensor:

@@ -8,7 +8,6 @@ import torch
 
 from musicgpt.checkpoint import load_model_from_checkpoint, save_checkpoint
 from musicgpt.config import preset
-from musicgpt.model import GPT
 from musicgpt.relative import RelativeSelfAttention, skew, skewed_relative_logits
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.training import token_loss
@@ -17,14 +16,18 @@ from musicgpt.vocab import END_ID
 TOL = 1e-4
 
 
-def _model(seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    config = preset("tiny", attention="relative", **overrides)
-    model = GPT(config).eval()
-    with torch.no_grad():  # make the relative term matter as much as the content term
-        for block in model.blocks:
-            block.attn.rel_emb.normal_(0.0, 0.5)
-    return model
+@pytest.fixture
+def make_relative_model(make_tiny_model):
+    """`make(seed)`: a tiny relative-attention model whose relative term matters as much as the
+    content term."""
+
+    def make(seed: int = 0):
+        model = make_tiny_model(seed, attention="relative")
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.rel_emb.normal_(0.0, 0.5)
+        return model
+    return make
 
 
 def _shaw_logits(q, k, rel_emb, first_pos=0):
@@ -72,8 +75,8 @@ def test_forward_matches_shaw_reference():
         torch.testing.assert_close(attn(x), want, atol=TOL, rtol=0)
 
 
-def test_attention_weights_reproduce_forward_output():
-    model = _model(2)
+def test_attention_weights_reproduce_forward_output(make_relative_model):
+    model = make_relative_model(2)
     attn = model.blocks[0].attn
     with torch.no_grad():
         x = torch.randn(3, 12, model.config.n_embd)
@@ -86,8 +89,8 @@ def test_attention_weights_reproduce_forward_output():
     assert torch.all(weights.triu(1) == 0)
 
 
-def test_fused_sdpa_branch_matches_explicit_softmax(monkeypatch):
-    model = _model(10)
+def test_fused_sdpa_branch_matches_explicit_softmax(make_relative_model, monkeypatch):
+    model = make_relative_model(10)
     ids = torch.randint(0, 388, (2, 40))
     with torch.no_grad():
         explicit = model(ids)
@@ -96,9 +99,8 @@ def test_fused_sdpa_branch_matches_explicit_softmax(monkeypatch):
     torch.testing.assert_close(fused, explicit, atol=TOL, rtol=0)
 
 
-def test_absolute_attention_weights_still_reproduce_output():
-    torch.manual_seed(3)
-    model = GPT(preset("tiny")).eval()
+def test_absolute_attention_weights_still_reproduce_output(make_tiny_model):
+    model = make_tiny_model(3)
     attn = model.blocks[0].attn
     with torch.no_grad():
         x = torch.randn(2, 9, model.config.n_embd)
@@ -125,8 +127,8 @@ def _decode_like_sampler(model, ids, prefill_len, attend):
 
 @pytest.mark.parametrize("attend", [True, False], ids=["attend_len", "full_buffer_mask"])
 @pytest.mark.parametrize("prefill_len", [1, 17])
-def test_cached_decoding_equals_full_recompute(attend, prefill_len):
-    model = _model(4)
+def test_cached_decoding_equals_full_recompute(make_relative_model, attend, prefill_len):
+    model = make_relative_model(4)
     T = model.config.block_size
     ids = torch.randint(0, 388, (3, T), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -135,8 +137,8 @@ def test_cached_decoding_equals_full_recompute(attend, prefill_len):
     torch.testing.assert_close(cached, full, atol=TOL, rtol=0)
 
 
-def test_prefill_at_later_positions_matches_full_pass():
-    model = _model(6)
+def test_prefill_at_later_positions_matches_full_pass(make_relative_model):
+    model = make_relative_model(6)
     ids = torch.randint(0, 388, (2, 30), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         full = model(ids)
@@ -147,8 +149,8 @@ def test_prefill_at_later_positions_matches_full_pass():
     torch.testing.assert_close(chunk, full[:, 12:30], atol=TOL, rtol=0)
 
 
-def test_forward_without_positions_stays_causal_with_a_cache():
-    model = _model(11)
+def test_forward_without_positions_stays_causal_with_a_cache(make_relative_model):
+    model = make_relative_model(11)
     ids = torch.randint(0, 388, (2, 20))
     with torch.no_grad():
         full = model(ids)
@@ -158,16 +160,16 @@ def test_forward_without_positions_stays_causal_with_a_cache():
     torch.testing.assert_close(cached, full, atol=TOL, rtol=0)
 
 
-def test_non_contiguous_positions_are_refused():
-    model = _model(7)
+def test_non_contiguous_positions_are_refused(make_relative_model):
+    model = make_relative_model(7)
     model.setup_cache(1, model.config.block_size)
     with pytest.raises(ValueError, match="contiguous"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.tensor([0, 2, 5]))
     model.clear_cache()
 
 
-def test_generation_runs_past_the_context():
-    model = _model(8)
+def test_generation_runs_past_the_context(make_relative_model):
+    model = make_relative_model(8)
     rows = generate(model, [], max_new_tokens=150, num_samples=2, seed=1,
                     settings=SamplingSettings(top_p=1.0))
     assert all(len(r) == 151 or r[-1] == END_ID for r in rows)  # START + up to 150 new
@@ -175,9 +177,9 @@ def test_generation_runs_past_the_context():
     assert all(np.all((r >= 0) & (r < model.config.vocab_size)) for r in rows)
 
 
-def test_budget_matches_absolute_when_layers_equal_heads():
-    absolute = GPT(preset("tiny", n_layer=2, n_head=2))
-    relative = GPT(preset("tiny", n_layer=2, n_head=2, attention="relative"))
+def test_budget_matches_absolute_when_layers_equal_heads(make_tiny_model):
+    absolute = make_tiny_model(n_layer=2, n_head=2)
+    relative = make_tiny_model(n_layer=2, n_head=2, attention="relative")
     assert absolute.num_params() == relative.num_params()
     names = {n for n, _ in absolute.named_parameters()}
     assert "wpe.weight" in names and not any("rel_emb" in n for n in names)
@@ -185,16 +187,16 @@ def test_budget_matches_absolute_when_layers_equal_heads():
     assert "wpe.weight" not in rel_names and "blocks.0.attn.rel_emb" in rel_names
 
 
-def test_relative_embeddings_get_gradients():
-    model = GPT(preset("tiny", attention="relative"))
+def test_relative_embeddings_get_gradients(make_tiny_model):
+    model = make_tiny_model(attention="relative").train()
     ids = torch.randint(0, 388, (2, 20))
     token_loss(model(ids[:, :-1]), ids[:, 1:]).backward()
     grad = model.blocks[1].attn.rel_emb.grad
     assert grad is not None and grad[:18].abs().sum() > 0 and grad[19:].abs().sum() == 0
 
 
-def test_checkpoint_round_trip_keeps_logits(tmp_path):
-    model = _model(9)
+def test_checkpoint_round_trip_keeps_logits(make_relative_model, tmp_path):
+    model = make_relative_model(9)
     save_checkpoint(model, tmp_path)
     loaded = load_model_from_checkpoint(tmp_path)
     assert loaded.config.attention == "relative"

@@ -9,7 +9,6 @@ import pytest
 import torch
 from helpers import write_midi
 
-from musicgpt.config import preset
 from musicgpt.events import grammar_errors
 from musicgpt.model import GPT
 from musicgpt.pipeline import (
@@ -31,14 +30,11 @@ from musicgpt.vocab import END_ID, PAD_ID, START_ID, TIME_SHIFT_OFFSET, VOCAB_SI
 GREEDY = SamplingSettings(top_k=1, top_p=1.0, grammar=False)
 
 
-def _tiny(seed: int = 0, end_logit: float | None = -100.0) -> GPT:
-    """A random tiny model; `end_logit` pins END's logit (about -100: never; 5: often)."""
-    torch.manual_seed(seed)
-    model = GPT(preset("tiny")).eval()
-    if end_logit is not None:
-        with torch.no_grad():  # a constant feature in the final norm, read only by END's row
-            model.ln_f.bias[0] = 10.0
-            model.wte.weight[END_ID, 0] = end_logit / 10.0
+def _pin_end(model: GPT, end_logit: float = -100.0) -> GPT:
+    """`model` with END's logit pinned to about `end_logit` (-100: never; 5: often)."""
+    with torch.no_grad():  # a constant feature in the final norm, read only by END's row
+        model.ln_f.bias[0] = 10.0
+        model.wte.weight[END_ID, 0] = end_logit / 10.0
     return model
 
 
@@ -115,29 +111,29 @@ def _greedy_reference(model: GPT, primer: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("new_tokens", [30, 150], ids=["within_context", "sliding_window"])
-def test_greedy_generation_matches_full_recompute(new_tokens):
-    model = _tiny(end_logit=None)
+def test_greedy_generation_matches_full_recompute(tiny_model, new_tokens):
+    model = tiny_model
     primer = [START_ID, 60, TIME_SHIFT_OFFSET + 20, 188]
     (row,) = generate(model, primer, max_new_tokens=new_tokens, settings=GREEDY, seed=0)
     assert row.tolist() == _greedy_reference(model, primer, new_tokens)
 
 
-def test_static_shapes_give_the_same_tokens():
-    model = _tiny(end_logit=None)
+def test_static_shapes_give_the_same_tokens(tiny_model):
+    model = tiny_model
     rows = [generate(model, [START_ID], max_new_tokens=80, settings=GREEDY, num_samples=2,
                      static_shapes=static)[0] for static in (False, True)]
     assert np.array_equal(*rows)
 
 
-def test_a_fixed_seed_repeats_and_another_seed_differs():
-    model = _tiny()
+def test_a_fixed_seed_repeats_and_another_seed_differs(tiny_model):
+    model = _pin_end(tiny_model)
     runs = [generate(model, None, max_new_tokens=40, num_samples=2, seed=s) for s in (5, 5, 6)]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
 
 
-def test_grammar_mask_leaves_no_impossible_event():
-    model = _tiny()
+def test_grammar_mask_leaves_no_impossible_event(tiny_model):
+    model = _pin_end(tiny_model)
     for seed in range(3):
         rows = generate(model, [START_ID], max_new_tokens=200, num_samples=4, seed=seed)
         assert all(grammar_errors(row) == [] for row in rows)
@@ -146,8 +142,8 @@ def test_grammar_mask_leaves_no_impossible_event():
     assert any(grammar_errors(row) for row in unmasked)  # so the check above means something
 
 
-def test_num_samples_makes_that_many_continuations_in_one_batch():
-    model = _tiny()
+def test_num_samples_makes_that_many_continuations_in_one_batch(tiny_model):
+    model = _pin_end(tiny_model)
     primer = [START_ID, 60, TIME_SHIFT_OFFSET + 49, 188]
     rows = generate(model, primer, max_new_tokens=30, num_samples=4, seed=0)
     assert len(rows) == 4
@@ -155,11 +151,11 @@ def test_num_samples_makes_that_many_continuations_in_one_batch():
     assert len({row.tobytes() for row in rows}) == 4
 
 
-def test_primer_from_a_midi_file_and_from_a_token_list(tmp_path):
+def test_primer_from_a_midi_file_and_from_a_token_list(tiny_model, tmp_path):
     write_midi(tmp_path / "primer.mid", [(60, 80, 0.0, 0.5), (64, 80, 0.5, 1.0),
                                          (67, 90, 1.0, 3.0)])
     primer = midi_file_to_primer(tmp_path / "primer.mid", seconds=2.0)
-    model = _tiny()
+    model = _pin_end(tiny_model)
     (row,) = generate(model, primer, max_new_tokens=20, seed=0)
     assert row[: len(primer)].tolist() == primer.tolist()
     assert grammar_errors(row) == []  # the grammar mask knows which primer notes still sound
@@ -167,28 +163,28 @@ def test_primer_from_a_midi_file_and_from_a_token_list(tmp_path):
     assert listed[:3].tolist() == [START_ID, 60, TIME_SHIFT_OFFSET + 9]  # START prepended
 
 
-def test_rows_stop_at_end_one_by_one():
-    model = _tiny(end_logit=5.0)  # END has ~30% of the mass at every step
+def test_rows_stop_at_end_one_by_one(tiny_model):
+    model = _pin_end(tiny_model, 5.0)  # END has ~30% of the mass at every step
     rows = generate(model, [START_ID], max_new_tokens=200, num_samples=6, seed=0)
     assert all(row[-1] == END_ID and END_ID not in row[:-1] and PAD_ID not in row
                for row in rows)
     assert len({len(row) for row in rows}) > 1
 
 
-def test_generation_stops_at_the_token_budget():
-    rows = generate(_tiny(), [START_ID], max_new_tokens=37, num_samples=2, seed=0)
+def test_generation_stops_at_the_token_budget(tiny_model):
+    rows = generate(_pin_end(tiny_model), [START_ID], max_new_tokens=37, num_samples=2, seed=0)
     assert [len(row) for row in rows] == [38, 38]
 
 
-def test_generation_stops_once_the_music_reaches_max_seconds():
-    rows = generate(_tiny(), [START_ID], max_new_tokens=2000, max_seconds=4.0, num_samples=3,
-                    seed=0)
+def test_generation_stops_once_the_music_reaches_max_seconds(tiny_model):
+    rows = generate(_pin_end(tiny_model), [START_ID], max_new_tokens=2000, max_seconds=4.0,
+                    num_samples=3, seed=0)
     for row in rows:
         assert ids_to_seconds(row) >= 4.0 > ids_to_seconds(row[:-1])
 
 
-def test_sliding_window_makes_long_pieces_that_decode_to_midi(tmp_path):
-    model = _tiny()
+def test_sliding_window_makes_long_pieces_that_decode_to_midi(tiny_model, tmp_path):
+    model = _pin_end(tiny_model)
     assert model.config.block_size == 64
     (row,) = generate(model, [START_ID], max_new_tokens=300, seed=0)
     assert len(row) == 301 and grammar_errors(row) == []
@@ -196,17 +192,18 @@ def test_sliding_window_makes_long_pieces_that_decode_to_midi(tmp_path):
     assert len(midi_file_to_ids(path)) > 0
 
 
-def test_progress_is_reported_per_token():
+def test_progress_is_reported_per_token(tiny_model):
     calls = []
-    generate(_tiny(), None, max_new_tokens=25, seed=0, progress=lambda d, t: calls.append((d, t)))
+    generate(_pin_end(tiny_model), None, max_new_tokens=25, seed=0,
+             progress=lambda d, t: calls.append((d, t)))
     assert calls == [(i, 25) for i in range(1, 26)]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(dtype):
+def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(tiny_model, dtype):
     from musicgpt.quantize import sampling_copy
 
-    model = _tiny()
+    model = _pin_end(tiny_model)
     low = sampling_copy(model, dtype)
     ids = torch.randint(0, 380, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -219,16 +216,16 @@ def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(dtype
         sampling_copy(model, "float8")
 
 
-def test_cache_is_released_after_generation():
-    model = _tiny()
+def test_cache_is_released_after_generation(tiny_model):
+    model = _pin_end(tiny_model)
     generate(model, None, max_new_tokens=3, seed=0)
     assert all(block.attn.kv_cache is None for block in model.blocks)
     with torch.no_grad():  # an uncached forward works again
         assert math.isfinite(float(model(torch.tensor([[START_ID]])).sum()))
 
 
-def test_rows_keep_every_token_drawn_even_pad_when_the_mask_is_off():
-    model = _tiny()
+def test_rows_keep_every_token_drawn_even_pad_when_the_mask_is_off(tiny_model):
+    model = _pin_end(tiny_model)
     with torch.no_grad():
         model.wte.weight[PAD_ID, 0] = 0.5  # PAD gets a logit of about 5
     (row,) = generate(model, [START_ID], max_new_tokens=30, seed=0,
@@ -243,9 +240,8 @@ def _longest_note_s(rows) -> float:
     return max(float(x.max()) for x in lengths if len(x)) / 100.0
 
 
-def test_notes_held_past_max_note_s_are_released():
-    torch.manual_seed(3)
-    model = GPT(preset("tiny")).eval()
+def test_notes_held_past_max_note_s_are_released(make_tiny_model):
+    model = make_tiny_model(3)
     kwargs = dict(max_new_tokens=600, max_seconds=60, num_samples=3, seed=5)
     unguarded = generate(model, **kwargs, settings=SamplingSettings(top_p=1.0, max_note_s=None))
     guarded = generate(model, **kwargs, settings=SamplingSettings(top_p=1.0, max_note_s=0.5))

@@ -98,8 +98,8 @@ def test_token_loss_skips_pad_targets():
     torch.testing.assert_close(token_loss(logits, targets), expected / int(kept.sum()))
 
 
-def test_weight_decay_applies_to_linear_matrices_only():
-    model = GPT(preset("tiny"))
+def test_weight_decay_applies_to_linear_matrices_only(tiny_model):
+    model = tiny_model
     decay, no_decay = make_optimizer(model, model.config).param_groups
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
     matrices = {id(m.weight) for m in model.modules() if isinstance(m, Linear)}
