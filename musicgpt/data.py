@@ -22,19 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
+from .events import ids_to_seconds
 from .fim import random_fim
 from .midi_io import CODEC_VERSION
-from .pipeline import ids_to_seconds, read_midi_piece
+from .pipeline import read_midi_piece
 from .vocab import (
     END_ID,
-    MAX_SHIFT_STEPS,
-    NOTE_OFF_OFFSET,
-    NOTE_ON_OFFSET,
+    N_PITCHES,
     PAD_ID,
     START_ID,
-    TIME_SHIFT_OFFSET,
-    VELOCITY_OFFSET,
     VOCAB_VERSION,
+    gap_to_shift_ids,
+    interleave_shifts,
+    is_note,
+    is_note_on,
+    is_shift,
+    note_off_id,
+    note_on_id,
+    note_pitch,
+    shift_steps,
     style_id,
 )
 
@@ -229,11 +235,11 @@ TRANSPOSE_RANGE = (-3, 3)
 def transpose_ids(ids: np.ndarray, semitones: int) -> np.ndarray:
     """Shift every note by `semitones`; notes pushed outside 0..127 are dropped (on and off)."""
     ids = np.asarray(ids, dtype=np.int64)
-    is_note = ids < TIME_SHIFT_OFFSET
-    pitch = np.where(ids < NOTE_OFF_OFFSET, ids - NOTE_ON_OFFSET, ids - NOTE_OFF_OFFSET) + semitones
-    keep = ~is_note | ((pitch >= 0) & (pitch < 128))
-    moved = np.where(is_note, ids + semitones, ids)
-    return moved[keep]
+    note = is_note(ids)
+    pitch = note_pitch(ids) + semitones
+    keep = ~note | ((pitch >= 0) & (pitch < N_PITCHES))
+    moved = np.where(is_note_on(ids), note_on_id(pitch), note_off_id(pitch))
+    return np.where(note, moved, ids)[keep]
 
 
 def stretch_ids(ids: np.ndarray, factor: float) -> np.ndarray:
@@ -241,24 +247,13 @@ def stretch_ids(ids: np.ndarray, factor: float) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     if factor == 1.0:
         return ids
-    is_shift = (ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)
-    steps = np.where(is_shift, ids - TIME_SHIFT_OFFSET + 1, 0)
+    steps = shift_steps(ids)
     time_before = np.cumsum(steps) - steps  # absolute step at which each event happens
-    others = ~is_shift
+    others = ~is_shift(ids)
     new_times = np.rint(time_before[others] * factor).astype(np.int64)
-    gaps = np.diff(new_times, prepend=0)
-    out: list[int] = []
-    top_shift = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1
-    for gap, token in zip(gaps.tolist(), ids[others].tolist(), strict=True):
-        full, rest = divmod(gap, MAX_SHIFT_STEPS)
-        out.extend([top_shift] * full)
-        if rest:
-            out.append(TIME_SHIFT_OFFSET + rest - 1)
-        out.append(token)
+    body = interleave_shifts(np.diff(new_times, prepend=0), ids[others])
     tail = int(np.rint(steps.sum() * factor)) - (int(new_times[-1]) if len(new_times) else 0)
-    full, rest = divmod(max(tail, 0), MAX_SHIFT_STEPS)
-    out.extend([top_shift] * full + ([TIME_SHIFT_OFFSET + rest - 1] if rest else []))
-    return np.array(out, dtype=np.int64)
+    return np.concatenate([body, gap_to_shift_ids(tail)])
 
 
 class TokenWindows:

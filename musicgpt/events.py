@@ -1,6 +1,9 @@
-"""Notes <-> performance-event token ids: quantisation, the overlap rule, and a total decoder.
+"""Notes <-> performance-event token ids: quantisation, the overlap rule, a total decoder, the
+grammar (which token may come next) and the music length of ids.
 
-Pure: numpy only, no torch, no MIDI files. Times are in steps of `vocab.STEP_MS` (10 ms).
+Pure: numpy only, no torch, no MIDI files. Times are in steps of `vocab.STEP_MS` (10 ms). Ids are
+read only through `vocab` (kinds, pitches, steps, velocities), never by their offsets, so a new
+special token is handled by its kind: the decoder ignores it and the grammar forbids it mid-piece.
 
 Encoding order at one time step: NOTE_OFFs (by pitch), then for each NOTE_ON (by pitch) a VELOCITY
 event when its bin differs from the previous onset's, then the NOTE_ON. A gap longer than 1 s is
@@ -16,15 +19,30 @@ import numpy as np
 
 from .vocab import (
     END_ID,
-    MAX_SHIFT_STEPS,
-    NOTE_OFF_OFFSET,
-    NOTE_ON_OFFSET,
-    PAD_ID,
+    KIND,
+    N_PITCHES,
+    NO_KIND,
     START_ID,
-    STEP_MS,
-    TIME_SHIFT_OFFSET,
-    VELOCITY_OFFSET,
+    VOCAB_SIZE,
+    EventType,
     bin_to_velocity,
+    id_to_name,
+    interleave_shifts,
+    is_event,
+    is_note,
+    is_note_off,
+    is_shift,
+    is_velocity,
+    kind_of,
+    note_off_id,
+    note_on_id,
+    note_pitch,
+    quantise_seconds,
+    shift_steps,
+    steps_to_seconds,
+    velocities_to_bins,
+    velocity_bin_of,
+    velocity_id,
     velocity_to_bin,
 )
 
@@ -64,10 +82,11 @@ def notes_to_arrays(notes: list[Note]) -> NoteArrays:
 
 
 def arrays_to_notes(arrays: NoteArrays) -> list[Note]:
-    scale = STEP_MS / 1000.0
+    starts = steps_to_seconds(arrays.start_step).tolist()
+    ends = steps_to_seconds(arrays.end_step).tolist()
     return [
-        Note(int(p), int(v), round(int(s) * scale, 6), round(int(e) * scale, 6))
-        for p, v, s, e in zip(arrays.pitch, arrays.velocity, arrays.start_step, arrays.end_step,
+        Note(int(p), int(v), round(s, 6), round(e, 6))
+        for p, v, s, e in zip(arrays.pitch.tolist(), arrays.velocity.tolist(), starts, ends,
                               strict=True)
     ]
 
@@ -78,11 +97,8 @@ def seconds_to_steps(pitch, velocity, start_s, end_s) -> NoteArrays:
     A same-pitch note that still sounds when the pitch is struck again ends at the new onset;
     of two onsets of one pitch in the same step only the later-listed survives.
     """
-    steps_per_s = 1000.0 / STEP_MS
-    start = np.rint(np.asarray(start_s, dtype=np.float64) * steps_per_s).astype(np.int64)
-    end = np.rint(np.asarray(end_s, dtype=np.float64) * steps_per_s).astype(np.int64)
-    start = np.maximum(start, 0)
-    end = np.maximum(end, start + 1)
+    start = np.maximum(quantise_seconds(start_s), 0)
+    end = np.maximum(quantise_seconds(end_s), start + 1)
     pitch = np.asarray(pitch, dtype=np.int64)
     velocity = np.clip(np.asarray(velocity, dtype=np.int64), 1, 127)
     return resolve_overlaps(NoteArrays(pitch, velocity, start, end))
@@ -113,78 +129,106 @@ def arrays_to_ids(notes: NoteArrays) -> np.ndarray:
     times = np.concatenate([notes.end_step, notes.start_step])
     is_on = np.concatenate([np.zeros(n, bool), np.ones(n, bool)])
     pitches = np.concatenate([notes.pitch, notes.pitch])
-    bins = np.concatenate([np.full(n, -1), (notes.velocity - 1) // 4]).clip(-1, 31)
+    bins = np.concatenate([np.full(n, -1), velocities_to_bins(notes.velocity)])
     order = np.lexsort((pitches, is_on, times))
     times, is_on, pitches, bins = times[order], is_on[order], pitches[order], bins[order]
 
     on_bins = bins[is_on]
     bin_changed = np.ones(len(on_bins), bool)
     bin_changed[1:] = on_bins[1:] != on_bins[:-1]
-    needs_velocity = np.zeros(len(times), bool)
-    needs_velocity[is_on] = bin_changed
+    at = np.flatnonzero(is_on)[bin_changed]  # the onsets that state their velocity first
 
-    gap = np.diff(times, prepend=0)
-    full_shifts, remainder = np.divmod(gap, MAX_SHIFT_STEPS)
-    n_shifts = full_shifts + (remainder > 0)
-    length = n_shifts + needs_velocity + 1
-    event_pos = np.cumsum(length) - 1
-
-    ids = np.full(int(event_pos[-1]) + 1, TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1, dtype=np.int64)
-    has_rem = remainder > 0
-    ids[(event_pos - needs_velocity - 1)[has_rem]] = TIME_SHIFT_OFFSET + remainder[has_rem] - 1
-    ids[(event_pos - 1)[needs_velocity]] = VELOCITY_OFFSET + bins[needs_velocity]
-    ids[event_pos] = np.where(is_on, NOTE_ON_OFFSET, NOTE_OFF_OFFSET) + pitches
-    return ids.astype(np.uint16)
+    tokens = np.where(is_on, note_on_id(pitches), note_off_id(pitches))
+    tokens = np.insert(tokens, at, velocity_id(bins[at]))
+    gaps = np.diff(times, prepend=0)
+    gaps = np.insert(gaps, at, gaps[at])  # the VELOCITY takes its note's gap,
+    gaps[at + np.arange(len(at)) + 1] = 0  # and the note follows it at once
+    return interleave_shifts(gaps, tokens).astype(np.uint16)
 
 
 def notes_to_ids(notes: list[Note]) -> np.ndarray:
     return arrays_to_ids(notes_to_arrays(notes))
 
 
+# --- decoding ---------------------------------------------------------------------------------
+
+_ON, _OFF, _SHIFT, _VELOCITY, _START, _END = (KIND[etype] for etype in (
+    EventType.NOTE_ON, EventType.NOTE_OFF, EventType.TIME_SHIFT, EventType.VELOCITY,
+    EventType.START, EventType.END))
+_DEFAULT_VELOCITY = bin_to_velocity(velocity_to_bin(64))
+
+
+def _decode_table() -> list[tuple[int, int]]:
+    """(kind, value) of every id, then one (NO_KIND, 0) row for all ids outside the vocabulary;
+    value: a note's pitch, a shift's steps, a VELOCITY's velocity, else 0."""
+    ids = np.arange(VOCAB_SIZE)
+    velocity = np.zeros(VOCAB_SIZE, dtype=np.int64)
+    marks = is_velocity(ids)
+    velocity[marks] = [bin_to_velocity(b) for b in velocity_bin_of(ids[marks]).tolist()]
+    value = np.select([is_note(ids), is_shift(ids)], [note_pitch(ids), shift_steps(ids)], velocity)
+    return [*zip(kind_of(ids).tolist(), value.tolist(), strict=True), (NO_KIND, 0)]
+
+
+_DECODE = _decode_table()
+
+
 def ids_to_arrays(ids, max_dangling_steps: int | None = None) -> NoteArrays:
     """Decode any id sequence to notes; never raises on model output.
 
-    Ignored: NOTE_OFF with no sounding note, PAD, START, ids outside the vocabulary; decoding stops
-    at END. A re-struck pitch closes the sounding note at the new onset. Notes never released end
-    with the sequence, cut at `MAX_DANGLING_NOTE_S`. Zero-length notes are dropped.
+    Ignored: NOTE_OFF with no sounding note, PAD, START, every other special and ids outside the
+    vocabulary; decoding stops at END. A re-struck pitch closes the sounding note at the new
+    onset. Notes never released end with the sequence, cut at `MAX_DANGLING_NOTE_S`. Zero-length
+    notes are dropped.
     """
+    return ids_to_arrays_with_positions(ids, max_dangling_steps)[0]
+
+
+def ids_to_arrays_with_positions(ids, max_dangling_steps: int | None = None,
+                                 ) -> tuple[NoteArrays, np.ndarray]:
+    """`ids_to_arrays`, and the position in `ids` of each decoded note's NOTE_ON token."""
     if max_dangling_steps is None:
-        max_dangling_steps = int(MAX_DANGLING_NOTE_S * 1000 / STEP_MS)
-    velocity = bin_to_velocity(velocity_to_bin(64))
-    sounding: dict[int, tuple[int, int]] = {}  # pitch -> (start step, velocity)
-    out: list[tuple[int, int, int, int]] = []
-    step = 0
-    for token in np.asarray(ids, dtype=np.int64).tolist():
-        if token < NOTE_OFF_OFFSET:
-            if token < 0:
-                continue
-            if token in sounding:
-                _close(out, token, sounding.pop(token), step)
-            sounding[token] = (step, velocity)
-        elif token < TIME_SHIFT_OFFSET:
-            pitch = token - NOTE_OFF_OFFSET
-            if pitch in sounding:
-                _close(out, pitch, sounding.pop(pitch), step)
-        elif token < VELOCITY_OFFSET:
-            step += token - TIME_SHIFT_OFFSET + 1
-        elif token < PAD_ID:
-            velocity = bin_to_velocity(token - VELOCITY_OFFSET)
-        elif token == END_ID:
-            break
-    for pitch, (start, vel) in sounding.items():
-        _close(out, pitch, (start, vel), min(step, start + max_dangling_steps))
+        max_dangling_steps = int(quantise_seconds(MAX_DANGLING_NOTE_S))
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = np.where((ids >= 0) & (ids < VOCAB_SIZE), ids, VOCAB_SIZE)  # _DECODE's rows
+    out = _decode(rows.tolist(), max_dangling_steps)
     if not out:
         empty = np.zeros(0, dtype=np.int64)
-        return NoteArrays(empty, empty, empty, empty)
-    pitch, vel, start, end = (np.array(col, dtype=np.int64) for col in zip(*out, strict=True))
+        return NoteArrays(empty, empty, empty, empty), empty
+    pitch, vel, start, end, pos = (np.array(col, dtype=np.int64) for col in zip(*out, strict=True))
     order = np.lexsort((pitch, start))
-    return NoteArrays(pitch[order], vel[order], start[order], end[order])
+    return NoteArrays(pitch[order], vel[order], start[order], end[order]), pos[order]
 
 
-def _close(out: list, pitch: int, opened: tuple[int, int], end_step: int) -> None:
-    start, velocity = opened
+def _decode(rows: list[int], max_dangling_steps: int) -> list[tuple[int, int, int, int, int]]:
+    """(pitch, velocity, start, end, NOTE_ON position) of each note; a plain loop over `_DECODE`
+    rows, as model output is decoded often."""
+    table, on, off, shift, vel, end = _DECODE, _ON, _OFF, _SHIFT, _VELOCITY, _END
+    velocity, step = _DEFAULT_VELOCITY, 0
+    sounding: dict[int, tuple[int, int, int]] = {}  # pitch -> (start step, velocity, position)
+    out: list[tuple[int, int, int, int, int]] = []
+    for pos, row in enumerate(rows):
+        kind, value = table[row]
+        if kind == on or kind == off:
+            opened = sounding.pop(value, None)
+            if opened is not None:
+                _close(out, value, opened, step)
+            if kind == on:
+                sounding[value] = (step, velocity, pos)
+        elif kind == shift:
+            step += value
+        elif kind == vel:
+            velocity = value
+        elif kind == end:
+            break
+    for pitch, opened in sounding.items():
+        _close(out, pitch, opened, min(step, opened[0] + max_dangling_steps))
+    return out
+
+
+def _close(out: list, pitch: int, opened: tuple[int, int, int], end_step: int) -> None:
+    start, velocity, pos = opened
     if end_step > start:
-        out.append((pitch, velocity, start, end_step))
+        out.append((pitch, velocity, start, end_step, pos))
 
 
 def ids_to_notes(ids) -> list[Note]:
@@ -196,30 +240,94 @@ def wrap_piece(ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[START_ID], np.asarray(ids, dtype=np.int64), [END_ID]]).astype(np.uint16)
 
 
-def grammar_errors(ids) -> list[tuple[int, str]]:
-    """(position, reason) for each event that cannot be right in a piece.
+# --- music length -----------------------------------------------------------------------------
 
-    Checked: NOTE_OFF of a pitch not sounding, NOTE_ON of a pitch already sounding, START or PAD
-    after the first position, anything after END.
+def ids_to_seconds(ids) -> float:
+    """Length of the music the ids describe: the sum of their time shifts, in seconds."""
+    return float(steps_to_seconds(shift_steps(ids).sum()))
+
+
+def ids_until_seconds(ids, seconds: float) -> np.ndarray:
+    """The prefix of `ids` covering the first `seconds` of music (sounding notes stay open)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    elapsed = steps_to_seconds(np.cumsum(shift_steps(ids)))
+    over = np.flatnonzero(elapsed > seconds + 1e-9)
+    return ids[: over[0]] if len(over) else ids
+
+
+# --- the grammar --------------------------------------------------------------------------------
+
+class NoteGrammar:
+    """Which token may come next in each of `batch` pieces, advanced one token per row at a time.
+
+    The rule: NOTE_ON only for a silent pitch, NOTE_OFF only for a sounding one, START only first,
+    nothing after END, and no other special ever (PAD, and any id that is neither a music event
+    nor END, which covers specials added later). `allowed` (batch, vocab_size) is the rule as a
+    mask, `sounding` (batch, 128) the pitches that sound, `ended` (batch,) the rows past END;
+    `why_not` names the broken rule. `vocab_size` is the model's: ids the vocabulary does not
+    know are never allowed.
     """
+
+    def __init__(self, batch: int, vocab_size: int = VOCAB_SIZE):
+        ids = np.arange(vocab_size)
+        kinds = kind_of(ids)
+        self._kinds, self._pitch = kinds.tolist(), note_pitch(ids).tolist()
+        pitches = np.arange(N_PITCHES)
+        self._on_id, self._off_id = note_on_id(pitches).tolist(), note_off_id(pitches).tolist()
+        self._start_ids = np.flatnonzero(kinds == _START)
+        first = (is_event(ids) & ~is_note_off(ids)) | (kinds == _END) | (kinds == _START)
+        self.allowed = np.repeat(first[None], batch, axis=0)
+        self.sounding = np.zeros((batch, N_PITCHES), dtype=bool)
+        self.ended = np.zeros(batch, dtype=bool)
+        self.n_ended = 0  # rows past END (a plain int: cheaper to test than ended.any())
+        self.position = 0  # tokens observed per row
+
+    def observe(self, tokens) -> None:
+        """Advance each row by its token (any id: one the rule forbids leaves the row as it was,
+        END ends it)."""
+        if self.position == 0:
+            self.allowed[:, self._start_ids] = False
+        self.position += 1
+        for row, token in enumerate(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens):
+            if self.n_ended and self.ended[row]:
+                continue
+            kind = self._kinds[token] if 0 <= token < len(self._kinds) else NO_KIND
+            if kind == _ON or kind == _OFF:
+                self._sound(row, self._pitch[token], kind == _ON)
+            elif kind == _END:
+                self.ended[row], self.allowed[row] = True, False
+                self.n_ended += 1
+
+    def _sound(self, row: int, pitch: int, on: bool) -> None:
+        self.sounding[row, pitch] = on
+        self.allowed[row, self._on_id[pitch]] = not on
+        self.allowed[row, self._off_id[pitch]] = on
+
+    def why_not(self, row: int, token: int) -> str | None:
+        """Why `token` may not come next in `row` (None if it may)."""
+        if self.ended[row]:
+            return "event after END"
+        kind = self._kinds[token] if 0 <= token < len(self._kinds) else NO_KIND
+        if kind == NO_KIND:
+            return f"id {token} outside the vocabulary"
+        if self.allowed[row, token]:
+            return None
+        if kind == _ON:
+            return "NOTE_ON of a sounding pitch"
+        if kind == _OFF:
+            return "NOTE_OFF of a silent pitch"
+        return f"{id_to_name(token)} inside a piece"
+
+
+def grammar_errors(ids) -> list[tuple[int, str]]:
+    """(position, reason) for each event that cannot be right in a piece, by `NoteGrammar`:
+    NOTE_OFF of a pitch not sounding, NOTE_ON of a pitch already sounding, START after the first
+    position, PAD or another special anywhere, anything after END."""
+    grammar = NoteGrammar(1)
     errors: list[tuple[int, str]] = []
-    sounding: set[int] = set()
-    ended = False
     for pos, token in enumerate(np.asarray(ids, dtype=np.int64).tolist()):
-        if ended:
-            errors.append((pos, "event after END"))
-        elif token < NOTE_OFF_OFFSET:
-            if token in sounding:
-                errors.append((pos, "NOTE_ON of a sounding pitch"))
-            sounding.add(token)
-        elif token < TIME_SHIFT_OFFSET:
-            if token - NOTE_OFF_OFFSET not in sounding:
-                errors.append((pos, "NOTE_OFF of a silent pitch"))
-            sounding.discard(token - NOTE_OFF_OFFSET)
-        elif token == PAD_ID:
-            errors.append((pos, "PAD inside a piece"))
-        elif token == START_ID and pos > 0:
-            errors.append((pos, "START inside a piece"))
-        elif token == END_ID:
-            ended = True
+        reason = grammar.why_not(0, token)
+        if reason is not None:
+            errors.append((pos, reason))
+        grammar.observe((token,))
     return errors

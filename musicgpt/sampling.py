@@ -1,7 +1,8 @@
 """logits -> next token, and the prefill/decode loop. Never sees MIDI, only token ids.
 
-Grammar-aware by default: before each draw, events that cannot be right are masked out (NOTE_OFF
-of a silent pitch, NOTE_ON of a sounding pitch, PAD and START mid-piece). Past the model's context
+Grammar-aware by default: before each draw, events that cannot be right are masked out by
+`events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
+other special mid-piece). Past the model's context
 the loop keeps going with a sliding window: the most recent 3/4 of the context is re-prefilled.
 """
 
@@ -13,15 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .events import NoteGrammar
 from .model import GPT
 from .vocab import (
     END_ID,
-    NOTE_OFF_OFFSET,
+    N_PITCHES,
     PAD_ID,
     START_ID,
-    STEP_MS,
-    TIME_SHIFT_OFFSET,
-    VELOCITY_OFFSET,
+    is_note_on,
+    note_off_id,
+    note_pitch,
+    seconds_to_steps,
+    shift_steps,
 )
 
 ProgressFn = Callable[[int, int], None]  # (tokens generated so far, token budget)
@@ -89,8 +93,10 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
 
 
-class _Rows:
-    """Per-row sampling state (grammar, music length, finished rows), kept in numpy.
+class SamplerState:
+    """The state of a batch being sampled, in numpy: the grammar (`events.NoteGrammar`), the music
+    each row has written, the rows that are done, and each sounding note's onset (for the
+    `max_note_s` guard).
 
     A batch-1 CPU decode step of the default model takes 1-2 ms; drawing the next token with a
     few dozen small torch ops cost another 0.5 ms, so the draw works on a numpy copy of the
@@ -101,18 +107,18 @@ class _Rows:
                  max_seconds: float | None, seed: int | None):
         B = history.shape[0]
         self.settings, self.rng = settings, np.random.default_rng(seed)
-        self.grammar = settings.grammar
-        self.allowed = np.ones((B, vocab_size), dtype=bool)  # used when `grammar` is on
-        self.allowed[:, [PAD_ID, START_ID]] = False
-        self.allowed[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + 128] = False  # nothing sounds yet
-        self.onset_step = np.zeros((B, 128), dtype=np.int64)  # primer notes count from 0
-        self.max_note_steps = (None if settings.max_note_s is None or not self.grammar
-                               else int(round(settings.max_note_s * 1000 / STEP_MS)))
+        self.grammar = NoteGrammar(B, vocab_size)  # its mask applies when settings.grammar is on
+        ids = np.arange(vocab_size)
+        self._steps = shift_steps(ids).tolist()  # 10 ms steps each id moves on
+        self._struck = np.where(is_note_on(ids), note_pitch(ids), -1).tolist()  # NOTE_ON pitch
+        self.onset_step = np.zeros((B, N_PITCHES), dtype=np.int64)  # primer notes count from 0
+        self.max_note_steps = (None if settings.max_note_s is None or not settings.grammar
+                               else seconds_to_steps(settings.max_note_s))
         self.done = np.zeros(B, dtype=bool)
         self.n_new = np.zeros(B, dtype=np.int64)  # tokens each row keeps
         self.new_steps = np.zeros(B, dtype=np.int64)
-        self.max_steps = None if max_seconds is None else int(round(max_seconds * 1000 / STEP_MS))
-        for column in history[:, 1:].T:
+        self.max_steps = None if max_seconds is None else seconds_to_steps(max_seconds)
+        for column in history.T:
             self._observe(column)
         self.new_steps[:] = 0
         self.onset_step[:] = 0
@@ -131,31 +137,31 @@ class _Rows:
     def _sample(self, logits: np.ndarray) -> np.ndarray:
         s = self.settings
         logits = apply_temperature(logits, s.temperature)
-        if self.grammar:
-            logits = np.where(self.allowed, logits, -np.inf)
+        if s.grammar:
+            allowed = self.grammar.allowed
+            if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
+                allowed = allowed | self.grammar.ended[:, None]
+            logits = np.where(allowed, logits, -np.inf)
         return sample(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), self.rng)
 
     def _observe(self, tokens: np.ndarray) -> None:
-        """Advance each row by one token: sounding pitches, onsets, music length."""
-        for row, token in enumerate(tokens.tolist()):
-            if token < NOTE_OFF_OFFSET:
-                self.onset_step[row, token] = self.new_steps[row]
-                self.allowed[row, token], self.allowed[row, NOTE_OFF_OFFSET + token] = False, True
-            elif token < TIME_SHIFT_OFFSET:
-                pitch = token - NOTE_OFF_OFFSET
-                self.allowed[row, pitch], self.allowed[row, token] = True, False
-            elif token < VELOCITY_OFFSET:
-                self.new_steps[row] += token - TIME_SHIFT_OFFSET + 1
+        """Advance each row by one token: grammar, onsets, music length."""
+        tokens = tokens.tolist()
+        self.grammar.observe(tokens)
+        for row, token in enumerate(tokens):  # plain ints: a few numpy calls would cost more
+            if self._steps[token]:
+                self.new_steps[row] += self._steps[token]
+            elif self._struck[token] >= 0:
+                self.onset_step[row, self._struck[token]] = self.new_steps[row]
 
     def _release_overdue(self, token: np.ndarray) -> np.ndarray:
         """Replace a row's draw by the NOTE_OFF of its longest-held note once that is overdue."""
         if self.max_note_steps is None:
             return token
-        sounding = self.allowed[:, NOTE_OFF_OFFSET : NOTE_OFF_OFFSET + 128]
-        held = np.where(sounding, self.new_steps[:, None] - self.onset_step, -1)
+        held = np.where(self.grammar.sounding, self.new_steps[:, None] - self.onset_step, -1)
         oldest = held.argmax(1)
         overdue = held[np.arange(len(token)), oldest] >= self.max_note_steps
-        return np.where(overdue, NOTE_OFF_OFFSET + oldest, token)
+        return np.where(overdue, note_off_id(oldest), token)
 
 
 @torch.inference_mode()
@@ -178,7 +184,8 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     if not primer_ids or primer_ids[0] != START_ID:
         primer_ids = [START_ID] + primer_ids
     history = torch.tensor(primer_ids, device=device).repeat(num_samples, 1)  # (B, T)
-    rows = _Rows(history.cpu().numpy(), settings, model.config.vocab_size, max_seconds, seed)
+    rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size, max_seconds,
+                        seed)
     static = device.type == "cuda" if static_shapes is None else static_shapes
     new_tokens: list[torch.Tensor] = []
     steps = decode_steps(model, history, max_new_tokens, rows.draw, static)

@@ -87,6 +87,20 @@ BASE_VOCAB_SIZE = END_ID + 1  # the vocabulary before the sentinels and styles
 TOP_SHIFT_ID = TIME_SHIFT_OFFSET + MAX_SHIFT_STEPS - 1  # the longest shift, 1000 ms
 
 
+# --- kinds: one small int per event type, for per-id lookup tables and dispatch -------------
+
+KIND: dict[EventType, int] = {etype: code for code, etype in enumerate(EventType)}
+NO_KIND = -1  # the kind of an id outside the vocabulary
+_ID_KINDS = np.repeat([KIND[etype] for etype, _, _ in RANGES], [count for _, _, count in RANGES])
+
+
+def kind_of(ids) -> np.ndarray:
+    """The KIND code of each id's event type; NO_KIND for ids outside the vocabulary."""
+    ids = np.asarray(ids, dtype=np.int64)
+    inside = (ids >= 0) & (ids < VOCAB_SIZE)
+    return np.where(inside, _ID_KINDS[np.where(inside, ids, 0)], NO_KIND)
+
+
 # --- id arithmetic, vectorised: the only place ids are turned into numbers and back ---------
 
 def _kind(ids, etype: EventType) -> np.ndarray:
@@ -153,6 +167,19 @@ def gap_to_shift_ids(gap_steps: int) -> np.ndarray:
                     dtype=np.int64)
 
 
+def interleave_shifts(gaps, tokens) -> np.ndarray:
+    """`tokens`, each after the TIME_SHIFT ids that write its gap (steps since the token before):
+    `gap_to_shift_ids` of every gap, each followed by its token, in one vectorised pass."""
+    gaps, tokens = np.asarray(gaps, dtype=np.int64), np.asarray(tokens, dtype=np.int64)
+    full, rest = split_gap(np.maximum(gaps, 0))
+    has_rest = rest > 0
+    token_pos = np.cumsum(full + has_rest + 1) - 1
+    out = np.full(int(token_pos[-1]) + 1 if len(token_pos) else 0, TOP_SHIFT_ID, dtype=np.int64)
+    out[token_pos] = tokens
+    out[(token_pos - 1)[has_rest]] = shift_id(rest[has_rest])
+    return out
+
+
 def style_id(slot: int) -> int:
     """The STYLE token of style slot 0..N_STYLES-1."""
     if not 0 <= slot < N_STYLES:
@@ -179,13 +206,19 @@ def velocity_id(velocity_bin):
 
 
 def steps_to_seconds(steps):
-    """10 ms steps -> seconds (float or array)."""
-    return np.asarray(steps) * (STEP_MS / 1000.0)
+    """10 ms steps -> seconds (float or array); whole steps give the nearest float to the decimal
+    (7 -> 0.07, not 7 * 0.01 = 0.07000000000000001)."""
+    return np.asarray(steps) * STEP_MS / 1000.0
 
 
 def seconds_to_steps(seconds: float) -> int:
     """Seconds -> the nearest whole number of 10 ms steps."""
     return int(round(float(seconds) * 1000.0 / STEP_MS))
+
+
+def quantise_seconds(seconds) -> np.ndarray:
+    """`seconds_to_steps` over an array (halves round to even), as int64 steps."""
+    return np.rint(np.asarray(seconds, dtype=np.float64) * (1000.0 / STEP_MS)).astype(np.int64)
 
 
 @dataclass(frozen=True)

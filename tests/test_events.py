@@ -8,23 +8,30 @@ from hypothesis import strategies as st
 
 from musicgpt.events import (
     Note,
+    NoteGrammar,
     arrays_to_ids,
     grammar_errors,
     ids_to_arrays,
+    ids_to_arrays_with_positions,
     ids_to_notes,
+    ids_to_seconds,
+    ids_until_seconds,
     notes_to_arrays,
     notes_to_ids,
     seconds_to_steps,
     wrap_piece,
 )
 from musicgpt.vocab import (
+    BASE_VOCAB_SIZE,
     END_ID,
     PAD_ID,
     START_ID,
     VOCAB_SIZE,
     bin_to_velocity,
     id_to_name,
+    is_note_on,
     name_to_id,
+    note_pitch,
     velocity_to_bin,
 )
 
@@ -212,3 +219,57 @@ def test_grammar_errors_name_each_bad_event():
 def test_notes_to_arrays_matches_seconds_to_steps():
     rows = [(60, 80, 0.123, 0.456), (72, 1, 2.0, 2.004)]
     assert arrays_to_tuples(notes_to_arrays(notes_from(rows))) == quantise_reference(rows)
+
+
+def test_the_decoder_gives_each_notes_note_on_position():
+    ids = ids_of("START", "VELOCITY_64", "NOTE_ON_G4", "NOTE_ON_C4", "NOTE_ON_C4",
+                 "TIME_SHIFT_100ms", "NOTE_OFF_G4", "NOTE_ON_E4", "NOTE_OFF_E4", "TIME_SHIFT_10ms",
+                 "END", "NOTE_ON_D4")
+    notes, positions = ids_to_arrays_with_positions(ids)
+    assert arrays_to_tuples(notes) == arrays_to_tuples(ids_to_arrays(ids))
+    # C4 struck twice in one step keeps the later onset; E4 has zero length; after END nothing
+    assert notes.pitch.tolist() == [60, 67] and positions.tolist() == [4, 2]
+    assert ids_to_arrays_with_positions([])[1].tolist() == []
+
+
+@SEEDED
+@given(st.lists(st.integers(-5, VOCAB_SIZE + 20), max_size=200))
+def test_every_decoded_note_starts_at_a_note_on_of_its_pitch(ids):
+    notes, positions = ids_to_arrays_with_positions(ids)
+    assert len(positions) == len(notes)
+    struck = np.asarray(ids, dtype=np.int64)[positions]
+    assert is_note_on(struck).all() and np.array_equal(note_pitch(struck), notes.pitch)
+
+
+def test_music_length_and_the_prefix_of_the_first_seconds():
+    ids = ids_of("NOTE_ON_C4", "TIME_SHIFT_70ms", "NOTE_OFF_C4", "TIME_SHIFT_1000ms", "NOTE_ON_D4")
+    assert ids_to_seconds(ids) == 1.07  # exactly the decimal, not 107 * 0.01
+    assert ids_until_seconds(ids, 0.07).tolist() == ids[:3].tolist()
+    assert ids_until_seconds(ids, 5.0).tolist() == ids.tolist()
+
+
+def test_grammar_forbids_every_special_but_end_mid_piece_and_ids_it_does_not_know():
+    grammar = NoteGrammar(2, VOCAB_SIZE + 7)  # a model may have more outputs than the vocabulary
+    assert grammar.allowed[:, START_ID].all() and not grammar.allowed[:, PAD_ID].any()
+    grammar.observe([START_ID, START_ID])
+    specials = [name_to_id(n) for n in ("PAD", "START", "FILL_SUFFIX", "FILL_MIDDLE", "STYLE_0",
+                                        "STYLE_15")]
+    assert not grammar.allowed[:, specials + list(range(VOCAB_SIZE, VOCAB_SIZE + 7))].any()
+    assert grammar.allowed[:, END_ID].all()
+    assert grammar.why_not(0, name_to_id("FILL_MIDDLE")) == "FILL_MIDDLE inside a piece"
+    assert grammar.why_not(0, VOCAB_SIZE + 3) == f"id {VOCAB_SIZE + 3} outside the vocabulary"
+    grammar.observe(np.array([name_to_id("NOTE_ON_C4"), END_ID]))
+    assert grammar.sounding[0, 60] and not grammar.sounding[1].any()
+    assert grammar.allowed[0, name_to_id("NOTE_OFF_C4")] and not grammar.allowed[1].any()
+    assert grammar.ended.tolist() == [False, True]
+    assert NoteGrammar(1, BASE_VOCAB_SIZE).allowed.shape == (1, BASE_VOCAB_SIZE)
+
+
+@SEEDED
+@given(st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=60))
+def test_grammar_mask_and_reasons_say_the_same(ids):
+    grammar = NoteGrammar(1)
+    for token in [*ids, START_ID]:
+        reasons = [grammar.why_not(0, t) for t in range(VOCAB_SIZE)]
+        assert grammar.allowed[0].tolist() == [r is None for r in reasons]
+        grammar.observe([token])

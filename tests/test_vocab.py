@@ -146,3 +146,24 @@ def test_importing_vocab_and_events_leaves_torch_out():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr or "torch was imported"
+
+
+def test_kinds_follow_the_event_table_and_mark_ids_outside_it():
+    ids = np.arange(-2, VOCAB_SIZE + 3)
+    expected = [vocab.KIND[id_to_event(int(i)).type] if 0 <= i < VOCAB_SIZE else vocab.NO_KIND
+                for i in ids]
+    assert vocab.kind_of(ids).tolist() == expected
+
+
+def test_interleaved_shifts_write_each_gap_before_its_token():
+    gaps, tokens = [0, 5, 100, 250, 1000, 0], [60, 61, 62, 63, 64, END_ID]
+    expected = np.concatenate([np.append(vocab.gap_to_shift_ids(g), t)
+                               for g, t in zip(gaps, tokens, strict=True)])
+    assert vocab.interleave_shifts(gaps, tokens).tolist() == expected.tolist()
+    assert vocab.interleave_shifts([], []).tolist() == []
+
+
+def test_seconds_and_steps_convert_both_ways():
+    assert vocab.steps_to_seconds(7) == 0.07 and vocab.steps_to_seconds(107) == 1.07
+    seconds = np.array([0.0, 0.004, 0.016, 1.2345, 61.0])
+    assert vocab.quantise_seconds(seconds).tolist() == [vocab.seconds_to_steps(s) for s in seconds]
