@@ -138,6 +138,33 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infill(args: argparse.Namespace) -> int:
+    from .infilling import InfillError, infill
+    from .pipeline import ids_to_midi_file
+
+    if args.num_samples < 1:
+        raise UserError("--num-samples must be >= 1")
+    ids = _read_primer(args.midi, None, what="MIDI file")
+    model = _load_model(args.checkpoint, args.device, args.dtype)
+    settings = _sampling_settings(args, model.config)
+    try:
+        slot = model.config.style_slot(args.style)
+        result = infill(model, ids, args.start, args.end, num_samples=args.num_samples,
+                        settings=settings, seed=args.seed, style=slot)
+    except (InfillError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
+    for path, piece in zip(_output_paths(Path(args.out), args.num_samples), result.pieces,
+                           strict=True):
+        try:
+            ids_to_midi_file(piece, path)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        print(f"wrote {path} ({result.start_s:.2f}-{result.end_s:.2f} s rewritten)")
+    return 0
+
+
 def _check_lengths(args: argparse.Namespace) -> None:
     if args.max_tokens < 1 or args.num_samples < 1 or (args.seconds is not None
                                                         and args.seconds <= 0):
@@ -155,13 +182,13 @@ def _sampling_settings(args: argparse.Namespace, config):
     try:
         return SamplingSettings(temperature=flag_or_config("temperature"),
                                 top_k=flag_or_config("top_k"), top_p=flag_or_config("top_p"),
-                                grammar=not args.no_grammar,
-                                max_note_s=args.max_note_seconds or None)
+                                grammar=not getattr(args, "no_grammar", False),
+                                max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
 
-def _read_primer(path: str, seconds: float):
+def _read_primer(path: str, seconds: float | None, what: str = "primer"):
     from .midi_io import MidiReadError
     from .pipeline import midi_file_to_primer
 
@@ -169,7 +196,7 @@ def _read_primer(path: str, seconds: float):
         return midi_file_to_primer(path, seconds)
     except (MidiReadError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise UserError(f"bad primer {path}: {reason}") from exc
+        raise UserError(f"bad {what} {path}: {reason}") from exc
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -202,6 +229,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by generate and infill: checkpoint, sampling settings, style, device."""
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--style", default=None,
+                        help="style token to condition on (names in the checkpoint's config.json; "
+                             "default: none)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="default: the checkpoint's (1.0 for the shipped model)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="0 = off; default: the checkpoint's (off for the shipped model)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="1 = off; default: the checkpoint's (off for the shipped model)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
+    parser.add_argument("--dtype", default="auto",
+                        choices=["auto", "float32", "bfloat16", "int8"],
+                        help="weights used for sampling: int8 is 1.3-2x faster on CPU with the "
+                             "same NLL within 0.01%% (see BENCHMARKS.md), float32 is exact; "
+                             "auto (default) = int8 on CPU, float32 on GPU")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicgpt", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,31 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(run=_preprocess)
 
     gen = commands.add_parser("generate", help="write new music to a .mid file")
-    gen.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     gen.add_argument("--out", default="musicgpt.mid", help="output .mid (default musicgpt.mid)")
     gen.add_argument("--primer", help=".mid file to continue")
     gen.add_argument("--primer-seconds", type=float, default=10.0,
                      help="use the primer's first N seconds (default 10)")
     gen.add_argument("--seconds", type=float, default=30.0, help="seconds of new music (30)")
     gen.add_argument("--max-tokens", type=int, default=4096, help="token budget per sample")
-    gen.add_argument("--temperature", type=float, default=None,
-                     help="default: the checkpoint's (1.0 for the shipped model)")
-    gen.add_argument("--top-k", type=int, default=None,
-                     help="0 = off; default: the checkpoint's (off for the shipped model)")
-    gen.add_argument("--top-p", type=float, default=None,
-                     help="1 = off; default: the checkpoint's (off for the shipped model)")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
     gen.add_argument("--max-note-seconds", type=float, default=6.0,
                      help="release a note held this long (default 6; 0 = never)")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"],
-                     help="weights used for sampling: int8 is 1.3-2x faster on CPU with the "
-                          "same NLL within 0.01%% (see BENCHMARKS.md), float32 is exact; "
-                          "auto (default) = int8 on CPU, float32 on GPU")
-    gen.add_argument("--device", default="auto")
-    gen.add_argument("--no-progress", action="store_true")
+    _add_sampling_flags(gen)
     gen.set_defaults(run=_generate)
+
+    fill = commands.add_parser(
+        "infill", help="rewrite a span of a .mid file, keeping the rest",
+        description="Regenerate the music between --start and --end seconds of a MIDI file. "
+                    "Notes before the span and from its end on are kept exactly; the new middle "
+                    "lasts exactly the span and joins what follows.")
+    fill.add_argument("--midi", required=True, help=".mid file to rewrite")
+    fill.add_argument("--start", type=float, required=True, help="span start, seconds")
+    fill.add_argument("--end", type=float, required=True, help="span end, seconds")
+    fill.add_argument("--out", default="infilled.mid", help="output .mid (default infilled.mid)")
+    _add_sampling_flags(fill)
+    fill.set_defaults(run=_infill)
 
     ev = commands.add_parser(
         "evaluate", help="NLL of a model over a MIDI folder",

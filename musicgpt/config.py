@@ -87,6 +87,15 @@ class Config:
         """Whether the vocabulary has the fill-in-the-middle sentinels and style tokens."""
         return self.vocab_size >= VOCAB_SIZE
 
+    def style_slot(self, name: str | None) -> int | None:
+        """The STYLE slot of a style name (None for None); ValueError naming the known ones."""
+        if name is None:
+            return None
+        if name in self.styles:
+            return self.styles.index(name)
+        known = f"known styles: {', '.join(self.styles)}" if self.styles else "it has none"
+        raise ValueError(f"unknown style {name!r} for this checkpoint; {known}")
+
     def short(self) -> str:
         return (f"{self.n_layer} layers x {self.n_embd} wide x {self.n_head} heads, "
                 f"context {self.block_size}, {self.attention} attention")

@@ -1,0 +1,247 @@
+"""Regenerate a span of a piece: keep everything outside it, write a new middle that lasts exactly
+the span and joins the suffix with no grammar error. Never sees MIDI, only token ids.
+
+With a checkpoint that has the fill-in-the-middle sentinels (fim.py), the model reads the prefix
+before the span and the suffix after it, in the order it was trained on:
+
+    header  prefix-tail  FILL_MIDDLE  <gap shifts>  FILL_SUFFIX  suffix-head  FILL_MIDDLE  -> middle
+
+and writes the middle. A checkpoint of the base vocabulary (no sentinels) continues the prefix
+instead; the same constraints make it stop at the span's end and join the suffix, but it cannot
+see what comes after, and `Infill.note` says so.
+
+Constraints applied at every draw, on top of the piece grammar (`events.NoteGrammar`):
+- time shifts that would run past the span's end are masked;
+- once the span is filled, only the tokens that make the sounding notes match the suffix may
+  come: releases of notes the suffix does not release, onsets of those it does
+  (`fim.sounding_at_start`); the middle ends when they match;
+- when the token budget nears its end, only the longest shift that fits and those fix-ups remain
+  (each brings the end one token closer), so the middle always ends inside the model's context.
+A long piece keeps the nearest prefix and suffix that fit the context beside the middle's budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .events import NoteGrammar
+from .fim import Cut, canonical, cut_at_steps, sounding_at_start
+from .model import GPT
+from .sampling import (
+    SamplingSettings,
+    apply_temperature,
+    decode_steps,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+from .vocab import (
+    FILL_MIDDLE_ID,
+    FILL_SUFFIX_ID,
+    MAX_SHIFT_STEPS,
+    N_PITCHES,
+    PAD_ID,
+    START_ID,
+    gap_to_shift_ids,
+    is_event,
+    is_note_off,
+    is_note_on,
+    is_shift,
+    is_style,
+    is_velocity,
+    note_off_id,
+    note_on_id,
+    seconds_to_steps,
+    shift_id,
+    shift_steps,
+    steps_to_seconds,
+    style_id,
+)
+
+MIDDLE_TOKENS_PER_S = 48  # budget for the middle; real piano music averages ~35 tokens/s
+MIDDLE_TOKEN_MARGIN = 16
+MIN_CONTEXT_TOKENS = 32  # prefix + suffix the model must at least see
+
+ProgressFn = Callable[[float, float], None]  # (seconds of the span written, span seconds)
+
+
+class InfillError(ValueError):
+    """A span that cannot be infilled; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Infill:
+    pieces: list[np.ndarray]  # whole pieces: header, prefix, new middle, suffix (canonical ids)
+    middles: list[np.ndarray]  # the new middles alone
+    start_s: float
+    end_s: float
+    note: str | None  # why the result is less than a true infill (base-vocabulary model)
+
+
+def middle_budget(gap_steps: int) -> int:
+    """Tokens the middle may take: dense music for the span's length, plus a margin."""
+    return math.ceil(float(steps_to_seconds(gap_steps)) * MIDDLE_TOKENS_PER_S) + MIDDLE_TOKEN_MARGIN
+
+
+def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int, int]:
+    """(t1, t2) in steps for a span of the piece `ids`, or InfillError saying what is wrong."""
+    if not (math.isfinite(start_s) and math.isfinite(end_s)):
+        raise InfillError(f"the span {start_s}..{end_s} s is not a pair of numbers")
+    total = int(shift_steps(ids).sum())
+    t1, t2 = seconds_to_steps(start_s), seconds_to_steps(end_s)
+    if t1 < 0 or t2 <= t1:
+        raise InfillError(f"the span must start at 0 s or later and end after it starts "
+                          f"(got {start_s:g}..{end_s:g} s)")
+    if t2 > total:
+        raise InfillError(f"the span ends at {end_s:g} s, after the piece "
+                          f"({float(steps_to_seconds(total)):.2f} s)")
+    needed = middle_budget(t2 - t1) + MIN_CONTEXT_TOKENS + len(gap_to_shift_ids(t2 - t1)) + 5
+    if needed > block_size:
+        longest = (block_size - MIN_CONTEXT_TOKENS - MIDDLE_TOKEN_MARGIN - 20) / MIDDLE_TOKENS_PER_S
+        raise InfillError(f"a span of {end_s - start_s:g} s is longer than this model's context "
+                          f"({block_size} tokens) allows; at most about {longest:.1f} s")
+    return t1, t2
+
+
+def with_header(ids, style: int | None, has_styles: bool) -> np.ndarray:
+    """`ids` starting with START and, if asked, the STYLE token of slot `style` (replacing any)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    head = int(np.flatnonzero(is_event(ids))[0]) if is_event(ids).any() else len(ids)
+    header = [t for t in ids[:head].tolist() if t != START_ID and not is_style(t)]
+    if style is None and has_styles:
+        header += [t for t in ids[:head].tolist() if is_style(t)]
+    elif style is not None:
+        header.append(style_id(style))
+    return np.concatenate([[START_ID], header, ids[head:]]).astype(np.int64)
+
+
+def fim_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
+    """header, the nearest prefix and suffix tokens that fit beside `budget`, and the sentinels."""
+    gap = gap_to_shift_ids(cut.gap_steps)
+    room = block_size - budget - len(cut.header) - len(gap) - 3
+    n_prefix = min(len(cut.prefix), max(room - min(len(cut.suffix), room * 2 // 5), 0))
+    n_suffix = min(len(cut.suffix), room - n_prefix)
+    return np.concatenate([cut.header, cut.prefix[len(cut.prefix) - n_prefix :],
+                           [FILL_MIDDLE_ID], gap, [FILL_SUFFIX_ID], cut.suffix[:n_suffix],
+                           [FILL_MIDDLE_ID]]).astype(np.int64)
+
+
+def continuation_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
+    room = block_size - budget - len(cut.header)
+    return np.concatenate([cut.header, cut.prefix[max(len(cut.prefix) - room, 0) :]])
+
+
+class MiddleState:
+    """Per-row state of the middles being written: the grammar (notes sounding, from the whole
+    prefix), the span time left, the token budget left, and the rows that are done."""
+
+    def __init__(self, cut: Cut, batch: int, vocab_size: int, budget: int,
+                 settings: SamplingSettings, seed: int | None):
+        self.grammar = NoteGrammar(batch, vocab_size)
+        for token in np.concatenate([cut.header, cut.prefix]).tolist():
+            self.grammar.observe([token] * batch)
+        self.required = np.zeros(N_PITCHES, dtype=bool)  # must sound where the suffix starts
+        self.required[sorted(sounding_at_start(cut.suffix))] = True
+        self.left = np.full(batch, cut.gap_steps, dtype=np.int64)  # steps of the span to write
+        self.budget = budget
+        self.n_new = np.zeros(batch, dtype=np.int64)
+        self.done = np.zeros(batch, dtype=bool)
+        self.last_velocity = np.zeros(batch, dtype=bool)
+        self.settings, self.rng = settings, np.random.default_rng(seed)
+        ids = np.arange(vocab_size)
+        self._steps = shift_steps(ids)
+        self._shift, self._velocity = is_shift(ids), is_velocity(ids)
+        self._on, self._off = is_note_on(ids), is_note_off(ids)
+        self._update_done()
+
+    def mask(self) -> np.ndarray:
+        """(B, V) tokens allowed next in each row."""
+        allowed = self.grammar.allowed.copy()
+        allowed[:, ~(self._shift | self._velocity | self._on | self._off)] = False  # END too
+        allowed &= ~self._shift | (self._steps[None] <= self.left[:, None])
+        sounding = self.grammar.sounding
+        fix_off = sounding & ~self.required  # notes the middle still has to release
+        fix_on = self.required & ~sounding  # notes it still has to strike
+        tight = self.budget - self.n_new <= (fix_off.sum(1) + fix_on.sum(1)
+                                             + -(-self.left // MAX_SHIFT_STEPS) + 2)
+        for row in np.flatnonzero((self.left == 0) | tight):
+            allowed[row] = False
+            allowed[row, note_off_id(np.flatnonzero(fix_off[row]))] = True
+            allowed[row, note_on_id(np.flatnonzero(fix_on[row]))] = True
+            # a velocity for the notes struck at the end, once, and only while there is room
+            allowed[row, self._velocity] = (fix_on[row].any() and not tight[row]
+                                            and not self.last_velocity[row])
+            if self.left[row] > 0:
+                allowed[row, shift_id(min(int(self.left[row]), MAX_SHIFT_STEPS))] = True
+        allowed[self.done, PAD_ID] = True  # finished rows draw PAD (then replaced anyway)
+        return allowed
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits -> (B,) next ids; finished rows get PAD."""
+        s = self.settings
+        scores = apply_temperature(logits.detach().float().cpu().numpy(), s.temperature)
+        scores = np.where(self.mask(), scores, -np.inf)
+        scores = top_p_filter(top_k_filter(scores, s.top_k), s.top_p)
+        token = sample(scores, self.rng)
+        token[self.done] = PAD_ID
+        self.n_new += ~self.done
+        self.left -= np.where(self.done, 0, self._steps[token])
+        self.last_velocity = self._velocity[token]
+        self.grammar.observe(np.where(self.done, PAD_ID, token))
+        self._update_done()
+        return torch.from_numpy(token).to(logits.device)
+
+    def _update_done(self) -> None:
+        matches = (self.grammar.sounding == self.required[None]).all(1)
+        self.done |= (self.left == 0) & matches
+
+
+@torch.inference_mode()
+def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 1,
+           settings: SamplingSettings | None = None, seed: int | None = None,
+           style: int | None = None, progress: ProgressFn | None = None) -> Infill:
+    """Rewrite the music of `ids` between `start_s` and `end_s` (seconds from the piece's start)
+    in `num_samples` ways at once.
+
+    Notes starting before `start_s` and from `end_s` on keep their pitch, onset and velocity; a
+    note sounding across a cut keeps its outside part (the middle decides when one struck before
+    the span ends, and strikes one the suffix releases). `style` is a STYLE slot (None keeps the
+    piece's own, if any). `settings.grammar` and `max_note_s` do not apply: the grammar is always
+    on, and the middle is short.
+    """
+    config, settings = model.config, settings or SamplingSettings()
+    piece = with_header(ids, style if config.has_fim else None, config.has_fim)
+    t1, t2 = check_span(piece, start_s, end_s, config.block_size)
+    cut = cut_at_steps(piece, t1, t2)
+    budget = middle_budget(cut.gap_steps)
+    if config.has_fim:
+        prompt, note = fim_prompt(cut, config.block_size, budget), None
+    else:
+        prompt = continuation_prompt(cut, config.block_size, budget)
+        note = ("this checkpoint has no fill-in-the-middle tokens: the span continues the music "
+                "before it without hearing what follows, then joins it")
+    state = MiddleState(cut, num_samples, config.vocab_size, budget, settings, seed)
+    device = model.wte.weight.device
+    history = torch.tensor(prompt, device=device).repeat(num_samples, 1)
+    drawn: list[np.ndarray] = []
+    steps = decode_steps(model, history, min(budget, config.block_size - len(prompt)), state.draw)
+    for token in steps:
+        drawn.append(token.cpu().numpy())
+        if progress is not None:
+            progress(float(steps_to_seconds(cut.gap_steps - state.left.max())),
+                     float(steps_to_seconds(cut.gap_steps)))
+        if state.done.all():
+            steps.close()
+            break
+    if not state.done.all():  # cannot happen while the budget guard holds; never return a bad join
+        raise RuntimeError("the middle did not close inside its token budget")
+    table = np.stack(drawn, 1) if drawn else np.zeros((num_samples, 0), np.int64)
+    middles = [row[:n] for row, n in zip(table, state.n_new.tolist(), strict=True)]
+    pieces = [canonical(np.concatenate([cut.header, cut.prefix, m, cut.suffix]))
+              for m in middles]
+    return Infill(pieces, middles, float(steps_to_seconds(t1)), float(steps_to_seconds(t2)), note)
