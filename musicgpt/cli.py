@@ -118,6 +118,10 @@ def _generate(args: argparse.Namespace) -> int:
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
+    try:
+        style = model.config.style_slot(args.style)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     from tqdm import tqdm
 
     bar = tqdm(total=args.max_tokens, unit="tok", disable=args.no_progress)
@@ -127,7 +131,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     rows = generate(model, primer, max_new_tokens=args.max_tokens, max_seconds=args.seconds,
                     num_samples=args.num_samples, settings=settings, seed=args.seed,
-                    progress=report)
+                    progress=report, style=style)
     bar.close()
     for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows, strict=True):
         try:

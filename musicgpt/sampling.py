@@ -22,10 +22,12 @@ from .vocab import (
     PAD_ID,
     START_ID,
     is_note_on,
+    is_style,
     note_off_id,
     note_pitch,
     seconds_to_steps,
     shift_steps,
+    style_id,
 )
 
 ProgressFn = Callable[[int, int], None]  # (tokens generated so far, token budget)
@@ -169,8 +171,11 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
              max_new_tokens: int = 1024, max_seconds: float | None = None,
              num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
              seed: int | None = None, progress: ProgressFn | None = None,
-             static_shapes: bool | None = None) -> list[np.ndarray]:
+             static_shapes: bool | None = None, style: int | None = None) -> list[np.ndarray]:
     """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
+
+    `style` (a STYLE slot of the model's config, see `Config.style_slot`) puts that style token
+    right after START, as in training, and keeps it in front when the window slides.
 
     Each row stops at END, after `max_new_tokens`, or once its new music reaches `max_seconds`.
     Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
@@ -181,14 +186,17 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     """
     device = model.wte.weight.device
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
-    if not primer_ids or primer_ids[0] != START_ID:
-        primer_ids = [START_ID] + primer_ids
+    if primer_ids and primer_ids[0] == START_ID:
+        primer_ids = primer_ids[1:]
+    front = [] if style is None else [style_token(model.config, style)]
+    primer_ids = [START_ID, *front, *(t for t in primer_ids if not is_style(t) or not front)]
     history = torch.tensor(primer_ids, device=device).repeat(num_samples, 1)  # (B, T)
     rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size, max_seconds,
                         seed)
     static = device.type == "cuda" if static_shapes is None else static_shapes
     new_tokens: list[torch.Tensor] = []
-    steps = decode_steps(model, history, max_new_tokens, rows.draw, static)
+    steps = decode_steps(model, history, max_new_tokens, rows.draw, static,
+                         keep_front=history[:, 1 : 1 + len(front)])
     for token in steps:
         new_tokens.append(token)
         if progress is not None:
@@ -204,16 +212,19 @@ def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
 
 def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
                  draw: Callable[[torch.Tensor], torch.Tensor],
-                 static_shapes: bool = False) -> Iterator[torch.Tensor]:
+                 static_shapes: bool = False,
+                 keep_front: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
 
     `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
-    re-prefilled from position 0 (a sliding window), so any number of tokens can be made. The
-    cache lives for the iteration only.
+    re-prefilled from position 0 (a sliding window), so any number of tokens can be made;
+    `keep_front` (B, k) tokens, a style token say, go in front of every re-prefilled window, as
+    training windows that start mid-piece carry them. The cache lives for the iteration only.
     """
     block_size = model.config.block_size
-    keep = max(1, block_size * 3 // 4)
-    window = history[:, -keep:] if history.size(1) > block_size else history
+    front = history[:, :0] if keep_front is None else keep_front
+    keep = max(1, block_size * 3 // 4 - front.size(1))
+    window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
     # a cache no longer than the piece can get: short pieces never hold a full-context buffer
     capacity = min(block_size, window.size(1) + max_new_tokens)
     positions = torch.arange(capacity, device=history.device)
@@ -227,14 +238,22 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
                 logits = model(tail[-1][:, None], positions[pos : pos + 1], attend)[:, -1]
                 pos += 1
             elif i > 0:  # the context is full: slide
-                window = torch.cat([window, torch.stack(tail, 1)], 1)[:, -keep:]
-                tail = []
+                recent = torch.cat([window, torch.stack(tail, 1)], 1)[:, -keep:]
+                window, tail = torch.cat([front, recent], 1), []
                 logits, pos = _prefill(model, window), window.size(1)
             token = draw(logits)
             tail.append(token)
             yield token
     finally:
         model.clear_cache()
+
+
+def style_token(config, slot: int) -> int:
+    """The STYLE id of `slot`, refusing slots the checkpoint did not train."""
+    if not 0 <= slot < len(config.styles):
+        known = ", ".join(config.styles) or "none"
+        raise ValueError(f"style slot {slot} is not one of this checkpoint's styles ({known})")
+    return style_id(slot)
 
 
 def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:

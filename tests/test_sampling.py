@@ -249,3 +249,24 @@ def test_notes_held_past_max_note_s_are_released(make_tiny_model):
     # released at the first draw after 0.5 s: at most one time shift (<= 1 s) later
     assert _longest_note_s(guarded) <= 1.5
     assert all(not grammar_errors(r) for r in guarded)
+
+
+def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(make_tiny_model):
+    from musicgpt.vocab import style_id
+
+    model = make_tiny_model(styles=("a", "b"))  # block_size 64: 200 tokens slide twice
+    seen: list = []
+    real_forward = model.forward
+
+    def spy(idx, input_pos=None, attend_len=None):
+        if idx.size(1) > 1:
+            seen.append(idx[0, :2].tolist())
+        return real_forward(idx, input_pos, attend_len)
+
+    model.forward = spy
+    rows = generate(model, [START_ID, 60], max_new_tokens=200, seed=0, style=1)
+    assert rows[0][:3].tolist() == [START_ID, style_id(1), 60]
+    assert len(seen) >= 3 and all(front[0] in (START_ID, style_id(1)) for front in seen)
+    assert all(front[0] == style_id(1) for front in seen[1:])  # re-prefills start with it
+    with pytest.raises(ValueError, match="not one of this checkpoint's styles"):
+        generate(model, None, max_new_tokens=4, style=2)
