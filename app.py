@@ -1,6 +1,6 @@
 """musicgpt in the browser: `streamlit run app.py`.
 
-Streamlit only: widgets, layout, session state. The maths lives in musicgpt.attention, the
+Streamlit only: widgets, layout, session state. The maths lives in musicgpt.arcs, the
 figures in musicgpt.plots, audio in musicgpt.audio, and the page's plain logic in musicgpt.studio.
 Results are kept in st.session_state, so moving an attention control never regenerates.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from musicgpt import attention, audio, plots, studio
+from musicgpt import arcs, audio, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.quantize import sampling_dtype
@@ -130,9 +130,9 @@ def run_generation(model, sampler, primer: np.ndarray | None, opts: dict) -> lis
 
 
 def analyse(model, ids: np.ndarray, primer_len: int) -> dict:
-    tokens = attention.ids_to_note_tokens(ids)
+    tokens = arcs.ids_to_note_tokens(ids)
     piece = studio.ids_to_piece(ids, primer_len, tokens.note_pos)
-    maps, offset = attention.attention_maps(model, ids)
+    maps, offset = arcs.attention_maps(model, ids)
     wav, problem = None, audio.synth_problem()
     if problem is None and len(piece.notes):
         wav = audio.notes_to_wav_bytes(piece.notes)
@@ -176,7 +176,7 @@ def _clicked_note(chart_key: str) -> int | None:
 def show_arcs(result: dict, number: int) -> None:
     maps, offset, tokens = result["maps"], result["offset"], result["tokens"]
     n_layer, n_head, window_len = maps.shape[0], maps.shape[1], maps.shape[-1]
-    queries = attention.notes_in_window(tokens, offset, window_len)
+    queries = arcs.notes_in_window(tokens, offset, window_len)
     if len(queries) < 2:
         st.info("Too few notes in the attention window to draw arcs.")
         return
@@ -196,14 +196,14 @@ def show_arcs(result: dict, number: int) -> None:
     query = st.slider("Query note (or click a note in the chart below)", low, high,
                       key=query_key)
     heads = list(range(n_head)) if head == "all" else [int(head)]
-    arcs = attention.query_arcs(maps, offset, tokens, layer, query, heads, top_n)
+    drawn = arcs.query_arcs(maps, offset, tokens, layer, query, heads, top_n)
     fig = plots.piano_roll(tokens.notes, result["piece"].is_primer, f"Layer {layer} attention "
                            f"from note {query}")
-    st.plotly_chart(plots.add_arcs(fig, tokens.notes, query, arcs), key=f"arcs_{number}",
+    st.plotly_chart(plots.add_arcs(fig, tokens.notes, query, drawn), key=f"arcs_{number}",
                     on_select="rerun", selection_mode="points")
-    if not arcs:
+    if not drawn:
         st.info("No earlier note gets a noticeable share of this note's attention.")
-    st.caption(f"{attention.ATTRIBUTION_RULE} The query is the note's NOTE_ON token; only the last "
+    st.caption(f"{arcs.ATTRIBUTION_RULE} The query is the note's NOTE_ON token; only the last "
                f"{window_len} tokens (the model's context) are analysed, so earlier notes "
                "cannot be queries.")
 
@@ -220,7 +220,7 @@ def show_heatmap(result: dict, number: int) -> None:
         return
     ids = result["piece"].ids
     labels = [f"{pos}:{id_to_name(int(ids[pos]))}" for pos in range(start, stop)]
-    matrix = attention.layer_heatmap(maps, layer, start - offset, stop - offset)
+    matrix = arcs.layer_heatmap(maps, layer, start - offset, stop - offset)
     title = f"Layer {layer}, heads averaged"
     st.plotly_chart(plots.attention_heatmap(matrix, labels, title), key=f"heatmap_{number}")
 

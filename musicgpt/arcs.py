@@ -11,9 +11,10 @@ Attribution rule (how attention on non-note events is credited to notes):
 - a VELOCITY token belongs to the NOTE_ON that follows it (it sets that note's loudness);
 - a NOTE_OFF token belongs to the note it releases;
 - a TIME_SHIFT token belongs to the most recent NOTE_ON before it (it measures the wait after it);
-- START, END, PAD, and events before the first note belong to no note.
+- START, END, PAD, any other special, and events before the first note belong to no note.
 Note indices are those of `events.ids_to_arrays` (sorted by start, then pitch), so they match the
-piano roll. A note is identified by (onset step, pitch): the decoder keeps one note per such pair.
+piano roll; the decoder itself says where each note's NOTE_ON is
+(`events.ids_to_arrays_with_positions`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .events import NoteArrays, ids_to_arrays
-from .vocab import (
-    END_ID,
-    NOTE_OFF_OFFSET,
-    PAD_ID,
-    TIME_SHIFT_OFFSET,
-    VELOCITY_OFFSET,
-)
+from .events import NoteArrays, ids_to_arrays_with_positions
+from .vocab import KIND, EventType, kind_of, note_pitch
 
 ATTRIBUTION_RULE = (
     "Attention on a non-note event is credited to a note: a velocity event to the note it "
@@ -75,53 +70,45 @@ def attention_maps(model: torch.nn.Module, ids) -> tuple[np.ndarray, int]:
     return torch.stack(collected).numpy(), offset
 
 
+_ON, _OFF, _SHIFT, _VELOCITY, _END = (KIND[etype] for etype in (
+    EventType.NOTE_ON, EventType.NOTE_OFF, EventType.TIME_SHIFT, EventType.VELOCITY, EventType.END))
+
+
 def ids_to_note_tokens(ids) -> NoteTokens:
     """Decode `ids` and attribute every token to a note by the rule in the module docstring."""
     ids = np.asarray(ids, dtype=np.int64)
-    notes = ids_to_arrays(ids)
-    on_note = _note_on_indices(ids, notes)
+    notes, note_pos = ids_to_arrays_with_positions(ids)
+    on_note = np.full(len(ids), -1, dtype=np.int64)  # decoded note of each NOTE_ON token
+    on_note[note_pos] = np.arange(len(notes))
+    return NoteTokens(notes, note_pos, _owners(ids, on_note))
+
+
+def _owners(ids: np.ndarray, on_note: np.ndarray) -> np.ndarray:
+    """(T,) note index each token is attributed to, -1 for none."""
     owner = np.full(len(ids), -1, dtype=np.int64)
     pending: list[int] = []  # VELOCITY positions waiting for their NOTE_ON
     sounding: dict[int, int] = {}  # pitch -> note index
     last = -1
-    for pos, token in enumerate(ids.tolist()):
-        if token == END_ID:
+    for pos, (kind, pitch) in enumerate(zip(kind_of(ids).tolist(), note_pitch(ids).tolist(),
+                                            strict=True)):
+        if kind == _END:
             break
-        if token < NOTE_OFF_OFFSET:
-            note = on_note[pos]
+        if kind == _ON:
+            note = int(on_note[pos])
             if note >= 0:
                 owner[[*pending, pos]] = note
                 pending, last = [], note
-                sounding[token] = note
+                sounding[pitch] = note
             else:  # a zero-length note the decoder dropped
                 owner[pos] = last
-        elif token < TIME_SHIFT_OFFSET:
-            owner[pos] = sounding.pop(token - NOTE_OFF_OFFSET, last)
-        elif token < VELOCITY_OFFSET:
+        elif kind == _OFF:
+            owner[pos] = sounding.pop(pitch, last)
+        elif kind == _SHIFT:
             owner[pos] = last
-        elif token < PAD_ID:
+        elif kind == _VELOCITY:
             pending.append(pos)
     owner[pending] = last  # velocity events after the last note
-    note_pos = np.full(len(notes), -1, dtype=np.int64)
-    has_note = on_note >= 0
-    note_pos[on_note[has_note]] = np.flatnonzero(has_note)
-    return NoteTokens(notes, note_pos, owner)
-
-
-def _note_on_indices(ids: np.ndarray, notes: NoteArrays) -> np.ndarray:
-    """(T,) decoded-note index of each NOTE_ON token, -1 for other tokens and dropped notes."""
-    is_shift = (ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)
-    step = np.cumsum(np.where(is_shift, ids - TIME_SHIFT_OFFSET + 1, 0))
-    ended = np.cumsum(ids == END_ID) > 0
-    index_of = {(s, p): i for i, (s, p) in
-                enumerate(zip(notes.start_step.tolist(), notes.pitch.tolist(), strict=True))}
-    last_token: dict[tuple[int, int], int] = {}  # the decoder keeps the last onset of a pair
-    for pos in np.flatnonzero((ids < NOTE_OFF_OFFSET) & (ids >= 0) & ~ended).tolist():
-        last_token[(int(step[pos]), int(ids[pos]))] = pos
-    on_note = np.full(len(ids), -1, dtype=np.int64)
-    for key, pos in last_token.items():
-        on_note[pos] = index_of.get(key, -1)
-    return on_note
+    return owner
 
 
 def note_weights(attention_row: np.ndarray, owner: np.ndarray, n_notes: int) -> np.ndarray:

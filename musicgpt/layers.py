@@ -59,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def qkv(self, x: torch.Tensor):
-        """(B, T, C) -> q, k, v each (B, H, T, D); also used by attention.py for the weights."""
+        """(B, T, C) -> q, k, v each (B, H, T, D); also used by arcs.py for the weights."""
         B, T, _ = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         return qkv.permute(2, 0, 3, 1, 4).unbind(0)

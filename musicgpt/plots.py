@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from .attention import Arc
+from .arcs import Arc
 from .events import NoteArrays
 from .vocab import STEP_MS, pitch_to_name
 

@@ -15,10 +15,17 @@ import numpy as np
 
 from .assets import default_model_dir, example_midi_files
 from .checkpoint import has_weights
-from .events import Note, NoteArrays, ids_to_arrays, notes_to_ids
+from .events import (
+    Note,
+    NoteArrays,
+    ids_to_arrays_with_positions,
+    ids_to_seconds,
+    ids_until_seconds,
+    notes_to_ids,
+)
 from .midi_io import MidiReadError
-from .pipeline import ids_to_midi_file, ids_to_seconds, ids_until_seconds, midi_bytes_to_ids
-from .vocab import START_ID, STEP_MS
+from .pipeline import ids_to_midi_file, midi_bytes_to_ids
+from .vocab import START_ID, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
@@ -136,14 +143,17 @@ class Piece:
 
     @property
     def seconds(self) -> float:
-        return float(self.notes.end_step.max()) * STEP_MS / 1000.0 if len(self.notes) else 0.0
+        return float(steps_to_seconds(self.notes.end_step.max())) if len(self.notes) else 0.0
 
 
-def ids_to_piece(ids, primer_len: int, note_pos: np.ndarray) -> Piece:
-    """Piece from ids; `note_pos` (from attention.ids_to_note_tokens) says where each note's
-    NOTE_ON sits, so a note belongs to the primer exactly when its NOTE_ON was in the primer."""
+def ids_to_piece(ids, primer_len: int, note_pos: np.ndarray | None = None) -> Piece:
+    """Piece from ids; a note belongs to the primer exactly when its NOTE_ON was in the primer.
+    `note_pos`: each note's NOTE_ON position (as `arcs.ids_to_note_tokens` gives it); by default
+    the decoder's own."""
     ids = np.asarray(ids, dtype=np.int64)
-    return Piece(ids, primer_len, ids_to_arrays(ids), np.asarray(note_pos) < primer_len)
+    notes, positions = ids_to_arrays_with_positions(ids)
+    positions = positions if note_pos is None else np.asarray(note_pos)
+    return Piece(ids, primer_len, notes, positions < primer_len)
 
 
 def ids_to_midi_bytes(ids) -> bytes:

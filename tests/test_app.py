@@ -186,7 +186,7 @@ def test_piano_roll_colours_primer_and_generated_and_hovers_note_details():
 
 
 def test_arcs_are_drawn_one_per_weight_with_stronger_ones_wider():
-    from musicgpt.attention import Arc
+    from musicgpt.arcs import Arc
     from musicgpt.plots import add_arcs, piano_roll
 
     notes = notes_to_arrays([Note(60, 80, 0.0, 0.5), Note(64, 80, 0.5, 1.0),

@@ -1,11 +1,13 @@
-"""Attention maps from the model, the token -> note attribution rule, and arcs."""
+"""Attention maps from the model, the token -> note attribution rule, and arcs (musicgpt.arcs)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from musicgpt.attention import (
+from musicgpt.arcs import (
     attention_maps,
     ids_to_note_tokens,
     layer_heatmap,
@@ -14,7 +16,7 @@ from musicgpt.attention import (
     query_arcs,
 )
 from musicgpt.events import ids_to_arrays
-from musicgpt.vocab import START_ID, name_to_id
+from musicgpt.vocab import START_ID, VOCAB_SIZE, name_to_id
 
 
 def _ids(names: str) -> np.ndarray:
@@ -127,3 +129,12 @@ def test_layer_heatmap_averages_heads_over_the_window():
     maps = np.arange(2 * 3 * 4 * 4, dtype=float).reshape(2, 3, 4, 4)
     heat = layer_heatmap(maps, 1, 1, 3)
     np.testing.assert_allclose(heat, maps[1].mean(0)[1:3, 1:3])
+
+
+@settings(derandomize=True, deadline=None, max_examples=100)
+@given(st.lists(st.integers(-2, VOCAB_SIZE + 2), max_size=120))
+def test_each_note_owns_its_note_on_token_whatever_the_ids(ids):
+    tokens = ids_to_note_tokens(ids)
+    assert len(tokens.notes) == len(ids_to_arrays(ids)) == len(tokens.note_pos)
+    assert tokens.owner[tokens.note_pos].tolist() == list(range(len(tokens.notes)))
+    assert ((tokens.owner >= -1) & (tokens.owner < len(tokens.notes))).all()
