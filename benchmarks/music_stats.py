@@ -37,6 +37,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first batch (0)")
     parser.add_argument("--samples-file", help=".npz to save samples to, or reuse if it exists")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--max-note-seconds", type=float, default=6.0,
+                        help="the sampler's note-release guard (default 6; 0 = off)")
 
 
 def generate_samples(args: argparse.Namespace) -> tuple[list[np.ndarray], dict]:
@@ -51,7 +53,8 @@ def generate_samples(args: argparse.Namespace) -> tuple[list[np.ndarray], dict]:
     path = Path(args.checkpoint) if args.checkpoint else default_model_dir()
     model = load_model_from_checkpoint(path, "cuda" if torch.cuda.is_available() else "cpu")
     config = model.config
-    settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
+    settings = SamplingSettings(config.temperature, config.top_k, config.top_p,
+                                max_note_s=args.max_note_seconds or None)
     rows, seeds, start = [], [], time.perf_counter()
     for i in range(0, args.samples, args.batch):
         seed = args.seed + i // args.batch
@@ -89,6 +92,14 @@ def val_excerpts(data_dir: str, seconds: float) -> list[NoteArrays]:
     return [stats.excerpt(ids_to_arrays(piece), seconds) for piece in load_split(data_dir, "val")]
 
 
+def long_note_share(pieces: list[NoteArrays], seconds: float) -> float:
+    """Share of notes lasting `seconds` or more: in samples made with the note-release guard at
+    `seconds`, the notes the guard ended (it releases a note once it has sounded that long)."""
+    steps = seconds * stats.STEPS_PER_S - 0.5
+    lengths = np.concatenate([n.end_step - n.start_step for n in pieces] or [np.zeros(0)])
+    return float((lengths >= steps).mean()) if len(lengths) else 0.0
+
+
 def fault_counts(pieces: list[NoteArrays]) -> dict[str, int]:
     return {"stuck_notes": sum(stats.stuck_notes(n) for n in pieces),
             "long_silences": sum(stats.long_silences(n) for n in pieces),
@@ -110,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     faults = {"samples": fault_counts(whole), "val": fault_counts(val)}
     lengths = [float(n.end_step.max()) / stats.STEPS_PER_S if len(n) else 0.0 for n in whole]
     grammar = sum(len(grammar_errors(r)) for r in rows)
+    guard_s = args.max_note_seconds or 6.0
+    long_notes = {"samples": long_note_share(whole, guard_s),
+                  "val": long_note_share([ids_to_arrays(p) for p in load_split(args.data_dir,
+                                                                                "val")], guard_s)}
     print(f"{len(rows)} samples (seeds {meta['seeds']}, {meta['config']}), "
           f"{np.mean(lengths):.1f} s on average; {len(val)} val excerpts of {args.seconds:g} s")
     print("\n| feature | samples mean (sd) | val mean (sd) | overlap |\n|---|---|---|---|")
@@ -123,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
           f" samples {faults['samples']['stuck_notes']} / {faults['samples']['long_silences']}"
           f" in {len(whole)}; val {faults['val']['stuck_notes']} / "
           f"{faults['val']['long_silences']} in {len(val)}; grammar errors in samples: {grammar}")
+    print(f"notes lasting {guard_s:g} s or more (with the guard on: the notes it ended): samples "
+          f"{100 * long_notes['samples']:.2f}%, whole validation pieces "
+          f"{100 * long_notes['val']:.2f}%")
     if args.json_out:
         report = {"samples": meta, "val_pieces": len(val), "sets": {"a": "samples", "b": "val"},
                   "comparison": comparison,
-                  "faults": faults, "grammar_errors": grammar, "sample_seconds": lengths}
+                  "faults": faults, "grammar_errors": grammar, "sample_seconds": lengths,
+                  "long_note_share": long_notes, "max_note_seconds": args.max_note_seconds}
         Path(args.json_out).write_text(json.dumps(report, indent=1))
     return 0
 
