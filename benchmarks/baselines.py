@@ -24,7 +24,7 @@ from musicgpt.baselines import (
     unigram_nll,
 )
 from musicgpt.data import load_split
-from musicgpt.pipeline import ids_to_seconds
+from musicgpt.events import ids_to_seconds
 
 ORDER_NAMES = {2: "bigram", 3: "trigram"}
 

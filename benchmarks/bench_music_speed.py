@@ -26,7 +26,7 @@ from common import load_average, machine
 
 from musicgpt.assets import default_model_dir
 from musicgpt.checkpoint import load_model_from_checkpoint
-from musicgpt.pipeline import ids_to_seconds
+from musicgpt.events import ids_to_seconds
 from musicgpt.quantize import SAMPLING_DTYPES, sampling_copy
 from musicgpt.sampling import SamplingSettings, generate
 

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt.data import find_midi_files, preprocess_folder
+from musicgpt.events import ids_to_seconds
 from musicgpt.midi_io import MidiReadError
-from musicgpt.pipeline import ids_to_seconds, midi_file_to_ids
+from musicgpt.pipeline import midi_file_to_ids
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "midi"
 

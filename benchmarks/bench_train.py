@@ -26,12 +26,11 @@ from common import (
     load_average,
     machine,
     our_model,
+    random_music_ids,
     report_memory,
     reset_peak_memory,
     side_peak_memory,
 )
-
-from musicgpt.vocab import VOCAB_SIZE
 
 
 def step_runner(model: torch.nn.Module, logits_of, batch: int, seq: int):
@@ -41,8 +40,7 @@ def step_runner(model: torch.nn.Module, logits_of, batch: int, seq: int):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                                    {"params": rest, "weight_decay": 0.0}], lr=1e-4,
                                   betas=(0.9, 0.95))
-    ids = torch.randint(0, VOCAB_SIZE - 3, (batch, seq + 1),
-                        generator=torch.Generator().manual_seed(0))
+    ids = random_music_ids((batch, seq + 1))
 
     def run():
         logits = logits_of(ids[:, :-1])

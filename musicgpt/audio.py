@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import NoteArrays
-from .vocab import STEP_MS
+from .vocab import steps_to_seconds
 
 SAMPLE_RATE_HZ = 44100
 TAIL_S = 1.5  # let the last notes ring out (release + reverb of the SoundFont)
@@ -61,7 +61,7 @@ def notes_to_events(notes: NoteArrays, sample_rate_hz: int = SAMPLE_RATE_HZ) -> 
     At one instant note-offs come before note-ons, so a re-struck pitch is released, then struck.
     """
     n = len(notes)
-    samples_per_step = sample_rate_hz * STEP_MS / 1000.0
+    samples_per_step = sample_rate_hz * float(steps_to_seconds(1))
     times = np.concatenate([notes.end_step, notes.start_step]) * samples_per_step
     is_on = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
     pitch = np.concatenate([notes.pitch, notes.pitch]).astype(np.int64)

@@ -111,7 +111,8 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .pipeline import ids_to_midi_file, ids_to_seconds
+    from .events import ids_to_seconds
+    from .pipeline import ids_to_midi_file
     from .sampling import generate
 
     _check_lengths(args)

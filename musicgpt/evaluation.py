@@ -133,7 +133,7 @@ def evaluate_pieces(model: GPT, pieces: Sequence[np.ndarray], *, batch_size: int
                     stride: int | None = None, progress: ProgressFn | None = None,
                     skipped: list[dict] | None = None) -> EvaluationResult:
     """Score already tokenised START..END pieces (e.g. a preprocessed validation split)."""
-    from .pipeline import ids_to_seconds
+    from .events import ids_to_seconds
 
     pieces = [p for p in pieces if len(p) > 1]
     if not pieces:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import NoteArrays, seconds_to_steps
-from .vocab import STEP_MS
+from .vocab import steps_to_seconds
 
 # Bump when the notes read from a file change, so cached preprocessed pieces are re-encoded.
 # 2: key-release note pairing, exact-tick ties, CC64 pedal spans, truncated files rejected.
@@ -184,11 +184,10 @@ def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -
 
     midi = pretty_midi.PrettyMIDI(initial_tempo=120.0, resolution=480)
     piano = pretty_midi.Instrument(program=program, name="Piano")
-    scale = STEP_MS / 1000.0
-    for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(),
-                          notes.start_step.tolist(), notes.end_step.tolist(), strict=True):
-        piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s * scale,
-                                            end=e * scale))
+    starts = steps_to_seconds(notes.start_step).tolist()
+    ends = steps_to_seconds(notes.end_step).tolist()
+    for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(), starts, ends, strict=True):
+        piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
     midi.instruments.append(piano)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

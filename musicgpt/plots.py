@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from .arcs import Arc
 from .events import NoteArrays
-from .vocab import STEP_MS, pitch_to_name
+from .vocab import pitch_to_name, steps_to_seconds
 
 PRIMER_COLOUR = "#7f8c9a"
 GENERATED_COLOUR = "#e8871e"
@@ -21,7 +21,7 @@ ARC_POINTS = 24
 
 
 def _seconds(steps: np.ndarray) -> np.ndarray:
-    return np.asarray(steps, dtype=np.float64) * STEP_MS / 1000.0
+    return steps_to_seconds(np.asarray(steps, dtype=np.float64))
 
 
 def _note_trace(notes: NoteArrays, index: np.ndarray, name: str, colour: str) -> go.Bar:

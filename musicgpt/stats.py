@@ -29,9 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .events import NoteArrays
-from .vocab import NOTE_OFF_OFFSET, STEP_MS, TIME_SHIFT_OFFSET, VELOCITY_OFFSET
+from .vocab import is_note_on, note_pitch, seconds_to_steps, shift_steps
 
-STEPS_PER_S = 1000 // STEP_MS
+STEPS_PER_S = seconds_to_steps(1.0)
 IOI_EDGES_S = np.geomspace(0.01, 4.0, 19)  # 18 log bins; IOIs past 4 s land in the last one
 STUCK_NOTE_S = 10.0  # the decoder cuts an unreleased note at exactly 10 s, hence ">="
 LONG_SILENCE_S = 4.0
@@ -202,10 +202,9 @@ def compare_sets(a: Sequence[NoteArrays], b: Sequence[NoteArrays]) -> dict[str, 
 def ids_to_onset_pitches(ids) -> np.ndarray:
     """Pitches of every NOTE_ON, ordered by onset time then pitch (vectorised; no decoding)."""
     ids = np.asarray(ids, dtype=np.int64)
-    is_shift = (ids >= TIME_SHIFT_OFFSET) & (ids < VELOCITY_OFFSET)
-    time_steps = np.cumsum(np.where(is_shift, ids - TIME_SHIFT_OFFSET + 1, 0))
-    on = ids < NOTE_OFF_OFFSET
-    pitch, onset = ids[on], time_steps[on]
+    time_steps = np.cumsum(shift_steps(ids))
+    on = is_note_on(ids)
+    pitch, onset = note_pitch(ids[on]), time_steps[on]
     return pitch[np.lexsort((pitch, onset))]
 
 

@@ -26,9 +26,16 @@ from musicgpt.data import (
     stretch_ids,
     transpose_ids,
 )
-from musicgpt.events import Note, grammar_errors, ids_to_arrays, notes_to_ids, wrap_piece
+from musicgpt.events import (
+    Note,
+    grammar_errors,
+    ids_to_arrays,
+    ids_to_seconds,
+    notes_to_ids,
+    wrap_piece,
+)
 from musicgpt.midi_io import CODEC_VERSION
-from musicgpt.pipeline import ids_to_seconds, midi_file_to_ids, read_midi_piece
+from musicgpt.pipeline import midi_file_to_ids, read_midi_piece
 from musicgpt.vocab import (
     PAD_ID,
     START_ID,

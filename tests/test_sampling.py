@@ -9,11 +9,10 @@ import pytest
 import torch
 from helpers import write_midi
 
-from musicgpt.events import grammar_errors
+from musicgpt.events import grammar_errors, ids_to_seconds
 from musicgpt.model import GPT
 from musicgpt.pipeline import (
     ids_to_midi_file,
-    ids_to_seconds,
     midi_file_to_ids,
     midi_file_to_primer,
 )
