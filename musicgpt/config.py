@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .vocab import BASE_VOCAB_SIZE, N_STYLES, VOCAB_SIZE
+
+# Sizes beyond these are typos, not models: refused before any memory is spent on them.
+MAX_LAYERS, MAX_HEADS, MAX_EMBD, MAX_BLOCK_SIZE = 256, 256, 16384, 16384
+MAX_PARAMS = 20_000_000_000
 
 
 @dataclass(frozen=True)
@@ -56,27 +61,62 @@ class Config:
     top_p: float = 1.0  # off: nucleus sampling cuts the long time shifts, music gets ~1.5x denser
 
     def __post_init__(self) -> None:
-        checks = {
-            "n_embd": self.n_embd % self.n_head == 0,
-            "n_layer": self.n_layer >= 1,
-            "block_size": self.block_size >= 2,
-            "dropout": 0.0 <= self.dropout < 1.0,
-            "attention": self.attention in ("absolute", "relative"),
-            "top_p": 0.0 < self.top_p <= 1.0,
-            "temperature": self.temperature > 0.0,
-            "top_k": self.top_k >= 0,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "vocab_size": self.vocab_size in (BASE_VOCAB_SIZE, VOCAB_SIZE),
-            "fim_rate": 0.0 <= self.fim_rate <= 1.0,
-            "style_drop": 0.0 <= self.style_drop <= 1.0,
-            "styles": (len(self.styles) <= N_STYLES and len(set(self.styles)) == len(self.styles)
-                       and all(isinstance(s, str) and s.strip() for s in self.styles)),
-            "style_sources": not self.style_sources or len(self.style_sources) == len(self.styles),
-        }
-        failed = [name for name, ok in checks.items() if not ok]
+        failed = [f"{name} = {getattr(self, name)!r} (want {want})" if hasattr(self, name)
+                  else want for name, (ok, want) in self._rules().items() if not ok]
         if failed:
-            raise ValueError(f"invalid config field(s): {', '.join(failed)} ({self.short()})")
+            raise ValueError(f"invalid config: {'; '.join(failed)}")
+
+    def _rules(self) -> dict[str, tuple[bool, str]]:
+        """Field -> (whether its value is valid, the rule), every field a model, training or
+        sampling run reads: a bad value fails here, before any memory is spent on it."""
+        heads_ok = 1 <= self.n_head <= MAX_HEADS
+        floats = [f.name for f in fields(self) if f.type in ("float", float)]
+        return {
+            "n_layer": (1 <= self.n_layer <= MAX_LAYERS, f"1..{MAX_LAYERS}"),
+            "n_head": (heads_ok, f"1..{MAX_HEADS}"),
+            "n_embd": (1 <= self.n_embd <= MAX_EMBD
+                       and (not heads_ok or self.n_embd % self.n_head == 0),
+                       f"1..{MAX_EMBD}, a multiple of n_head"),
+            "block_size": (2 <= self.block_size <= MAX_BLOCK_SIZE, f"2..{MAX_BLOCK_SIZE}"),
+            "size": (self.approx_params() <= MAX_PARAMS,
+                     f"at most {MAX_PARAMS:,} parameters, not about {self.approx_params():,}"),
+            "dropout": (0.0 <= self.dropout < 1.0, "0 <= dropout < 1"),
+            "attention": (self.attention in ("absolute", "relative"), "absolute or relative"),
+            "top_p": (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
+            "temperature": (self.temperature > 0.0, "> 0"),
+            "top_k": (self.top_k >= 0, ">= 0"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "grad_accum": (self.grad_accum >= 1, ">= 1"),
+            "max_steps": (self.max_steps >= 1, ">= 1"),
+            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+            "eval_interval": (self.eval_interval >= 1, ">= 1"),
+            "eval_batches": (self.eval_batches >= 1, ">= 1"),
+            "ckpt_interval": (self.ckpt_interval >= 1, ">= 1"),
+            "seed": (0 <= self.seed < 2**63, "0 <= seed < 2**63"),
+            "learning_rate": (self.learning_rate > 0, "> 0"),
+            "min_learning_rate": (self.min_learning_rate >= 0, ">= 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "beta1": (0 <= self.beta1 < 1, "0 <= beta1 < 1"),
+            "beta2": (0 <= self.beta2 < 1, "0 <= beta2 < 1"),
+            "grad_clip": (self.grad_clip > 0, "> 0"),
+            "vocab_size": (self.vocab_size in (BASE_VOCAB_SIZE, VOCAB_SIZE),
+                           f"{VOCAB_SIZE} or {BASE_VOCAB_SIZE}"),
+            "fim_rate": (0.0 <= self.fim_rate <= 1.0, "0..1"),
+            "style_drop": (0.0 <= self.style_drop <= 1.0, "0..1"),
+            "styles": (len(self.styles) <= N_STYLES and len(set(self.styles)) == len(self.styles)
+                       and all(isinstance(s, str) and s.strip() for s in self.styles),
+                       f"at most {N_STYLES} distinct names"),
+            "style_sources": (not self.style_sources
+                              or len(self.style_sources) == len(self.styles), "one per style"),
+            "finite": (all(math.isfinite(getattr(self, name)) for name in floats),
+                       "finite numbers, not nan or inf"),
+        }
+
+    def approx_params(self) -> int:
+        """About how many parameters the model has (without building it)."""
+        tables = 1 if self.attention == "absolute" else self.n_layer  # wpe, or rel_emb per layer
+        return (12 * self.n_layer * self.n_embd**2 + self.vocab_size * self.n_embd
+                + tables * self.block_size * self.n_embd)
 
     @property
     def head_dim(self) -> int:
@@ -108,10 +148,16 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
+        if not isinstance(values, dict):
+            raise ValueError(f"a config must be a JSON object, not {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        wrong = [f"{f.name} = {values[f.name]!r} (want {_TYPE_NAMES[str(f.type)]})"
+                 for f in fields(cls) if f.name in values and not _has_type(values[f.name], f)]
+        if wrong:
+            raise ValueError(f"invalid config: {'; '.join(wrong)}")
         for name in _DERIVED_FIELDS:  # JSON has no tuples
             if isinstance(values.get(name), list):
                 values = {**values, name: tuple(values[name])}
@@ -140,6 +186,22 @@ def preset(name: str, **overrides) -> Config:
 
 
 _DERIVED_FIELDS = ("styles", "style_sources")  # set from the data, not by a flag
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "tuple[str, ...]": "a list of strings"}
+
+
+def _has_type(value, f: dataclasses.Field) -> bool:
+    """Whether a JSON value fits a Config field (JSON has no tuples; true is not a number)."""
+    kind = str(f.type)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind in ("int", "float"):
+        return isinstance(value, int) or (kind == "float" and isinstance(value, float))
+    if kind == "str":
+        return isinstance(value, str)
+    return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
+import stat
+import struct
 
 import pytest
 import torch
 
 from musicgpt import checkpoint
 from musicgpt.checkpoint import (
+    CheckpointError,
     has_training_state,
     has_weights,
     load_config,
@@ -19,6 +24,7 @@ from musicgpt.checkpoint import (
     save_checkpoint,
 )
 from musicgpt.config import preset
+from musicgpt.files import WriteError
 from musicgpt.training import make_optimizer
 
 
@@ -144,3 +150,124 @@ def test_probes_tell_weights_from_training_state_and_follow_a_cut_save(tiny_mode
     assert has_weights(ckpt) and has_training_state(ckpt)
     (tmp_path / "ckpt.old" / "model.safetensors").unlink()
     assert not has_weights(ckpt)
+
+
+# --- a checkpoint is checked before it costs memory (issue 12) -------------------------------
+
+def _corrupt_config(folder, text: str) -> None:
+    (folder / "config.json").write_text(text)
+
+
+def _corrupt_weights(folder, make_bytes) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(make_bytes(path.read_bytes()))
+
+
+def _with_weight(value: float):
+    """Weights whose first float (of the first tensor in the file) is `value`."""
+    def edit(raw: bytes) -> bytes:
+        start = 8 + int.from_bytes(raw[:8], "little")
+        return raw[:start] + struct.pack("<f", value) + raw[start + 4:]
+    return edit
+
+
+def _config_edit(**changes):
+    def edit(folder):
+        values = json.loads((folder / "config.json").read_text())
+        _corrupt_config(folder, json.dumps({**values, **changes}))
+    return edit
+
+
+CORRUPTIONS = {
+    "config_not_an_object": (lambda f: _corrupt_config(f, "[1, 2, 3]"), "config.json",
+                             "not a JSON object"),
+    "config_not_json": (lambda f: _corrupt_config(f, "{n_layer: 2"), "config.json",
+                        "not valid JSON"),
+    "config_strings_for_numbers": (_config_edit(n_layer="2"), "config.json", "n_layer"),
+    "config_nan": (_config_edit(learning_rate=float("nan")), "config.json", "finite"),
+    "config_huge_n_layer": (_config_edit(n_layer=1_000_000), "config.json", "n_layer"),
+    "config_heads_do_not_divide": (_config_edit(n_head=3), "config.json", "multiple of n_head"),
+    "config_bigger_than_weights": (_config_edit(block_size=8192), "model.safetensors",
+                                   "wpe.weight has shape"),
+    "weights_empty": (lambda f: _corrupt_weights(f, lambda raw: b""), "model.safetensors",
+                      "empty"),
+    "weights_truncated": (lambda f: _corrupt_weights(f, lambda raw: raw[: len(raw) // 2]),
+                          "model.safetensors", "truncated"),
+    "weights_not_safetensors": (lambda f: _corrupt_weights(f, lambda raw: b"PK\x03\x04" * 500),
+                                "model.safetensors", "not a safetensors file"),
+    "weights_nan": (lambda f: _corrupt_weights(f, _with_weight(float("nan"))),
+                    "model.safetensors", "NaN or inf"),
+    "weights_inf": (lambda f: _corrupt_weights(f, _with_weight(float("inf"))),
+                    "model.safetensors", "NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_a_bad_checkpoint_is_refused_in_one_line_naming_the_file(tiny_model, tmp_path,
+                                                                 monkeypatch, name):
+    corrupt, file_name, problem = CORRUPTIONS[name]
+    save_checkpoint(tiny_model, tmp_path / "ckpt")
+    corrupt(tmp_path / "ckpt")
+    real_gpt = checkpoint.GPT
+
+    def only_on_meta(config):  # the header is checked against the config before allocating
+        assert torch.get_default_device().type == "meta", "model allocated before the checks"
+        return real_gpt(config)
+
+    monkeypatch.setattr(checkpoint, "GPT", only_on_meta)
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.load_config(tmp_path / "ckpt")
+        checkpoint.check_weights_file(tmp_path / "ckpt" / "model.safetensors",
+                                      checkpoint.load_config(tmp_path / "ckpt"))
+        monkeypatch.setattr(checkpoint, "GPT", real_gpt)  # the checks passed: NaN/inf are next
+        load_model_from_checkpoint(tmp_path / "ckpt")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert str(tmp_path / "ckpt" / file_name) in message and problem in message, message
+
+
+def test_both_vocabularies_still_load(make_tiny_model, tmp_path):
+    from musicgpt.vocab import BASE_VOCAB_SIZE, VOCAB_SIZE
+
+    for size in (BASE_VOCAB_SIZE, VOCAB_SIZE):
+        save_checkpoint(make_tiny_model(vocab_size=size), tmp_path / str(size))
+        assert load_model_from_checkpoint(tmp_path / str(size)).config.vocab_size == size
+
+
+def test_checkpoint_files_are_readable_by_others(tiny_model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tiny_model, tmp_path / "ckpt", state={"step": 1},
+                        optimizer=make_optimizer(tiny_model, tiny_model.config))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ckpt").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS], ids=["disk_full", "read_only"])
+def test_a_failed_save_names_the_folder_leaves_no_tmp_and_keeps_the_old_one(
+        make_tiny_model, tmp_path, monkeypatch, error):
+    ckpt = save_checkpoint(make_tiny_model(seed=0), tmp_path / "ckpt", state={"step": 7})
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(checkpoint, "save_model", fail)
+    with pytest.raises(WriteError) as caught:
+        save_checkpoint(make_tiny_model(seed=1), ckpt, state={"step": 8})
+    assert str(caught.value) == f"cannot write {ckpt}: {os.strerror(error)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+def test_a_bad_training_state_names_its_file(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path / "ckpt", state={"step": 3})
+    (tmp_path / "ckpt" / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match="state.json"):
+        load_training_state(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "state.json").write_text('{"step": 3}')
+    (tmp_path / "ckpt" / "state.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="state.safetensors"):
+        load_training_state(tmp_path / "ckpt")
