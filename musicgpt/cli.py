@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
+from . import cli_checks as checks
+from .cli_checks import UserError
 from .config import PRESETS, add_config_arguments, config_from_arguments
-
-
-class UserError(Exception):
-    """A problem with the user's input, reported as one line."""
+from .files import WriteError
 
 
 def _fail(message: str) -> int:
@@ -30,6 +31,9 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/musicgpt", help="run folder (default runs/musicgpt)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run even though OUT/checkpoint holds one (replaced at "
+                             "the first save)")
     parser.add_argument("--style-names", default="",
                         help="readable names for the style labels (index.csv's style column or "
                              "top-level folders), e.g. asap=classical,pop909=pop")
@@ -37,27 +41,51 @@ def train_main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     from .checkpoint import has_weights, load_config
-    from .data import has_token_cache
-    from .training import train
+    from .training import check_run_folder, train
 
-    out = Path(args.out)
     try:
+        out = _run_folder(args.out)
+        check_run_folder(out, args.resume, args.overwrite)
         resuming = args.resume and has_weights(out / "checkpoint")
         base = load_config(out / "checkpoint") if resuming else None
         config = config_from_arguments(args, base)
-        has_data = args.midi_dir or args.data_dir or has_token_cache(out / "data")
-        if not has_data:
-            raise UserError("give --midi-dir (a folder of MIDI files) or --data-dir")
+        checks.device(config.device)
+        _check_training_data(args, out)
         result = train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
                        resume=args.resume, progress=not args.no_progress,
-                       style_names=_style_names(args.style_names))
-    except (UserError, FileNotFoundError, ValueError) as exc:
+                       style_names=_style_names(args.style_names), overwrite=args.overwrite)
+    except (UserError, FileNotFoundError, ValueError, WriteError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
         print("interrupted before training started; nothing to save", file=sys.stderr)
         return 130
     print(json.dumps(result))
     return 0
+
+
+def _run_folder(value: str) -> Path:
+    out = checks.out_folder("--out", value)
+    checks.not_a_checkpoint("--out", out, f"give the run folder that holds it ({out.parent})")
+    return out
+
+
+def _check_training_data(args: argparse.Namespace, out: Path) -> None:
+    """Where the tokens come from: --midi-dir (preprocessed into --data-dir or OUT/data), or a
+    token cache already in --data-dir or OUT/data."""
+    from .data import has_token_cache
+
+    if args.midi_dir:
+        checks.require(Path(args.midi_dir).is_dir(), f"MIDI folder not found: {args.midi_dir}")
+        if args.data_dir:
+            checks.out_folder("--data-dir", args.data_dir)
+        return
+    if args.data_dir:
+        checks.require(has_token_cache(args.data_dir),
+                       f"no token cache in {args.data_dir} (no manifest.json): run musicgpt "
+                       f"preprocess --out {args.data_dir}, or give --midi-dir")
+        return
+    checks.require(has_token_cache(out / "data"),
+                   "give --midi-dir (a folder of MIDI files) or --data-dir")
 
 
 def _style_names(text: str) -> dict[str, str]:
@@ -75,14 +103,14 @@ def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
     """The checkpoint's model on `device`; `dtype` other than float32 quantises it once, here."""
     from .assets import default_model_dir
     from .checkpoint import has_weights, load_sampling_model
-    from .device import pick_device
 
+    torch_device = checks.device(device)
     path = Path(checkpoint) if checkpoint else default_model_dir()
     if not has_weights(path):
         hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
         raise UserError(f"no checkpoint at {path}{hint}")
     try:
-        return load_sampling_model(path, pick_device(device), dtype)
+        return load_sampling_model(path, torch_device, dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"cannot load checkpoint {path}: {exc}") from exc
 
@@ -90,7 +118,10 @@ def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
 def _preprocess(args: argparse.Namespace) -> int:
     from .data import preprocess_folder
 
-    manifest = preprocess_folder(args.midi_dir, args.out, workers=args.workers,
+    checks.at_least("--workers", args.workers)
+    out = checks.out_folder("--out", args.out)
+    checks.not_a_checkpoint("--out", out, "give a folder for the token cache")
+    manifest = preprocess_folder(args.midi_dir, out, workers=args.workers,
                                  progress=not args.no_progress)
     pieces = manifest["pieces"]
     n_val = sum(p["split"] == "val" for p in pieces)
@@ -116,8 +147,10 @@ def _generate(args: argparse.Namespace) -> int:
     from .sampling import generate
 
     _check_lengths(args)
+    out = checks.out_file("--out", args.out)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
+    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
     try:
         style = model.config.style_slot(args.style)
@@ -134,7 +167,7 @@ def _generate(args: argparse.Namespace) -> int:
                     num_samples=args.num_samples, settings=settings, seed=args.seed,
                     progress=report, style=style)
     bar.close()
-    for path, row in zip(_output_paths(Path(args.out), args.num_samples), rows, strict=True):
+    for path, row in zip(_output_paths(out, args.num_samples), rows, strict=True):
         try:
             ids_to_midi_file(row, path)
         except OSError as exc:
@@ -147,10 +180,14 @@ def _infill(args: argparse.Namespace) -> int:
     from .infilling import InfillError, infill
     from .pipeline import ids_to_midi_file
 
-    if args.num_samples < 1:
-        raise UserError("--num-samples must be >= 1")
+    checks.at_least("--num-samples", args.num_samples)
+    checks.seed(args.seed)
+    for flag, value in (("--start", args.start), ("--end", args.end)):
+        checks.require(math.isfinite(value), f"{flag} wants a number of seconds, got {value:g}")
+    out = checks.out_file("--out", args.out)
     ids = _read_primer(args.midi, None, what="MIDI file")
     model = _load_model(args.checkpoint, args.device, args.dtype)
+    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
     try:
         slot = model.config.style_slot(args.style)
@@ -160,8 +197,7 @@ def _infill(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
-    for path, piece in zip(_output_paths(Path(args.out), args.num_samples), result.pieces,
-                           strict=True):
+    for path, piece in zip(_output_paths(out, args.num_samples), result.pieces, strict=True):
         try:
             ids_to_midi_file(piece, path)
         except OSError as exc:
@@ -171,9 +207,12 @@ def _infill(args: argparse.Namespace) -> int:
 
 
 def _check_lengths(args: argparse.Namespace) -> None:
-    if args.max_tokens < 1 or args.num_samples < 1 or (args.seconds is not None
-                                                        and args.seconds <= 0):
-        raise UserError("--max-tokens and --num-samples must be >= 1, --seconds > 0")
+    checks.at_least("--max-tokens", args.max_tokens)
+    checks.at_least("--num-samples", args.num_samples)
+    checks.seconds("--seconds", args.seconds)
+    checks.seconds("--primer-seconds", args.primer_seconds)
+    checks.seconds("--max-note-seconds", args.max_note_seconds, zero_ok=True)
+    checks.seed(args.seed)
 
 
 def _sampling_settings(args: argparse.Namespace, config):
@@ -209,6 +248,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if not Path(args.midi_dir).is_dir():
         raise UserError(f"MIDI folder not found: {args.midi_dir}")
+    checks.at_least("--batch-size", args.batch_size)
+    checks.at_least("--stride", args.stride)
     model = _load_model(args.checkpoint, args.device)
     from tqdm import tqdm
 
@@ -316,8 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except UserError as exc:
+        code = args.run(args)
+    except (UserError, FileNotFoundError, WriteError) as exc:
         return _fail(str(exc))
-    except FileNotFoundError as exc:
-        return _fail(str(exc))
+    return _flush_stdout(code)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what was printed now, so a full disk under a redirected stdout is one line here
+    rather than a traceback at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        try:  # what could not be written must not fail again when Python exits
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return _fail(f"cannot write to standard output: {exc.strerror or exc}")
+    return code

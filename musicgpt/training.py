@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from .checkpoint import (
+    CheckpointError,
     checkpoint_dir,
-    has_training_state,
+    has_weights,
     load_training_state,
     load_weights,
     restore_optimizer,
@@ -30,6 +31,7 @@ from .checkpoint import (
 from .config import Config
 from .data import TokenWindows, load_split, piece_styles, preprocess_folder
 from .device import pick_device
+from .files import writing
 from .layers import Linear
 from .model import GPT
 from .vocab import N_STYLES, PAD_ID
@@ -233,8 +235,12 @@ class _Run:
 
 def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = None,
           data_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None, style_names: dict[str, str] | None = None) -> dict:
+          stop_after: int | None = None, style_names: dict[str, str] | None = None,
+          overwrite: bool = False) -> dict:
     """Train `config` and write checkpoints to `out_dir`/checkpoint; returns the last metrics.
+
+    A checkpoint already in `out_dir` is continued with `resume` or replaced with `overwrite`;
+    with neither, RunExistsError before anything is read or written.
 
     Without styles in `config`, each piece's style label (data.piece_styles) gets a STYLE token,
     named by `style_names` (label -> readable name) where given.
@@ -242,6 +248,7 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     `stop_after` ends the run early at that step (with a checkpoint), as an interruption would.
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
+    check_run_folder(out_dir, resume, overwrite)
     run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names)
     config = run.config
     start_step, best_val = _resume(run) if resume else (0, float("inf"))
@@ -302,7 +309,8 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     bf16 = bf16_autocast(device, config.bf16)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     if dist.main:
         styles = f", styles: {', '.join(config.styles)}" if config.styles else ""
         fim = f", FIM rate {config.fim_rate}" if config.has_fim and config.fim_rate else ""
@@ -361,7 +369,7 @@ def _any_rank(flag: bool, dist: _Dist) -> bool:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as log:
+    with writing(path), path.open("a") as log:
         log.write(json.dumps(record) + "\n")
 
 
@@ -385,20 +393,60 @@ def _save(run: _Run, step: int, best_val: float) -> None:
 
 
 def _resume(run: _Run) -> tuple[int, float]:
-    """Load weights, optimizer moments and RNG from the run's checkpoint: (step, best val NLL)."""
+    """Load weights, optimizer moments and RNG from the run's checkpoint: (step, best val NLL).
+
+    Weights that cannot be used are refused (CheckpointError); weights without a usable training
+    state are kept: training continues from them with a fresh optimizer, counting from step 0.
+    """
     ckpt = checkpoint_dir(run.ckpt)
-    if not has_training_state(ckpt):
-        if run.dist.main:
-            print(f"no checkpoint in {run.ckpt}; starting from scratch")
+    log = print if run.dist.main else (lambda _: None)
+    if not has_weights(ckpt):
+        log(f"no checkpoint in {run.ckpt}; starting from scratch")
         return 0, float("inf")
-    state, tensors = load_training_state(ckpt)
     load_weights(run.model, ckpt, run.device)
+    try:
+        step, best = _restore_training_state(run, ckpt)
+    except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        run.optimizer = make_optimizer(run.model, run.config)  # no half-restored moments
+        log(f"no usable training state in {ckpt} ({exc}); continuing from its weights with a "
+            f"fresh optimizer, counting steps from 0")
+        return 0, float("inf")
+    log(f"resumed from step {step} ({ckpt})")
+    return step, best
+
+
+def _restore_training_state(run: _Run, ckpt: Path) -> tuple[int, float]:
+    state, tensors = load_training_state(ckpt)
     restore_optimizer(run.optimizer, state["optimizer"],
                       {k: v.to(run.device) for k, v in tensors.items() if k.startswith("optim.")})
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and run.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
-    if run.dist.main:
-        print(f"resumed from step {state['step']} ({ckpt})")
     best = state.get("best_val_nll")
     return int(state["step"]), float(best) if best is not None else float("inf")
+
+
+class RunExistsError(ValueError):
+    """A new run asked for in a folder whose checkpoint it would overwrite."""
+
+
+def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start a new run over `out_dir`'s checkpoint unless told to (`overwrite`): a
+    trained checkpoint is never replaced by accident."""
+    ckpt = Path(out_dir) / "checkpoint"
+    if resume and overwrite:
+        raise ValueError("--resume continues the checkpoint and --overwrite replaces it: "
+                         "give one of them")
+    if resume or overwrite or not has_weights(ckpt):
+        return
+    raise RunExistsError(f"{ckpt} already holds a checkpoint{_step_of(ckpt)}; continue it with "
+                         f"--resume, or start over with --overwrite (replaces it)")
+
+
+def _step_of(ckpt: Path) -> str:
+    """' (step N)' from a checkpoint's state.json, or '' when it has none."""
+    try:
+        state = json.loads((checkpoint_dir(ckpt) / "state.json").read_text())
+        return f" (step {int(state['step'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""

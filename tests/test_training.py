@@ -157,3 +157,88 @@ def test_train_cli_without_data_is_a_one_line_error(tmp_path, capsys):
     assert train_main(["--out", str(tmp_path), "--preset", "tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--midi-dir" in err[0]
+
+
+# --- a trained checkpoint is never destroyed by accident (issue 12) --------------------------
+
+def _trained_checkpoint(run: Path, make_tiny_model, step: int = 3000) -> dict[str, bytes]:
+    """A checkpoint in run/checkpoint as training leaves it; returns its files' bytes."""
+    from musicgpt.checkpoint import save_checkpoint
+
+    model = make_tiny_model(seed=5)
+    save_checkpoint(model, run / "checkpoint", optimizer=make_optimizer(model, model.config),
+                    state={"step": step}, extra_tensors={"rng.torch": torch.get_rng_state()})
+    return {p.name: p.read_bytes() for p in (run / "checkpoint").iterdir()}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _train_cli(run: Path, data_dir: Path, *flags: str) -> int:
+    return train_main(["--preset", "tiny", "--data-dir", str(data_dir), "--out", str(run),
+                       "--no-progress", "--max-steps", "2", *flags])
+
+
+def test_a_new_run_over_a_checkpoint_is_refused(data_dir, tmp_path, make_tiny_model, capsys):
+    before = _trained_checkpoint(tmp_path, make_tiny_model)
+    assert _train_cli(tmp_path, data_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and "--overwrite" in err[0], err
+    assert "step 3000" in err[0]
+    assert _files(tmp_path / "checkpoint") == before
+    assert _train_cli(tmp_path, data_dir, "--resume", "--overwrite") == 2
+    assert _files(tmp_path / "checkpoint") == before
+    assert _train_cli(tmp_path, data_dir, "--overwrite") == 0  # said explicitly: replaced
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_resume_without_a_usable_state_keeps_the_weights(data_dir, tmp_path, make_tiny_model,
+                                                         capsys, damage):
+    from musicgpt.checkpoint import load_model_from_checkpoint
+
+    _trained_checkpoint(tmp_path, make_tiny_model)
+    state = tmp_path / "checkpoint" / "state.json"
+    state.unlink() if damage == "missing" else state.write_text('{"step": "x"')
+    # a learning rate of ~0, so the weights after one step are the checkpoint's
+    assert _train_cli(tmp_path, data_dir, "--resume", "--max-steps", "1", "--learning-rate",
+                      "1e-12", "--min-learning-rate", "0") == 0
+    assert "fresh optimizer" in capsys.readouterr().out
+    trained = load_model_from_checkpoint(tmp_path / "checkpoint").state_dict()
+    for name, value in make_tiny_model(seed=5).state_dict().items():
+        torch.testing.assert_close(trained[name], value, atol=1e-6, rtol=0)
+
+
+def test_resume_refuses_bad_weights_in_one_line_and_keeps_them(data_dir, tmp_path,
+                                                               make_tiny_model, capsys):
+    _trained_checkpoint(tmp_path, make_tiny_model)
+    weights = tmp_path / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = _files(tmp_path / "checkpoint")
+    assert _train_cli(tmp_path, data_dir, "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(weights) in err[0] and "truncated" in err[0], err
+    assert _files(tmp_path / "checkpoint") == before
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(data_dir, tmp_path,
+                                                                        make_tiny_model,
+                                                                        monkeypatch, capsys):
+    import errno
+
+    from musicgpt import checkpoint
+
+    before = _trained_checkpoint(tmp_path, make_tiny_model, step=1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_model", disk_full)
+    assert _train_cli(tmp_path, data_dir, "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"musicgpt: error: cannot write {tmp_path / 'checkpoint'}: "
+                   "No space left on device"]
+    assert _files(tmp_path / "checkpoint") == before
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*/*.tmp"))
