@@ -7,11 +7,19 @@ Output of `preprocess_folder(midi_dir, out_dir)`:
     out_dir/report.json     files skipped, each with its reason
 A second run reuses every piece whose file is unchanged (same size and mtime, else same sha1),
 unless the vocabulary or the codec version changed.
+
+The three files are committed as a whole: each is written to NAME.tmp first, and only when all
+are complete are they renamed into place, manifest.json last. The manifest names the token file
+it belongs to with its size and sha1, so a run cut off between the renames is detected on load:
+preprocessing then re-encodes instead of reusing, and `load_split` refuses the cache. A failed
+write (full or read-only disk) removes the .tmp files, leaves the previous cache as it was, and
+raises files.WriteError naming the path.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import zlib
@@ -23,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import ids_to_seconds
+from .files import tmp_path, writing
 from .fim import random_fim
 from .midi_io import CODEC_VERSION
 from .pipeline import read_midi_piece
@@ -61,9 +70,18 @@ class Piece:
 
 
 def find_midi_files(midi_dir: str | Path) -> list[Path]:
-    """Every `.mid`/`.midi` file below `midi_dir`, any case, sorted."""
+    """Every `.mid`/`.midi` file below `midi_dir`, any case, sorted. Symlinked folders are
+    followed (each real folder once, so a link back up cannot loop)."""
     root = Path(midi_dir)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder) / n for n in names if Path(n).suffix.lower() in MIDI_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 def has_token_cache(out_dir: str | Path) -> bool:
@@ -82,22 +100,43 @@ def split_of(key: str) -> str:
 
 
 def _load_previous(out_dir: Path) -> tuple[dict[str, dict], np.ndarray | None]:
+    """The previous run's pieces and tokens, if its cache is whole and of this codec."""
     manifest_path, tokens_path = out_dir / "manifest.json", out_dir / "tokens.bin"
     try:
         manifest = json.loads(manifest_path.read_text())
         if (manifest.get("vocab_version"), manifest.get("codec_version")) != (VOCAB_VERSION,
                                                                               CODEC_VERSION):
             return {}, None
-        tokens = np.fromfile(tokens_path, dtype=np.uint16)
-    except (OSError, ValueError):
+        data = tokens_path.read_bytes()
+        if cache_mismatch(manifest, data) is not None:
+            return {}, None
+        return {p["path"]: p for p in manifest["pieces"]}, np.frombuffer(data, dtype=np.uint16)
+    except (OSError, ValueError, KeyError, TypeError):
         return {}, None
-    return {p["path"]: p for p in manifest["pieces"]}, tokens
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def cache_mismatch(manifest: dict, tokens: bytes | np.ndarray) -> str | None:
+    """Why `tokens` is not the token file `manifest` was written with (None if it is): its
+    size, and its sha1 where the manifest has one (caches written before the sha1 have not)."""
+    data = memoryview(tokens).cast("B")
+    expected = manifest.get("tokens_bytes", 2 * int(manifest.get("tokens", -1)))
+    if len(data) != expected:
+        return f"tokens.bin is {len(data):,} bytes, manifest.json expects {expected:,}"
+    if "tokens_sha1" in manifest and hashlib.sha1(data).hexdigest() != manifest["tokens_sha1"]:
+        return "tokens.bin is not the file manifest.json was written with (sha1 differs)"
+    return None
+
+
+def _commit(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Replace the cache's files all together: every .tmp is written before any is renamed,
+    manifest.json (listed last) is renamed last."""
+    tmps = [tmp_path(out_dir / name) for name in files]
+    for (name, data), tmp in zip(files.items(), tmps, strict=True):
+        with writing(out_dir / name, *tmps):
+            tmp.write_bytes(data)
+    for name, tmp in zip(files, tmps, strict=True):
+        with writing(out_dir / name, *tmps):
+            os.replace(tmp, out_dir / name)
 
 
 def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int | None = None,
@@ -108,8 +147,12 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     root, out_dir = Path(midi_dir), Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"MIDI folder not found: {root}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = find_midi_files(root)
+    if not files:
+        raise FileNotFoundError(f"no .mid or .midi files in {root} (searched with its "
+                                f"subfolders, symlinked ones included)")
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     previous, old_tokens = _load_previous(out_dir)
     old_by_sha = {p["sha1"]: p for p in previous.values()}
     groups = _group_keys(root)
@@ -161,14 +204,16 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
                             round(seconds, 2), split_of(groups.get(rel, rel))))
         chunks.append(ids)
         offset += len(ids)
-    tokens = np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16)
+    tokens = (np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16))
+    data = tokens.tobytes()
     manifest = {"vocab_version": VOCAB_VERSION, "codec_version": CODEC_VERSION,
-                "midi_dir": str(root.resolve()),
+                "midi_dir": str(root.resolve()), "tokens_file": "tokens.bin",
+                "tokens_bytes": len(data), "tokens_sha1": hashlib.sha1(data).hexdigest(),
                 "tokens": int(offset), "seconds": round(sum(p.seconds for p in pieces), 2),
                 "pieces": [asdict(p) for p in pieces]}
-    _atomic_write(out_dir / "tokens.bin", tokens.tobytes())
-    _atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
-    _atomic_write(out_dir / "report.json", json.dumps({"skipped": skipped}, indent=1).encode())
+    _commit(out_dir, {"tokens.bin": data,
+                      "report.json": json.dumps({"skipped": skipped}, indent=1).encode(),
+                      "manifest.json": json.dumps(manifest, indent=1).encode()})
     manifest["skipped"] = skipped
     manifest["reused"] = len(files) - len(to_encode)
     return manifest
@@ -217,11 +262,21 @@ def _index_column(root: Path, name: str) -> dict[str, str]:
     return {row["file"]: row[name] for row in rows if row[name]}
 
 
+class TokenCacheError(ValueError):
+    """A token cache whose files do not belong together (a preprocessing run was cut off)."""
+
+
 def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
-    """The pieces of one split as uint16 arrays (views into a memory map of tokens.bin)."""
+    """The pieces of one split as uint16 arrays (views into a memory map of tokens.bin).
+
+    TokenCacheError when tokens.bin is not the file manifest.json was written with."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     tokens = np.memmap(out_dir / "tokens.bin", dtype=np.uint16, mode="r")
+    mismatch = cache_mismatch(manifest, tokens)
+    if mismatch:
+        raise TokenCacheError(f"token cache {out_dir} is inconsistent: {mismatch} (a "
+                              f"preprocessing run was cut off?); preprocess it again")
     return [tokens[p["offset"] : p["offset"] + p["tokens"]]
             for p in manifest["pieces"] if p["split"] == split]
 

@@ -365,3 +365,104 @@ def test_stretch_by_one_is_the_identity_and_long_gaps_stay_split():
     shifts = stretched[(stretched >= TIME_SHIFT_OFFSET) & (stretched < VELOCITY_OFFSET)]
     # events at steps 10, 250, 260 move to 10 (10.5 rounds to even), 262 and 273
     assert list(shifts - TIME_SHIFT_OFFSET + 1) == [10, 100, 100, 52, 11]
+
+
+# --- the cache is committed as a whole; disk errors; folders without MIDI (issue 12) ---------
+
+def _changed(path: Path, first_pitch: int) -> None:
+    write_midi(path, scale(first_pitch, 6))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+
+def _assert_cache_matches_the_files(folder: Path, out: Path) -> None:
+    manifest = json.loads((out / "manifest.json").read_text())
+    tokens = np.fromfile(out / "tokens.bin", dtype=np.uint16)
+    for piece in manifest["pieces"]:
+        ids = tokens[piece["offset"] : piece["offset"] + piece["tokens"]]
+        assert np.array_equal(ids, midi_file_to_ids(folder / piece["path"], wrap=True))
+
+
+def test_a_kill_between_the_renames_is_detected_and_nothing_wrong_is_reused(folder, tmp_path,
+                                                                            monkeypatch):
+    from musicgpt import data
+
+    out = tmp_path / "out"
+    preprocess_folder(folder, out, workers=1, progress=False)
+    _changed(folder / "a.mid", 80)  # the new tokens.bin differs from the old one
+    real_replace = os.replace
+
+    def killed_after_tokens(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == "tokens.bin":
+            raise KeyboardInterrupt  # the process dies with tokens.bin new, manifest.json old
+
+    monkeypatch.setattr(data.os, "replace", killed_after_tokens)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_folder(folder, out, workers=1, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(data.TokenCacheError, match="inconsistent"):
+        load_split(out, "train")
+    again = preprocess_folder(folder, out, workers=1, progress=False)
+    assert again["reused"] == 0  # an inconsistent cache is not trusted at all
+    _assert_cache_matches_the_files(folder, out)
+    assert len(load_split(out, "train") + load_split(out, "val")) == len(GOOD)
+
+
+def test_tokens_of_the_same_size_but_other_bytes_are_detected(folder, tmp_path):
+    from musicgpt.data import TokenCacheError
+
+    out = tmp_path / "out"
+    preprocess_folder(folder, out, workers=1, progress=False)
+    tokens = np.fromfile(out / "tokens.bin", dtype=np.uint16)
+    tokens[5] = (int(tokens[5]) + 1) % 256
+    tokens.tofile(out / "tokens.bin")
+    with pytest.raises(TokenCacheError, match="sha1"):
+        load_split(out, "train")
+    assert preprocess_folder(folder, out, workers=1, progress=False)["reused"] == 0
+    _assert_cache_matches_the_files(folder, out)
+
+
+@pytest.mark.parametrize("error", [28, 30], ids=["disk_full", "read_only"])
+def test_a_failed_write_is_one_line_and_keeps_the_previous_cache(folder, tmp_path, monkeypatch,
+                                                                 capsys, error):
+    out = tmp_path / "out"
+    preprocess_folder(folder, out, workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _changed(folder / "a.mid", 80)
+    real_write = Path.write_bytes
+
+    def fail_on_the_report(self, data):
+        if self.name == "report.json.tmp":
+            real_write(self, data[:10])  # part written, then the disk says no
+            raise OSError(error, os.strerror(error))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fail_on_the_report)
+    argv = ["preprocess", "--midi-dir", str(folder), "--out", str(out), "--workers", "1",
+            "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"musicgpt: error: cannot write {out / 'report.json'}: {os.strerror(error)}"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp, nothing changed
+
+
+def test_a_folder_without_midi_files_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "midi" / "sub").mkdir(parents=True)
+    (tmp_path / "midi" / "sub" / "notes.txt").write_text("not music")
+    argv = ["preprocess", "--midi-dir", str(tmp_path / "midi"), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no .mid or .midi files in {tmp_path / 'midi'}" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    write_midi(elsewhere / "x.mid", scale(60, 4))
+    root = tmp_path / "midi"
+    write_midi(root / "a.mid", scale(50, 4))
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
+    found = [p.relative_to(root).as_posix() for p in find_midi_files(root)]
+    assert found == ["a.mid", "linked/x.mid"]
