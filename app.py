@@ -3,6 +3,8 @@
 Streamlit only: widgets, layout, session state. The maths lives in musicgpt.arcs, the
 figures in musicgpt.plots, audio in musicgpt.audio, and the page's plain logic in musicgpt.studio.
 Results are kept in st.session_state, so moving an attention control never regenerates.
+Each piece on the page (a generated sample, or the primer while "Edit the primer" is on) has a
+studio.History of versions: regenerate a span (infilling.infill), keep or undo, compare.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import streamlit as st
 from musicgpt import arcs, audio, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
+from musicgpt.infilling import InfillError, infill
 from musicgpt.quantize import sampling_dtype
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.vocab import id_to_name
 
 RESULTS = "results"  # session_state key: list of per-sample dicts from the last generation
-RESULT_WIDGET_PREFIXES = ("arc_", "arcs_", "heat_", "sample")
+HISTORIES = "histories"  # session_state key: piece key -> studio.History (its versions)
+RESULT_WIDGET_PREFIXES = ("arc_", "arcs_", "heat_", "sample", "edit_")
 
 
 @st.cache_resource(show_spinner="Loading the model...")
@@ -84,6 +88,26 @@ def pick_primer() -> tuple[np.ndarray | None, bool]:
         return None, False
 
 
+def primer_history(primer: np.ndarray | None) -> tuple[str, studio.History] | None:
+    """The primer's versions while the sidebar's "Edit the primer" is on (Generate continues the
+    current one), else None."""
+    if primer is None or not st.sidebar.toggle("Edit the primer (regenerate spans of it)",
+                                               key="primer_edit"):
+        return None
+    key = "p" + studio.piece_key(primer)
+    return key, history_for(key, primer, "primer")
+
+
+def history_for(key: str, ids: np.ndarray, label: str, view: dict | None = None,
+                ) -> studio.History:
+    """The versions of the piece `key` (made on first use, `view`: its rendered original)."""
+    histories = st.session_state.setdefault(HISTORIES, {})
+    if key not in histories:
+        histories[key] = studio.History(ids, label)
+        histories[key].versions[0].view = {} if view is None else view
+    return histories[key]
+
+
 WEIGHTS = {"auto (int8 on CPU: faster, same NLL within 0.01%)": "auto",
            "float32 (exact)": "float32"}
 
@@ -100,13 +124,28 @@ def pick_sampling(config: Config) -> dict:
         top_p=bar.slider("Top-p (1 = off)", 0.05, 1.0, float(config.top_p), 0.01, key="top_p"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
+        style=pick_style(config),
         dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype")],
     )
 
 
-def run_generation(model, sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:
-    """Sample with `sampler`, then decode, render and analyse (attention of the float32 `model`)
-    each piece once, for every later rerun."""
+def pick_style(config: Config) -> int | None:
+    """The STYLE slot to condition on (None: no style), offered only when the checkpoint has
+    styles."""
+    if not config.styles:
+        st.sidebar.caption("Style: this checkpoint was trained without style tokens.")
+        return None
+    name = st.sidebar.selectbox("Style", ["none", *config.styles], key="style")
+    return None if name == "none" else config.style_slot(name)
+
+
+def sampling_settings(opts: dict) -> SamplingSettings:
+    return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))
+
+
+def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:
+    """Sample with `sampler`, then decode and render each piece once, for every later rerun
+    (the attention analysis follows when a piece is first shown, `with_attention`)."""
     bar = st.progress(0.0, text="Generating...")
     shown, expected = [-1], studio.expected_tokens(opts["seconds"])
 
@@ -117,49 +156,162 @@ def run_generation(model, sampler, primer: np.ndarray | None, opts: dict) -> lis
             shown[0] = percent
             bar.progress(percent / 100, text=f"Generating... {done} tokens")
 
-    settings = SamplingSettings(float(opts["temperature"]), int(opts["top_k"]),
-                                float(opts["top_p"]))
     rows = generate(sampler, primer, max_new_tokens=studio.token_budget(opts["seconds"]),
                     max_seconds=float(opts["seconds"]), num_samples=int(opts["num_samples"]),
-                    settings=settings, seed=int(opts["seed"]), progress=progress)
-    primer_len = 1 if primer is None else len(primer)
+                    settings=sampling_settings(opts), seed=int(opts["seed"]), progress=progress,
+                    style=opts["style"])
+    primer_len = studio.generated_primer_len(primer, opts["style"])
     bar.progress(1.0, text="Rendering audio...")
-    results = [analyse(model, row, primer_len) for row in rows]
+    results = [render(studio.ids_to_piece(row, primer_len)) for row in rows]
     bar.empty()
     return results
 
 
-def analyse(model, ids: np.ndarray, primer_len: int) -> dict:
-    tokens = arcs.ids_to_note_tokens(ids)
-    piece = studio.ids_to_piece(ids, primer_len, tokens.note_pos)
-    maps, offset = arcs.attention_maps(model, ids)
+def render(piece: studio.Piece) -> dict:
+    """What the page shows of a piece: the piece, its audio (or why none) and its .mid bytes."""
     wav, problem = None, audio.synth_problem()
     if problem is None and len(piece.notes):
         wav = audio.notes_to_wav_bytes(piece.notes)
-    return dict(piece=piece, tokens=tokens, maps=maps, offset=offset, wav=wav,
-                audio_problem=problem, midi=studio.ids_to_midi_bytes(ids))
+    return dict(piece=piece, wav=wav, audio_problem=problem,
+                midi=studio.ids_to_midi_bytes(piece.ids))
 
 
-def show_piece(result: dict, number: int) -> None:
+def with_attention(model, result: dict) -> dict:
+    """`result` with its attention analysis (float32 `model`), made the first time it is asked."""
+    if "maps" not in result:
+        ids = result["piece"].ids
+        result["tokens"] = arcs.ids_to_note_tokens(ids)
+        result["maps"], result["offset"] = arcs.attention_maps(model, ids)
+    return result
+
+
+def version_view(version: studio.Version) -> dict:
+    """The rendered version, made once and kept with it."""
+    if not version.view:
+        piece = (studio.ids_to_piece(version.ids, len(version.ids)) if version.span is None
+                 else studio.span_piece(version.ids, version.span))
+        version.view.update(render(piece))
+    return version.view
+
+
+def show_piece(result: dict, tag: str, filename: str, span=None, preview=None) -> None:
+    """Caption, piano roll (`span`: the regenerated span, shaded; `preview`: the span selected
+    for regenerating, framed), audio and downloads. `tag` makes the widget keys unique."""
     piece: studio.Piece = result["piece"]
+    names = ("kept", "regenerated") if span else ("primer", "generated")
     n_new = int((~piece.is_primer).sum())
-    st.caption(f"{piece.seconds:.1f} s, {len(piece.notes)} notes ({n_new} generated), "
+    st.caption(f"{piece.seconds:.1f} s, {len(piece.notes)} notes ({n_new} {names[1]}), "
                f"{len(piece.ids)} tokens")
     if len(piece.notes) == 0:
-        st.warning("This sample has no notes (the model ended the piece at once). Try another "
+        st.warning("This piece has no notes (the model ended it at once). Try another "
                    "seed or a higher temperature.")
-    roll = plots.piano_roll(piece.notes, piece.is_primer, "Piano roll")
-    st.plotly_chart(roll, key=f"roll_{number}")
+    roll = plots.piano_roll(piece.notes, piece.is_primer, "Piano roll", names)
+    if span:
+        plots.mark_span(roll, *span)
+    if preview:
+        plots.mark_span(roll, *preview, "span to regenerate", outline_only=True)
+    st.plotly_chart(roll, key=f"roll_{tag}")
     if result["wav"] is not None:
         st.audio(result["wav"], format="audio/wav")
     elif result["audio_problem"]:
         st.info(result["audio_problem"])
     left, right = st.columns(2)
-    left.download_button("Download .mid", result["midi"], f"musicgpt_{number + 1}.mid",
-                         "audio/midi", key=f"mid_{number}")
+    left.download_button("Download .mid", result["midi"], f"{filename}.mid", "audio/midi",
+                         key=f"mid_{tag}")
     if result["wav"] is not None:
-        right.download_button("Download .wav", result["wav"], f"musicgpt_{number + 1}.wav",
-                              "audio/wav", key=f"wav_{number}")
+        right.download_button("Download .wav", result["wav"], f"{filename}.wav", "audio/wav",
+                              key=f"wav_{tag}")
+
+
+def show_versions(history: studio.History, key: str, model, path: str, opts: dict,
+                  filename: str) -> dict:
+    """The current version of a piece with its span editor, a new version waiting to be kept or
+    undone, and the comparison of versions. Returns the current version's rendered result."""
+    current = history.versions[history.current]
+    seconds, span_key = studio.editable_seconds(current.ids), f"edit_span_{key}"
+    default = preview = None
+    if seconds >= 2 * studio.SPAN_STEP_S:
+        longest = studio.longest_span_s(current.ids, model.config.block_size)
+        default = studio.default_span(seconds, longest)
+        preview = studio.clamp_span(st.session_state.get(span_key, default), seconds)
+    st.markdown(f"**Current piece: {current.label}**")
+    show_piece(version_view(current), f"{key}_v{history.current + 1}",
+               f"{filename}_v{history.current + 1}", current.span, preview)
+    st.subheader("Regenerate a span")
+    if default is None:
+        st.info("This piece is too short to regenerate a span of it.")
+    else:
+        span = st.slider(f"Span of v{history.current + 1} to regenerate (seconds)", 0.0, seconds,
+                         default, studio.SPAN_STEP_S, format="%.1f", key=span_key)
+        if st.button("Regenerate this span", key=f"edit_go_{key}"):
+            regenerate(history, load_sampler(path, opts["dtype"]), span, opts)
+    show_pending(history, key, filename)
+    compare_versions(history, key, filename)
+    return version_view(history.versions[history.current])
+
+
+def regenerate(history: studio.History, sampler, span, opts: dict) -> None:
+    """Infill `span` of the current version; the result becomes the pending version."""
+    start, end = studio.clamp_span(span, float("inf"))
+    bar, shown = st.progress(0.0, text="Regenerating the span..."), [-1]
+
+    def progress(done_s: float, total_s: float) -> None:
+        percent = min(99, int(100 * done_s / total_s)) if total_s > 0 else 99
+        if percent != shown[0]:
+            shown[0] = percent
+            bar.progress(percent / 100, text=f"Regenerating... {done_s:.1f} of {total_s:.1f} s")
+
+    try:
+        result = infill(sampler, history.versions[history.current].ids, start, end,
+                        settings=sampling_settings(opts), seed=history.next_seed(opts["seed"]),
+                        style=opts["style"], progress=progress)
+    except InfillError as exc:
+        st.error(f"Cannot regenerate this span: {exc}.")
+        return
+    finally:
+        bar.empty()
+    history.push(result.pieces[0], (result.start_s, result.end_s), result.note)
+
+
+def show_pending(history: studio.History, key: str, filename: str) -> None:
+    """The new version with Keep / Undo, or (nothing new) Undo back to the previous version."""
+    if history.pending is None:
+        if history.can_undo:
+            parent = history.versions[history.current].parent
+            st.button(f"Undo: back to v{parent + 1}", key=f"edit_undo_{key}",
+                      on_click=history.undo)
+        return
+    version = history.versions[history.pending]
+    st.markdown(f"**New version: {version.label}** (not kept yet)")
+    if version.note:
+        st.info(f"Note: {version.note}.")
+    show_piece(version_view(version), f"{key}_v{history.pending + 1}",
+               f"{filename}_v{history.pending + 1}", version.span)
+    left, right = st.columns(2)
+    left.button("Keep this version", type="primary", key=f"edit_keep_{key}",
+                on_click=history.keep)
+    right.button(f"Undo: back to v{history.current + 1}", key=f"edit_undo_{key}",
+                 on_click=history.undo)
+
+
+def compare_versions(history: studio.History, key: str, filename: str) -> None:
+    """Two versions side by side, each with its roll, audio and "Make current"."""
+    if len(history) < 2:
+        return
+    st.subheader("Compare versions")
+    shown = history.versions[history.shown]
+    other = shown.parent if shown.parent is not None else 0
+    for column, default, side in zip(st.columns(2), (history.shown, other), "ab", strict=True):
+        with column:
+            index = st.selectbox("Version", range(len(history)), default,
+                                 format_func=lambda i: history.versions[i].label,
+                                 key=f"edit_cmp_{side}_{key}_{len(history)}_{history.made}")
+            version = history.versions[index]
+            show_piece(version_view(version), f"cmp{side}_{key}_v{index + 1}",
+                       f"{filename}_v{index + 1}", version.span)
+            st.button("Make this the current version", key=f"edit_restore_{side}_{key}",
+                      on_click=history.restore, args=(index,),
+                      disabled=index == history.current and history.pending is None)
 
 
 def _clicked_note(chart_key: str) -> int | None:
@@ -173,7 +325,7 @@ def _clicked_note(chart_key: str) -> int | None:
     return int(custom[4])
 
 
-def show_arcs(result: dict, number: int) -> None:
+def show_arcs(result: dict, number: int | str) -> None:
     maps, offset, tokens = result["maps"], result["offset"], result["tokens"]
     n_layer, n_head, window_len = maps.shape[0], maps.shape[1], maps.shape[-1]
     queries = arcs.notes_in_window(tokens, offset, window_len)
@@ -208,7 +360,7 @@ def show_arcs(result: dict, number: int) -> None:
                "cannot be queries.")
 
 
-def show_heatmap(result: dict, number: int) -> None:
+def show_heatmap(result: dict, number: int | str) -> None:
     maps, offset = result["maps"], result["offset"]
     end = offset + maps.shape[-1]
     a, b = st.columns([1, 3])
@@ -231,15 +383,26 @@ def main() -> None:
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
     model, path = pick_model()
     primer, primer_ok = pick_primer()
+    edited = primer_history(primer) if model is not None and primer_ok else None
+    if edited is not None:
+        primer = edited[1].versions[edited[1].current].ids
+        st.sidebar.caption(f"Generate continues the primer's current version, v"
+                           f"{edited[1].current + 1}.")
     opts = pick_sampling(model.config if model is not None else Config())
     clicked = st.sidebar.button("Generate", type="primary", disabled=model is None or not primer_ok,
                                 key="generate")
     if clicked:
         for key in [k for k in st.session_state if k.startswith(RESULT_WIDGET_PREFIXES)]:
             del st.session_state[key]  # their ranges belong to the previous results
+        histories = st.session_state.setdefault(HISTORIES, {})
+        for key in [k for k in histories if k.startswith("s")]:
+            del histories[key]  # the samples' versions go with them
         sampler = load_sampler(path, opts["dtype"])
-        st.session_state[RESULTS] = run_generation(model, sampler, primer, opts)
+        st.session_state[RESULTS] = run_generation(sampler, primer, opts)
     results = st.session_state.get(RESULTS)
+    if edited is not None:
+        with st.expander("Primer: regenerate spans before generating", expanded=not results):
+            show_versions(edited[1], edited[0], model, path, opts, "primer")
     if not results:
         st.info("Choose a primer and settings in the sidebar, then press Generate.")
         return
@@ -247,11 +410,19 @@ def main() -> None:
     if len(results) > 1:
         number = st.radio("Sample", range(len(results)), horizontal=True, key="sample",
                           format_func=lambda i: f"#{i + 1}")
-    show_piece(results[number], number)
+    show_result(model, path, opts, results[number], number)
+
+
+def show_result(model, path: str, opts: dict, result: dict, number: int) -> None:
+    """A generated sample (its current version) with its span editor, arcs and heatmap."""
+    history = history_for(f"s{number}", result["piece"].ids, f"generated sample #{number + 1}",
+                          result)
+    current = show_versions(history, f"s{number}", model, path, opts, f"musicgpt_{number + 1}")
+    tag = number if history.current == 0 else f"{number}v{history.current + 1}"
     st.header("Attention arcs")
-    show_arcs(results[number], number)
+    show_arcs(with_attention(model, current), tag)
     st.header("Attention heatmap")
-    show_heatmap(results[number], number)
+    show_heatmap(with_attention(model, current), tag)
 
 
 if __name__ == "__main__":

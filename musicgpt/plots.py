@@ -15,6 +15,7 @@ from .vocab import pitch_to_name, steps_to_seconds
 PRIMER_COLOUR = "#7f8c9a"
 GENERATED_COLOUR = "#e8871e"
 QUERY_COLOUR = "#d62728"
+SPAN_COLOUR = "#1f77b4"
 HEAD_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#bcbd22", "#8c564b",
                 "#ff7f0e", "#7f7f7f", "#393b79", "#637939", "#843c39")
 ARC_POINTS = 24
@@ -40,12 +41,14 @@ def _note_trace(notes: NoteArrays, index: np.ndarray, name: str, colour: str) ->
     )
 
 
-def piano_roll(notes: NoteArrays, is_primer: np.ndarray, title: str = "") -> go.Figure:
-    """Notes as horizontal bars (time in s by MIDI pitch); primer and generated in two colours."""
+def piano_roll(notes: NoteArrays, is_primer: np.ndarray, title: str = "",
+               names: tuple[str, str] = ("primer", "generated")) -> go.Figure:
+    """Notes as horizontal bars (time in s by MIDI pitch); primer and generated in two colours
+    (`names`: their legend entries, e.g. kept and regenerated)."""
     is_primer = np.asarray(is_primer, dtype=bool)
     fig = go.Figure()
-    for name, mask, colour in (("primer", is_primer, PRIMER_COLOUR),
-                               ("generated", ~is_primer, GENERATED_COLOUR)):
+    for name, mask, colour in ((names[0], is_primer, PRIMER_COLOUR),
+                               (names[1], ~is_primer, GENERATED_COLOUR)):
         fig.add_trace(_note_trace(notes, np.flatnonzero(mask), name, colour))
     low, high = (int(notes.pitch.min()), int(notes.pitch.max())) if len(notes) else (48, 72)
     low, high = max(0, low - 3), min(127, high + 3)
@@ -58,6 +61,17 @@ def piano_roll(notes: NoteArrays, is_primer: np.ndarray, title: str = "") -> go.
     fig.update_yaxes(range=[low - 0.5, high + 0.5], tickvals=c_pitches,
                      ticktext=[pitch_to_name(p) for p in c_pitches], gridcolor="#e6e6e6")
     fig.update_xaxes(gridcolor="#e6e6e6", rangemode="tozero")
+    return fig
+
+
+def mark_span(fig: go.Figure, start_s: float, end_s: float, label: str = "regenerated",
+              outline_only: bool = False) -> go.Figure:
+    """Shade the time span start_s..end_s of a piano roll (behind the notes), labelled at the top;
+    `outline_only` draws a dashed frame instead (a span about to be regenerated)."""
+    style = (dict(fillcolor="rgba(0,0,0,0)", line=dict(color=SPAN_COLOUR, width=1.5, dash="dash"))
+             if outline_only else dict(fillcolor=SPAN_COLOUR, opacity=0.15, line_width=0))
+    fig.add_vrect(x0=start_s, x1=end_s, layer="below", annotation_text=label,
+                  annotation_position="top left", **style)
     return fig
 
 

@@ -1,14 +1,17 @@
 """What the Streamlit page does, minus Streamlit: find checkpoints, build primers, check uploads,
-and turn generated ids into a piece (notes, primer flags, .mid bytes).
+turn generated ids into a piece (notes, primer flags, .mid bytes), and keep the versions of a
+piece whose spans are regenerated (span defaults and clamping, keep / undo / restore).
 
 Pure or file-reading functions only, so tests can call them without a browser or a script runner.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,10 @@ from .events import (
     ids_until_seconds,
     notes_to_ids,
 )
+from .infilling import InfillError, check_span
 from .midi_io import MidiReadError
 from .pipeline import ids_to_midi_file, midi_bytes_to_ids
-from .vocab import START_ID, steps_to_seconds
+from .vocab import START_ID, is_style, seconds_to_steps, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
@@ -161,3 +165,154 @@ def ids_to_midi_bytes(ids) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = ids_to_midi_file(ids, Path(folder) / "piece.mid")
         return path.read_bytes()
+
+
+def generated_primer_len(primer, style: int | None) -> int:
+    """How many leading ids of a row `generate` returns are the primer: START, the style token
+    (`generate` puts it after START and drops the primer's own), and the primer's events."""
+    body = [int(t) for t in (primer if primer is not None else []) if int(t) != START_ID]
+    if style is not None:
+        body = [t for t in body if not is_style(t)]
+    return 1 + (style is not None) + len(body)
+
+
+# --- versions: regenerate a span, keep it or undo ----------------------------------------------
+
+SPAN_STEP_S = 0.1  # resolution of the span slider
+SPAN_DEFAULT_S = 3.0  # the span offered first (at most a third of the piece, and what fits)
+
+
+def _down_to_step(seconds: float) -> float:
+    return round(math.floor(seconds / SPAN_STEP_S + 1e-9) * SPAN_STEP_S, 2)
+
+
+def editable_seconds(ids) -> float:
+    """How far a span may reach: the piece's music length, down to the slider's step."""
+    return _down_to_step(ids_to_seconds(ids))
+
+
+def _span_fits(ids, steps: int, block_size: int) -> bool:
+    try:
+        check_span(ids, 0.0, float(steps_to_seconds(steps)), block_size)
+    except InfillError:
+        return False
+    return True
+
+
+def longest_span_s(ids, block_size: int) -> float:
+    """The longest span `infilling.infill` takes in this piece from a model with this context
+    (0.0 when none fits), found with infilling's own check."""
+    low, high = 0, seconds_to_steps(ids_to_seconds(ids))
+    while low < high:  # invariant: `low` steps fit (or low == 0), more than `high` do not
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if _span_fits(ids, mid, block_size) else (low, mid - 1)
+    return float(steps_to_seconds(low))
+
+
+def default_span(seconds: float, longest_s: float) -> tuple[float, float]:
+    """A span in the middle of a piece of `seconds`: SPAN_DEFAULT_S long, or less when the piece
+    (a third of it) or the model (`longest_s`) asks for less; on the slider's steps."""
+    length = _down_to_step(min(SPAN_DEFAULT_S, seconds / 3, longest_s))
+    length = max(length, min(SPAN_STEP_S, _down_to_step(seconds)))
+    start = _down_to_step((seconds - length) / 2)
+    return start, round(start + length, 2)
+
+
+def clamp_span(span, seconds: float) -> tuple[float, float]:
+    """(start, end) in order, inside 0..`seconds`, on 10 ms (no slider float noise)."""
+    start, end = sorted(min(max(float(x), 0.0), seconds) for x in span)
+    return round(start, 2), round(end, 2)
+
+
+@dataclass
+class Version:
+    """One state of a piece: its ids, a label for lists, the span regenerated to make it (None
+    for the original), the version it was made from, and `infill`'s note when it fell back.
+    `view` is the page's cache of what it made for this version (audio, decoded notes)."""
+
+    ids: np.ndarray
+    label: str
+    span: tuple[float, float] | None = None
+    parent: int | None = None
+    note: str | None = None
+    view: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+class History:
+    """The versions of one piece. `current` is the piece being edited; regenerating a span of it
+    adds a `pending` version, which `keep` makes current and `undo` throws away. With nothing
+    pending, `undo` goes back from the current version to the one it was made from. Every version
+    made stays listed (to compare or `restore`) unless undone while pending."""
+
+    def __init__(self, ids, label: str = "original"):
+        self.versions = [Version(np.asarray(ids, dtype=np.int64), f"v1: {label}")]
+        self.current = 0
+        self.pending: int | None = None
+        self.made = 0  # spans regenerated so far, undone ones included
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    @property
+    def shown(self) -> int:
+        """The version the page shows as the result: the pending one, else the current one."""
+        return self.current if self.pending is None else self.pending
+
+    def next_seed(self, seed: int) -> int:
+        """A seed for the next regeneration: `seed` moved on by the takes made so far, so pressing
+        the button again (even after an undo) gives another take, reproducibly."""
+        return int(seed) + self.made
+
+    def push(self, ids, span: tuple[float, float], note: str | None = None) -> int:
+        """Add the version made by regenerating `span` of the current one; it is pending."""
+        number = len(self.versions) + 1
+        label = (f"v{number}: {span[0]:.2f}-{span[1]:.2f} s of v{self.current + 1} "
+                 "regenerated")
+        self.versions.append(Version(np.asarray(ids, dtype=np.int64), label,
+                                     (float(span[0]), float(span[1])), self.current, note))
+        self.made += 1
+        self.pending = len(self.versions) - 1
+        return self.pending
+
+    def keep(self) -> int:
+        """The pending version becomes the current one."""
+        if self.pending is None:
+            raise ValueError("there is no new version to keep")
+        self.current, self.pending = self.pending, None
+        return self.current
+
+    @property
+    def can_undo(self) -> bool:
+        return self.pending is not None or self.versions[self.current].parent is not None
+
+    def undo(self) -> int:
+        """Throw the pending version away, or with none pending go back to the version the current
+        one was made from; returns the current version."""
+        if self.pending is not None:
+            del self.versions[self.pending]  # always the last one: push appends, others clear it
+            self.pending = None
+        elif self.versions[self.current].parent is not None:
+            self.current = self.versions[self.current].parent
+        return self.current
+
+    def restore(self, index: int) -> int:
+        """Make any listed version the current one (a pending one stays listed)."""
+        if not 0 <= index < len(self.versions):
+            raise IndexError(f"no version {index + 1}; there are {len(self.versions)}")
+        self.current, self.pending = index, None
+        return self.current
+
+
+def piece_key(ids) -> str:
+    """A short name for a piece's ids (which history in the page's state belongs to it)."""
+    return hashlib.sha1(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:10]
+
+
+def span_piece(ids, span: tuple[float, float]) -> Piece:
+    """Piece of a version with a regenerated span: its notes that start inside the span are the
+    new ones; the rest count as kept (drawn like a primer)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    notes, _ = ids_to_arrays_with_positions(ids)
+    t1, t2 = (seconds_to_steps(s) for s in span)
+    new = (notes.start_step >= t1) & (notes.start_step < t2)
+    return Piece(ids, 0, notes, ~new)

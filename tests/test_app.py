@@ -1,8 +1,10 @@
 """The Streamlit page, driven headless by Streamlit's AppTest with a tiny untrained checkpoint,
-plus the page's plain logic in musicgpt.studio (checkpoint discovery, upload checks, primers)."""
+plus the page's plain logic in musicgpt.studio (checkpoint discovery, upload checks, primers,
+span defaults and the version history of regenerated spans)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,9 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from musicgpt import studio
 from musicgpt.checkpoint import save_checkpoint
-from musicgpt.events import Note, notes_to_arrays
+from musicgpt.events import Note, ids_to_arrays, notes_to_arrays, notes_to_ids
+from musicgpt.infilling import InfillError, check_span
 from musicgpt.midi_io import arrays_to_midi_file
-from musicgpt.vocab import START_ID
+from musicgpt.vocab import BASE_VOCAB_SIZE, START_ID, style_id
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -39,6 +42,24 @@ def _generate(at: AppTest, seconds: int = 3, num_samples: int = 1) -> AppTest:
     at.sidebar.slider(key="seconds").set_value(seconds)
     at.sidebar.slider(key="num_samples").set_value(num_samples)
     return at.sidebar.button(key="generate").click().run()
+
+
+def _open(checkpoint: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv(studio.ENV_CHECKPOINT, str(checkpoint))
+    monkeypatch.setenv(studio.ENV_CHECKPOINTS, "")
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+@pytest.fixture(scope="module")
+def style_checkpoint(make_tiny_model, tmp_path_factory) -> Path:
+    """A tiny model with two styles and a context long enough to infill a few seconds."""
+    model = make_tiny_model(styles=("classical", "pop"), block_size=256)
+    return save_checkpoint(model, tmp_path_factory.mktemp("styles") / "checkpoint")
+
+
+@pytest.fixture
+def style_app(style_checkpoint, monkeypatch) -> AppTest:
+    return _open(style_checkpoint, monkeypatch)
 
 
 # --- plain logic ---------------------------------------------------------------------------------
@@ -196,3 +217,202 @@ def test_arcs_are_drawn_one_per_weight_with_stronger_ones_wider():
     lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
     assert len(lines) == 2 and lines[0].line.width < lines[1].line.width
     assert fig.data[-1].name == "query note"
+
+
+def test_roll_marks_a_span_shaded_or_framed():
+    from musicgpt.plots import mark_span, piano_roll
+
+    notes = notes_to_arrays([Note(60, 80, 0.0, 4.0)])
+    fig = mark_span(piano_roll(notes, np.array([False]), names=("kept", "regenerated")), 1.0, 2.5)
+    fig = mark_span(fig, 3.0, 3.5, "next", outline_only=True)
+    shaded, framed = fig.layout.shapes
+    assert (shaded.type, shaded.x0, shaded.x1, shaded.layer) == ("rect", 1.0, 2.5, "below")
+    assert shaded.opacity < 1 and framed.line.dash == "dash"
+    assert [a.text for a in fig.layout.annotations] == ["regenerated", "next"]
+    assert [t.name for t in fig.data] == ["kept", "regenerated"]
+
+
+# --- versions of a piece: plain logic ------------------------------------------------------------
+
+def test_history_push_keep_and_undo():
+    history = studio.History(np.array([START_ID, 60]), "original")
+    assert (history.current, history.pending, history.can_undo) == (0, None, False)
+    first = history.push([START_ID, 61], (1.0, 2.0))
+    assert (first, history.pending, history.shown, history.current) == (1, 1, 1, 0)
+    assert history.versions[1].label == "v2: 1.00-2.00 s of v1 regenerated"
+    assert history.undo() == 0 and len(history) == 1 and history.pending is None  # thrown away
+    history.push([START_ID, 62], (1.0, 2.0), note="fell back")
+    assert history.keep() == 1 and history.pending is None
+    assert history.versions[1].note == "fell back" and history.versions[1].parent == 0
+    history.push([START_ID, 63], (0.5, 1.0))
+    assert history.keep() == 2 and history.versions[2].parent == 1
+    assert history.undo() == 1 and history.undo() == 0  # back along the parents
+    assert not history.can_undo and history.undo() == 0 and len(history) == 3  # kept ones stay
+    with pytest.raises(ValueError, match="no new version"):
+        history.keep()
+
+
+def test_history_restore_and_fresh_seeds():
+    history = studio.History([START_ID, 60])
+    assert history.next_seed(7) == 7
+    history.push([START_ID, 61], (0.0, 1.0))
+    history.push([START_ID, 62], (0.0, 1.0))  # another take: the first stays listed
+    assert len(history) == 3 and history.pending == 2
+    history.undo()
+    assert history.next_seed(7) == 9  # an undone take still moves the seed on
+    assert history.restore(1) == 1 and history.pending is None
+    with pytest.raises(IndexError):
+        history.restore(5)
+
+
+@pytest.mark.parametrize(("seconds", "longest", "span"), [
+    (20.0, 9.0, (8.5, 11.5)),  # SPAN_DEFAULT_S in the middle
+    (6.0, 9.0, (2.0, 4.0)),  # a third of a short piece
+    (20.0, 0.23, (9.9, 10.1)),  # what the model's context allows
+    (0.1, 0.0, (0.0, 0.1)),
+])
+def test_default_span_is_a_few_seconds_in_the_middle(seconds, longest, span):
+    assert studio.default_span(seconds, longest) == span
+
+
+def test_clamp_span_orders_bounds_and_rounds():
+    assert studio.clamp_span((5.0, 2.3000000000000003), 10.0) == (2.3, 5.0)
+    assert studio.clamp_span((-1.0, 12.0), 10.0) == (0.0, 10.0)
+
+
+def test_longest_span_is_what_infilling_accepts():
+    ids = np.concatenate([[START_ID], notes_to_ids([Note(60, 80, float(i), i + 0.5)
+                                                    for i in range(30)])])
+    longest = studio.longest_span_s(ids, 256)
+    assert 1.0 < longest < 10.0
+    check_span(ids, 0.0, longest, 256)
+    with pytest.raises(InfillError, match="context"):
+        check_span(ids, 0.0, longest + 0.01, 256)
+    assert studio.longest_span_s(ids, 40) == 0.0
+    assert studio.editable_seconds(ids) == 29.5
+
+
+def test_span_piece_marks_the_notes_inside_the_span_as_new():
+    ids = notes_to_ids([Note(60 + i, 80, float(i), i + 0.5) for i in range(5)])
+    piece = studio.span_piece(ids, (1.0, 3.0))
+    assert piece.is_primer.tolist() == [True, False, False, True, True]
+
+
+def test_generated_primer_len_counts_start_and_style():
+    primer = np.array([START_ID, 60, 300, 188])
+    assert studio.generated_primer_len(primer, None) == 4
+    assert studio.generated_primer_len(primer, 1) == 5
+    assert studio.generated_primer_len(None, 0) == 2
+
+
+# --- the page: regenerate a span, styles ---------------------------------------------------------
+
+def _note_set(ids, keep) -> set[tuple[int, int, int]]:
+    notes = ids_to_arrays(ids)
+    return {(p, s, v) for p, s, v in zip(notes.pitch.tolist(), notes.start_step.tolist(),
+                                         notes.velocity.tolist(), strict=True) if keep(s)}
+
+
+def _chart_shapes(at: AppTest, key_end: str) -> list[dict]:
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key_end)]
+    assert len(charts) == 1, key_end
+    return json.loads(charts[0].proto.spec)["layout"].get("shapes", [])
+
+
+def test_app_regenerates_a_span_keeps_the_outside_then_keep_and_undo(style_app):
+    at = _generate(style_app, seconds=4)
+    original = at.session_state["results"][0]["piece"].ids
+    at.slider(key="edit_span_s0").set_value((3.0, 5.0)).run()
+    at.button(key="edit_go_s0").click().run()
+    _no_problems(at)
+    history = at.session_state["histories"]["s0"]
+    assert (len(history), history.current, history.pending) == (2, 0, 1)
+    new = history.versions[1].ids
+    assert _note_set(new, lambda s: s < 300) == _note_set(original, lambda s: s < 300)
+    assert _note_set(original, lambda s: s >= 500) <= _note_set(new, lambda s: s >= 500)
+    shaded = _chart_shapes(at, "roll_s0_v2")
+    assert [(s["x0"], s["x1"]) for s in shaded] == [(3.0, 5.0)]
+    assert len(at.get("audio")) == 4  # current, new, and the two compared
+    assert any("New version: v2" in m.value for m in at.markdown)
+    at.button(key="edit_keep_s0").click().run()
+    _no_problems(at)
+    assert (history.current, history.pending) == (1, None)
+    assert any("Current piece: v2" in m.value for m in at.markdown)
+    at.button(key="edit_undo_s0").click().run()
+    _no_problems(at)
+    assert (history.current, len(history)) == (0, 2)
+    assert any("Current piece: v1" in m.value for m in at.markdown)
+
+
+def test_app_undo_throws_the_new_version_away_and_compare_lists_versions(style_app):
+    at = _generate(style_app, seconds=3)
+    at.button(key="edit_go_s0").click().run()
+    at.button(key="edit_go_s0").click().run()  # a second take of the same span
+    _no_problems(at)
+    history = at.session_state["histories"]["s0"]
+    assert len(history) == 3 and history.pending == 2
+    assert not np.array_equal(history.versions[1].ids, history.versions[2].ids)
+    compared = [box for box in at.selectbox if box.key and box.key.startswith("edit_cmp_")]
+    assert len(compared) == 2 and [box.value for box in compared] == [2, 0]
+    assert "v2" in compared[0].options[1]
+    at.button(key="edit_undo_s0").click().run()
+    _no_problems(at)
+    assert (len(history), history.current, history.pending) == (2, 0, None)
+
+
+def test_app_bad_span_shows_one_error_line_and_no_exception(app):
+    _generate(app, seconds=3)
+    app.slider(key="edit_span_s0").set_value((0.5, 6.5)).run()  # past a 64-token context
+    app.button(key="edit_go_s0").click().run()
+    assert not app.exception
+    assert len(app.error) == 1 and "context" in app.error[0].value
+    assert "\n" not in app.error[0].value
+    assert app.session_state["histories"]["s0"].pending is None
+    app.slider(key="edit_span_s0").set_value((2.0, 2.0)).run()
+    app.button(key="edit_go_s0").click().run()
+    assert not app.exception and len(app.error) == 1
+    assert "end after it starts" in app.error[0].value
+
+
+def test_app_shipped_like_model_falls_back_and_says_so(make_tiny_model, tmp_path, monkeypatch):
+    model = make_tiny_model(block_size=256, vocab_size=BASE_VOCAB_SIZE)
+    at = _open(save_checkpoint(model, tmp_path / "checkpoint"), monkeypatch)
+    assert "style" not in [box.key for box in at.sidebar.selectbox]
+    _generate(at, seconds=3)
+    at.button(key="edit_go_s0").click().run()
+    _no_problems(at)
+    assert any("no fill-in-the-middle tokens" in info.value for info in at.info)
+
+
+def test_app_style_selector_only_for_checkpoints_with_styles(app, style_app):
+    assert "style" not in [box.key for box in app.sidebar.selectbox]
+    assert any("without style tokens" in c.value for c in app.sidebar.caption)
+    box = style_app.sidebar.selectbox(key="style")
+    assert box.options == ["none", "classical", "pop"]
+    box.set_value("pop")
+    _generate(style_app, seconds=2)
+    _no_problems(style_app)
+    piece = style_app.session_state["results"][0]["piece"]
+    assert piece.ids[1] == style_id(1)
+    primer = studio.example_primer(style_app.sidebar.selectbox(key="example").value, 8)
+    assert piece.primer_len == len(primer) + 1  # START, STYLE, the primer's events
+    assert np.array_equal(piece.ids[2 : len(primer) + 1], primer[1:])
+    style_app.button(key="edit_go_s0").click().run()
+    _no_problems(style_app)
+    assert style_app.session_state["histories"]["s0"].versions[1].ids[1] == style_id(1)
+
+
+def test_app_edits_the_primer_and_generates_from_the_kept_version(style_app):
+    at = style_app
+    at.sidebar.toggle(key="primer_edit").set_value(True).run()
+    _no_problems(at)
+    key = next(k for k in at.session_state["histories"] if k.startswith("p"))
+    at.button(key=f"edit_go_{key}").click().run()
+    at.button(key=f"edit_keep_{key}").click().run()
+    _no_problems(at)
+    kept = at.session_state["histories"][key].versions[1].ids
+    assert any("current version, v2" in c.value for c in at.sidebar.caption)
+    _generate(at, seconds=2)
+    _no_problems(at)
+    piece = at.session_state["results"][0]["piece"]
+    assert np.array_equal(piece.ids[: len(kept)], kept) and piece.primer_len == len(kept)
