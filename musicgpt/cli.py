@@ -130,6 +130,8 @@ def _preprocess(args: argparse.Namespace) -> int:
           f"{manifest['reused']} reused from cache")
     for bad in manifest["skipped"]:
         print(f"skipped {bad['path']}: {bad['reason']}")
+    for cut in manifest["clipped"]:
+        print(f"clipped {cut['path']}: {cut['note']}")
     if manifest["skipped"]:
         print(f"{len(manifest['skipped'])} file(s) skipped; see {Path(args.out) / 'report.json'}")
     return 0
@@ -269,6 +271,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     for bad in result.skipped:
         print(f"skipped {bad['path']}: {bad['reason']}")
+    for cut in result.clipped:
+        print(f"clipped {cut['path']}: {cut['note']}")
     print(f"{result.files} file(s), {result.tokens:,} tokens, {result.seconds:.1f} s of music"
           f" ({len(result.skipped)} skipped)")
     print(f"NLL {result.nll_per_token:.4f} nats/token, {result.nll_per_second:.3f} nats/second")

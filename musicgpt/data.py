@@ -4,7 +4,8 @@ Output of `preprocess_folder(midi_dir, out_dir)`:
     out_dir/tokens.bin      every piece as START ... END, uint16, back to back
     out_dir/manifest.json   vocabulary and codec versions and, per piece: source path, sha1,
                             offset, tokens, seconds, split ("train" or "val")
-    out_dir/report.json     files skipped, each with its reason
+    out_dir/report.json     files skipped, each with its reason, and pieces the reader's limits
+                            changed ("clipped": notes cut), see pipeline.MAX_PIECE_SECONDS
 A second run reuses every piece whose file is unchanged (same size and mtime, else same sha1),
 unless the vocabulary or the codec version changed.
 
@@ -34,7 +35,7 @@ from .events import ids_to_seconds
 from .files import tmp_path, writing
 from .fim import random_fim
 from .midi_io import CODEC_VERSION
-from .pipeline import read_midi_piece
+from .pipeline import MidiPiece, read_midi_piece
 from .vocab import (
     END_ID,
     N_PITCHES,
@@ -67,6 +68,7 @@ class Piece:
     tokens: int
     seconds: float
     split: str
+    note: str = ""  # what the reader's limits changed (notes cut), for the report
 
 
 def find_midi_files(midi_dir: str | Path) -> list[Path]:
@@ -158,21 +160,22 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     groups = _group_keys(root)
     old_skipped = _previous_skipped(out_dir) if old_tokens is not None else {}
 
-    results: dict[str, tuple[str, np.ndarray | None, str | None]] = {}
+    results: dict[str, MidiPiece] = {}
     to_encode: list[Path] = []
     for path in files:
         rel, stat = path.relative_to(root).as_posix(), path.stat()
         old = previous.get(rel)
         bad = old_skipped.get(rel)
         if old and old["size"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
-            results[rel] = (old["sha1"], _slice(old_tokens, old), None)
+            results[rel] = MidiPiece(old["sha1"], _slice(old_tokens, old), None, old.get("note"))
         elif bad and bad["size"] == stat.st_size and bad["mtime_ns"] == stat.st_mtime_ns:
-            results[rel] = ("", None, bad["reason"])
+            results[rel] = MidiPiece("", None, bad["reason"])
         else:
             to_encode.append(path)
     if not to_encode and previous.keys() | old_skipped.keys() == set(results):
         manifest = json.loads((out_dir / "manifest.json").read_text())
-        return {**manifest, "skipped": list(old_skipped.values()), "reused": len(files)}
+        return {**manifest, "skipped": list(old_skipped.values()),
+                "clipped": _clipped(manifest["pieces"]), "reused": len(files)}
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(to_encode), desc="preprocess", unit="file", disable=not progress)
     if workers > 1 and len(to_encode) > 1:
@@ -190,33 +193,45 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     pieces, skipped, chunks, offset = [], [], [], 0
     for path in files:
         rel = path.relative_to(root).as_posix()
-        sha1, ids, reason = results[rel]
-        if ids is None and sha1 in old_by_sha:
-            ids = _slice(old_tokens, old_by_sha[sha1])
+        sha1, ids, reason, note = results[rel]
+        old = old_by_sha.get(sha1)
+        if ids is None and old:
+            ids, note = _slice(old_tokens, old), old.get("note")
         stat = path.stat()
         if ids is None:
             skipped.append({"path": rel, "reason": reason, "size": stat.st_size,
                             "mtime_ns": stat.st_mtime_ns})
             continue
-        old = old_by_sha.get(sha1)
         seconds = old["seconds"] if old else ids_to_seconds(ids)
         pieces.append(Piece(rel, sha1, stat.st_size, stat.st_mtime_ns, offset, len(ids),
-                            round(seconds, 2), split_of(groups.get(rel, rel))))
+                            round(seconds, 2), split_of(groups.get(rel, rel)), note or ""))
         chunks.append(ids)
         offset += len(ids)
-    tokens = (np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16))
+    manifest = _write_cache(out_dir, root, pieces, chunks, skipped)
+    return {**manifest, "skipped": skipped, "clipped": _clipped(manifest["pieces"]),
+            "reused": len(files) - len(to_encode)}
+
+
+def _write_cache(out_dir: Path, root: Path, pieces: list[Piece], chunks: list[np.ndarray],
+                 skipped: list[dict]) -> dict:
+    """Commit tokens.bin, report.json and manifest.json; returns the manifest."""
+    tokens = np.concatenate(chunks).astype(np.uint16) if chunks else np.zeros(0, np.uint16)
     data = tokens.tobytes()
+    records = [asdict(p) for p in pieces]
     manifest = {"vocab_version": VOCAB_VERSION, "codec_version": CODEC_VERSION,
                 "midi_dir": str(root.resolve()), "tokens_file": "tokens.bin",
                 "tokens_bytes": len(data), "tokens_sha1": hashlib.sha1(data).hexdigest(),
-                "tokens": int(offset), "seconds": round(sum(p.seconds for p in pieces), 2),
-                "pieces": [asdict(p) for p in pieces]}
-    _commit(out_dir, {"tokens.bin": data,
-                      "report.json": json.dumps({"skipped": skipped}, indent=1).encode(),
+                "tokens": len(tokens), "seconds": round(sum(p.seconds for p in pieces), 2),
+                "pieces": records}
+    report = {"skipped": skipped, "clipped": _clipped(records)}
+    _commit(out_dir, {"tokens.bin": data, "report.json": json.dumps(report, indent=1).encode(),
                       "manifest.json": json.dumps(manifest, indent=1).encode()})
-    manifest["skipped"] = skipped
-    manifest["reused"] = len(files) - len(to_encode)
     return manifest
+
+
+def _clipped(pieces: list[dict]) -> list[dict]:
+    """{"path", "note"} of each piece the reader's limits changed."""
+    return [{"path": p["path"], "note": p["note"]} for p in pieces if p.get("note")]
 
 
 def _previous_skipped(out_dir: Path) -> dict[str, dict]:

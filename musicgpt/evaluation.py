@@ -105,13 +105,17 @@ class EvaluationResult:
     tokens: int  # tokens scored: each piece's tokens after START, END included
     seconds: float  # music scored
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"} per unreadable file
+    clipped: list[dict] = field(default_factory=list)  # {"path", "note"}: notes cut (limits)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def read_midi_folder(midi_dir: str | Path) -> tuple[list[str], list[np.ndarray], list[dict]]:
-    """(relative paths, START..END ids, skipped files with reasons) for every MIDI file below."""
+def read_midi_folder(midi_dir: str | Path, clipped: list[dict] | None = None,
+                     ) -> tuple[list[str], list[np.ndarray], list[dict]]:
+    """(relative paths, START..END ids, skipped files with reasons) for every MIDI file below,
+    read with the corpus limits (pipeline.within_limits); the pieces those changed are added to
+    `clipped` as {"path", "note"}."""
     from .data import find_midi_files
     from .pipeline import read_midi_piece
 
@@ -126,6 +130,8 @@ def read_midi_folder(midi_dir: str | Path) -> tuple[list[str], list[np.ndarray],
         else:
             names.append(rel)
             pieces.append(piece.ids)
+            if piece.note and clipped is not None:
+                clipped.append({"path": rel, "note": piece.note})
     return names, pieces, skipped
 
 
@@ -147,10 +153,14 @@ def evaluate_pieces(model: GPT, pieces: Sequence[np.ndarray], *, batch_size: int
 
 
 def evaluate_midi_folder(model: GPT, midi_dir: str | Path, **kwargs) -> EvaluationResult:
-    """Score every readable MIDI file below `midi_dir`; unreadable ones are listed in `skipped`."""
-    _, pieces, skipped = read_midi_folder(midi_dir)
+    """Score every readable MIDI file below `midi_dir`; unreadable ones are listed in `skipped`,
+    those whose notes were cut to the corpus limit in `clipped`."""
+    clipped: list[dict] = []
+    _, pieces, skipped = read_midi_folder(midi_dir, clipped)
     if not pieces:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
         raise ValueError(f"no readable MIDI files in {midi_dir}" + (f" ({reasons})" if reasons
                                                                      else ""))
-    return evaluate_pieces(model, pieces, skipped=skipped, **kwargs)
+    result = evaluate_pieces(model, pieces, skipped=skipped, **kwargs)
+    result.clipped = clipped
+    return result

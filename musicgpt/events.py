@@ -188,7 +188,7 @@ def ids_to_arrays_with_positions(ids, max_dangling_steps: int | None = None,
     """`ids_to_arrays`, and the position in `ids` of each decoded note's NOTE_ON token."""
     if max_dangling_steps is None:
         max_dangling_steps = int(quantise_seconds(MAX_DANGLING_NOTE_S))
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = one_piece(ids)
     rows = np.where((ids >= 0) & (ids < VOCAB_SIZE), ids, VOCAB_SIZE)  # _DECODE's rows
     out = _decode(rows.tolist(), max_dangling_steps)
     if not out:
@@ -197,6 +197,16 @@ def ids_to_arrays_with_positions(ids, max_dangling_steps: int | None = None,
     pitch, vel, start, end, pos = (np.array(col, dtype=np.int64) for col in zip(*out, strict=True))
     order = np.lexsort((pitch, start))
     return NoteArrays(pitch[order], vel[order], start[order], end[order]), pos[order]
+
+
+def one_piece(ids) -> np.ndarray:
+    """`ids` as a 1-D int64 array: a column or row of one piece, (N, 1) or (1, N), is taken as
+    the piece; ValueError for several pieces at once, (B, N), which have to be decoded one by
+    one."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 and ids.size > max(ids.shape, default=1):
+        raise ValueError(f"ids of shape {ids.shape} hold several pieces; decode one row at a time")
+    return ids.reshape(-1).astype(np.int64)
 
 
 def _decode(rows: list[int], max_dangling_steps: int) -> list[tuple[int, int, int, int, int]]:

@@ -12,17 +12,24 @@ A note ends at the next note-on or note-off of its pitch in its track, as a key 
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from .events import NoteArrays, seconds_to_steps
+from .files import tmp_path, writing
 from .vocab import steps_to_seconds
 
 # Bump when the notes read from a file change, so cached preprocessed pieces are re-encoded.
 # 2: key-release note pairing, exact-tick ties, CC64 pedal spans, truncated files rejected.
-CODEC_VERSION = 2
+# 3: type-2 files and tempos outside MIN_US_PER_BEAT refused, trailing bytes after the last
+#    track ignored; pieces over pipeline.MAX_PIECE_SECONDS skipped, notes clipped.
+CODEC_VERSION = 3
+# The fastest tempo read (microseconds per beat; 6,000 bpm): a tempo of 0 or a few microseconds
+# collapses a piece into an instant. The slowest is MIDI's own limit, 2**24 - 1 (3.6 bpm).
+MIN_US_PER_BEAT = 10_000
 
 
 class MidiReadError(ValueError):
@@ -46,23 +53,30 @@ def close_hanging_notes(data: bytes) -> bytes:
     Notes already released are unaffected (the parser ignores unmatched note-offs).
     Only one note-off per pitch is added: if a pitch is struck again and again without any
     note-off, all but the first of those trailing onsets are lost (the parser drops them).
-    Raises MidiReadError for data that is not a Standard MIDI File, has 0 ticks per beat, or is
-    cut short inside a chunk (the parser would otherwise read the shortened track as whole).
+    Raises MidiReadError for data that is not a Standard MIDI File, has 0 ticks per beat, is
+    type 2 (independent sequences, which a parser would overlay), or is cut short inside a chunk
+    before its last track (the parser would otherwise read the shortened track as whole). Bytes
+    after the header's last track that do not form a whole chunk are trailing data, dropped.
     """
     if len(data) < 14 or data[:4] != b"MThd":
         raise MidiReadError("not a Standard MIDI File (no MThd header)")
-    (header_len,) = struct.unpack(">I", data[4:8])
+    header_len, midi_type, n_tracks = struct.unpack(">IHH", data[4:12])
     if data[12:14] == b"\x00\x00":
         raise MidiReadError("bad header: 0 ticks per beat")
-    pos = 8 + header_len
+    if midi_type == 2:
+        raise MidiReadError("MIDI type 2 (independent sequences) is not supported")
+    pos, tracks_seen = 8 + header_len, 0
     parts = [data[:pos]]
     while pos + 8 <= len(data):
         kind = data[pos : pos + 4]
         (length,) = struct.unpack(">I", data[pos + 4 : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
+        if len(body) < length and tracks_seen >= n_tracks:
+            break  # trailing data after the last track
         if len(body) < length:
             raise MidiReadError(f"truncated file: a {kind!r} chunk declares {length} bytes, "
                                 f"{len(body)} remain")
+        tracks_seen += kind == b"MTrk"
         if kind == b"MTrk" and body.endswith(b"\xff\x2f\x00"):
             body = body[:-3] + _ALL_NOTES_OFF + b"\xff\x2f\x00"
         parts.append(kind + struct.pack(">I", len(body)) + body)
@@ -117,6 +131,15 @@ def _ticks_to_seconds(ticks: np.ndarray, tempos: dict, ticks_per_beat: int) -> n
     return change_s[idx] + (ticks - change_tick[idx]) * s_per_tick[idx]
 
 
+def _check_tempos(us_per_beat: np.ndarray) -> None:
+    """MidiReadError for a tempo faster than MIN_US_PER_BEAT allows (0 included)."""
+    if len(us_per_beat) and us_per_beat.min() < MIN_US_PER_BEAT:
+        fastest = int(us_per_beat.min())
+        raise MidiReadError(f"bad tempo: {fastest:,} microseconds per beat (valid: "
+                            f"{MIN_US_PER_BEAT:,} or more, at most "
+                            f"{60e6 / MIN_US_PER_BEAT:,.0f} bpm)")
+
+
 def _pedal_spans(controls: dict) -> np.ndarray:
     """(n, 2) sustain spans (down_tick, up_tick) from a track's control changes, by time.
 
@@ -160,6 +183,7 @@ def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
     if not audible.any():
         raise MidiReadError("no notes")
     tempos, tpq = score.tempos.numpy(), score.ticks_per_quarter
+    _check_tempos(tempos["mspq"])
     start_s = _ticks_to_seconds(start[audible], tempos, tpq)
     end_s = _ticks_to_seconds(end[audible], tempos, tpq)
     if not (np.isfinite(start_s).all() and np.isfinite(end_s).all()):
@@ -178,8 +202,16 @@ def midi_file_to_arrays(path: str | Path) -> NoteArrays:
     return midi_bytes_to_arrays(data)
 
 
+MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can hold (4-byte quantity)
+
+
 def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -> Path:
-    """Write notes as a one-track piano `.mid` (120 bpm, 480 ticks per beat, so 1 tick ~ 1 ms)."""
+    """Write notes as a one-track piano `.mid` (120 bpm, 480 ticks per beat, so 1 tick ~ 1 ms).
+
+    Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours here) is
+    written as several events (empty markers between). All or nothing: a failed write leaves no
+    `.tmp` and raises files.WriteError naming the path.
+    """
     import pretty_midi
 
     midi = pretty_midi.PrettyMIDI(initial_tempo=120.0, resolution=480)
@@ -190,8 +222,36 @@ def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -
         piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
     midi.instruments.append(piano)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    midi.write(str(tmp))
-    tmp.replace(path)
+    tmp = tmp_path(path)
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if midi.time_to_tick(max(ends, default=0.0)) < MAX_DELTA_TICKS:
+            midi.write(str(tmp))  # no delta can be too long
+        else:
+            tmp.write_bytes(_split_long_deltas(midi))
+        os.replace(tmp, path)
     return path
+
+
+def _split_long_deltas(midi) -> bytes:
+    """The bytes of a PrettyMIDI with every delta time above MAX_DELTA_TICKS split by empty
+    markers, which readers ignore (pretty_midi writes such deltas as they come)."""
+    import io
+
+    import mido
+
+    raw = io.BytesIO()
+    midi.write(raw)
+    parsed = mido.MidiFile(file=io.BytesIO(raw.getvalue()))
+    for track in parsed.tracks:
+        messages = list(track)
+        track.clear()
+        for message in messages:
+            delta = message.time
+            while delta > MAX_DELTA_TICKS:
+                track.append(mido.MetaMessage("marker", text="", time=MAX_DELTA_TICKS))
+                delta -= MAX_DELTA_TICKS
+            track.append(message.copy(time=delta))
+    out = io.BytesIO()
+    parsed.save(file=out)
+    return out.getvalue()

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .events import (
+    NoteArrays,
     arrays_to_ids,
     ids_to_arrays,
     ids_to_seconds,  # noqa: F401 - re-exported; it lives in events now
@@ -19,6 +20,13 @@ from .events import (
     wrap_piece,
 )
 from .midi_io import MidiReadError, arrays_to_midi_file, midi_bytes_to_arrays, midi_file_to_arrays
+from .vocab import quantise_seconds, steps_to_seconds
+
+# Limits of a corpus (preprocess, evaluate), so that one absurd file cannot swamp it: a longer
+# piece is skipped, a longer note cut to this length, each with its reason in the report. The
+# real corpus's longest piece is 30 minutes and its longest note 5.8 minutes.
+MAX_PIECE_SECONDS = 3 * 3600.0
+MAX_NOTE_SECONDS = 600.0
 
 
 def midi_file_to_ids(path: str | Path, *, wrap: bool = False) -> np.ndarray:
@@ -38,28 +46,59 @@ class MidiPiece(NamedTuple):
     sha1: str  # of the file's bytes; "" when the file could not be read
     ids: np.ndarray | None  # START ... END, uint16
     reason: str | None  # why the file was skipped, for a report
+    note: str | None = None  # what the limits changed in a piece that was read, for a report
 
 
 def read_midi_piece(path: str | Path) -> MidiPiece:
     """Read one file of a folder being encoded or scored. Never raises: one bad file (unreadable,
-    empty, not MIDI, or one that crashes the parser) must not stop the whole folder."""
+    empty, not MIDI, or one that crashes the parser) must not stop the whole folder. The corpus
+    limits apply (`within_limits`)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return MidiPiece("", None, f"cannot read file: {exc.strerror or exc}")
-    ids, reason = _piece_or_reason(data)
-    return MidiPiece(hashlib.sha1(data).hexdigest(), ids, reason)
+    return MidiPiece(hashlib.sha1(data).hexdigest(), *_piece_or_reason(data))
 
 
-def _piece_or_reason(data: bytes) -> tuple[np.ndarray | None, str | None]:
+def _piece_or_reason(data: bytes) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(ids, None, note) or (None, reason, None)."""
     if not data:
-        return None, "empty file (0 bytes)"
+        return None, "empty file (0 bytes)", None
     try:
-        return midi_bytes_to_ids(data, wrap=True), None
+        notes, note = within_limits(midi_bytes_to_arrays(data))
+        return wrap_piece(arrays_to_ids(notes)), None, note
     except MidiReadError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-        return None, f"unreadable MIDI: {type(exc).__name__}: {exc}"
+        return None, f"unreadable MIDI: {type(exc).__name__}: {exc}", None
+
+
+def within_limits(notes: NoteArrays) -> tuple[NoteArrays, str | None]:
+    """Notes cut at MAX_NOTE_SECONDS, with a note saying how many were (None if none), or
+    MidiReadError for a piece longer than MAX_PIECE_SECONDS."""
+    most = int(quantise_seconds(MAX_NOTE_SECONDS))
+    lengths = notes.end_step - notes.start_step
+    note = None
+    if len(notes) and lengths.max() > most:
+        note = (f"{int((lengths > most).sum())} note(s) longer than "
+                f"{_duration(MAX_NOTE_SECONDS)} cut to that length (the longest was "
+                f"{_duration(steps_to_seconds(lengths.max()))})")
+        notes = NoteArrays(notes.pitch, notes.velocity, notes.start_step,
+                           np.minimum(notes.end_step, notes.start_step + most))
+    seconds = float(steps_to_seconds(notes.end_step.max())) if len(notes) else 0.0
+    if seconds > MAX_PIECE_SECONDS:
+        raise MidiReadError(f"too long: {_duration(seconds)} of music (the limit is "
+                            f"{_duration(MAX_PIECE_SECONDS)})")
+    return notes, note
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '10 min', '77.7 h'."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:,.1f} h".replace(".0 h", " h")
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    return f"{seconds:.2f} s"
 
 
 def ids_to_midi_file(ids, path: str | Path) -> Path:

@@ -295,3 +295,130 @@ def test_golden_fixtures_are_what_the_generator_makes(tmp_path):
 def test_bad_fixtures_raise_midi_read_error(name, reason):
     with pytest.raises(MidiReadError, match=reason):
         midi_file_to_arrays(FIXTURE_DIR / name)
+
+
+# --- reader limits and validity; decoding valid for any length (issue 12) --------------------
+
+def _raw_midi(path: Path, events: list[tuple[int, mido.Message]], midi_type: int = 0,
+              ticks_per_beat: int = 480, tempo: int | None = None) -> Path:
+    """A one-track file from (delta ticks, message) pairs, written by mido as given."""
+    track = mido.MidiTrack()
+    if tempo is not None:
+        track.append(mido.MetaMessage("set_tempo", tempo=0, time=0))
+        track[-1].tempo = tempo  # mido's own setter refuses 0; the file format does not
+    for delta, message in events:
+        track.append(message.copy(time=delta))
+    midi = mido.MidiFile(type=midi_type, ticks_per_beat=ticks_per_beat)
+    midi.tracks.append(track)
+    if midi_type == 2:
+        midi.tracks.append(mido.MidiTrack(track))
+    midi.save(str(path))
+    return path
+
+
+def _on(pitch: int) -> mido.Message:
+    return mido.Message("note_on", note=pitch, velocity=80)
+
+
+def _off(pitch: int) -> mido.Message:
+    return mido.Message("note_off", note=pitch, velocity=0)
+
+
+def _scale_events(n: int = 8) -> list[tuple[int, mido.Message]]:
+    return [e for i in range(n) for e in ((0 if i == 0 else 240, _on(60 + i)), (240, _off(60 + i)))]
+
+
+def test_a_tempo_of_zero_or_absurdly_fast_is_refused(tmp_path):
+    for tempo in (0, 1, 9_999):
+        path = _raw_midi(tmp_path / "fast.mid", _scale_events(), tempo=tempo)
+        with pytest.raises(MidiReadError, match="bad tempo"):
+            midi_file_to_arrays(path)
+    assert len(midi_file_to_arrays(_raw_midi(tmp_path / "ok.mid", _scale_events(),
+                                             tempo=10_000))) == 8
+
+
+def test_type_2_files_are_refused(tmp_path):
+    with pytest.raises(MidiReadError, match="type 2"):
+        midi_file_to_arrays(_raw_midi(tmp_path / "t2.mid", _scale_events(), midi_type=2))
+
+
+@pytest.mark.parametrize("tail", [b"garbage!" * 4, b"\x00" * 11, b"MTrk\x00\x00\x10\x00ab"],
+                         ids=["text", "zeros", "cut_chunk"])
+def test_trailing_bytes_after_the_last_track_are_ignored(tmp_path, tail):
+    clean = _raw_midi(tmp_path / "clean.mid", _scale_events())
+    padded = tmp_path / "padded.mid"
+    padded.write_bytes(clean.read_bytes() + tail)
+    assert read(padded) == read(clean)
+
+
+def test_corpus_limits_skip_a_giant_piece_and_cut_a_giant_note(tmp_path):
+    from musicgpt.data import preprocess_folder
+    from musicgpt.evaluation import read_midi_folder
+    from musicgpt.pipeline import MAX_NOTE_SECONDS, read_midi_piece
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    _raw_midi(folder / "normal.mid", _scale_events())
+    # 61 bytes of MIDI: two notes 2 x 0x0FFFFFFF ticks apart, 155 hours at 120 bpm
+    _raw_midi(folder / "giant.mid", [(0, _on(60)), (0x0FFFFFFF, _off(60)),
+                                     (0x0FFFFFFF, _on(62)), (10, _off(62))])
+    held = [(0, _on(48)), *_scale_events(), (960 * 1200 - 15 * 240, _off(48))]  # 20 minutes
+    _raw_midi(folder / "held.mid", held)
+    assert "too long" in read_midi_piece(folder / "giant.mid").reason
+    manifest = preprocess_folder(folder, tmp_path / "out", workers=1, progress=False)
+    assert [p["path"] for p in manifest["pieces"]] == ["held.mid", "normal.mid"]
+    assert [s["path"] for s in manifest["skipped"]] == ["giant.mid"]
+    assert [c["path"] for c in manifest["clipped"]] == ["held.mid"]
+    report = (tmp_path / "out" / "report.json").read_text()
+    assert "too long" in report and "cut to that length" in report
+    held_piece = next(p for p in manifest["pieces"] if p["path"] == "held.mid")
+    assert held_piece["seconds"] == pytest.approx(MAX_NOTE_SECONDS, abs=0.1)
+    clipped: list[dict] = []
+    names, _, skipped = read_midi_folder(folder, clipped)
+    assert names == ["held.mid", "normal.mid"] and [s["path"] for s in skipped] == ["giant.mid"]
+    assert [c["path"] for c in clipped] == ["held.mid"]
+
+
+def _long_gap_ids(gap_steps: int) -> np.ndarray:
+    from musicgpt.vocab import gap_to_shift_ids, note_off_id, note_on_id
+
+    return np.concatenate([[note_on_id(60)], gap_to_shift_ids(30), [note_off_id(60)],
+                           gap_to_shift_ids(gap_steps), [note_on_id(62)], gap_to_shift_ids(50),
+                           [note_off_id(62)]])
+
+
+def _largest_delta(path: Path) -> int:
+    return max(message.time for track in mido.MidiFile(str(path)).tracks for message in track)
+
+
+def test_a_gap_longer_than_the_largest_delta_time_is_written_as_several_events(tmp_path):
+    from musicgpt.midi_io import MAX_DELTA_TICKS
+
+    ids = _long_gap_ids(int(80 * 3600 * 100))  # 80 hours: more than 0x0FFFFFFF ticks
+    path = ids_to_midi_file(ids, tmp_path / "long.mid")
+    assert _largest_delta(path) <= MAX_DELTA_TICKS
+    assert read(path) == arrays_to_tuples(ids_to_arrays(ids))
+
+
+def test_split_deltas_read_back_with_our_reader_mido_and_pretty_midi(tmp_path, monkeypatch):
+    import pretty_midi
+
+    from musicgpt import midi_io
+
+    monkeypatch.setattr(midi_io, "MAX_DELTA_TICKS", 1000)  # split at ~1 s instead of 77.7 h
+    ids = _long_gap_ids(1234)
+    path = ids_to_midi_file(ids, tmp_path / "split.mid")
+    assert _largest_delta(path) <= 1000
+    expected = arrays_to_tuples(ids_to_arrays(ids))
+    assert read(path) == expected
+    notes = pretty_midi.PrettyMIDI(str(path)).instruments[0].notes
+    assert [(n.pitch, round(n.start * 100), round(n.end * 100)) for n in notes] == [
+        (p, s, e) for p, _, s, e in expected]
+
+
+def test_a_column_of_ids_is_one_piece_and_a_batch_is_refused(tmp_path):
+    ids = _long_gap_ids(120)
+    column = ids_to_midi_file(ids[:, None], tmp_path / "column.mid")
+    assert read(column) == read(ids_to_midi_file(ids, tmp_path / "flat.mid"))
+    with pytest.raises(ValueError, match="several pieces"):
+        ids_to_midi_file(np.stack([ids, ids]), tmp_path / "batch.mid")
