@@ -7,6 +7,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -40,27 +41,35 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    from .checkpoint import has_weights, load_config
+    with _guarded_stdout():
+        try:
+            print(json.dumps(_train(args)))
+            sys.stdout.flush()
+        except (UserError, FileNotFoundError, ValueError, WriteError) as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
+            print("interrupted before training started; nothing to save", file=sys.stderr)
+            return 130
+    return 0
+
+
+def _train(args: argparse.Namespace) -> dict:
+    """Check the run folder, config, device and data, then train."""
+    from .checkpoint import check_weights_file, checkpoint_dir, has_weights, load_config
     from .training import check_run_folder, train
 
-    try:
-        out = _run_folder(args.out)
-        check_run_folder(out, args.resume, args.overwrite)
-        resuming = args.resume and has_weights(out / "checkpoint")
-        base = load_config(out / "checkpoint") if resuming else None
-        config = config_from_arguments(args, base)
-        checks.device(config.device)
-        _check_training_data(args, out)
-        result = train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
-                       resume=args.resume, progress=not args.no_progress,
-                       style_names=_style_names(args.style_names), overwrite=args.overwrite)
-    except (UserError, FileNotFoundError, ValueError, WriteError) as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
-        print("interrupted before training started; nothing to save", file=sys.stderr)
-        return 130
-    print(json.dumps(result))
-    return 0
+    out = _run_folder(args.out)
+    check_run_folder(out, args.resume, args.overwrite)
+    resuming = args.resume and has_weights(out / "checkpoint")
+    base = load_config(out / "checkpoint") if resuming else None
+    config = config_from_arguments(args, base)
+    if resuming:  # bad weights are refused before the data is read
+        check_weights_file(checkpoint_dir(out / "checkpoint") / "model.safetensors", config)
+    checks.device(config.device)
+    _check_training_data(args, out)
+    return train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
+                 resume=args.resume, progress=not args.no_progress,
+                 style_names=_style_names(args.style_names), overwrite=args.overwrite)
 
 
 def _run_folder(value: str) -> Path:
@@ -360,23 +369,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code = args.run(args)
-    except (UserError, FileNotFoundError, WriteError) as exc:
-        return _fail(str(exc))
-    return _flush_stdout(code)
-
-
-def _flush_stdout(code: int) -> int:
-    """Flush what was printed now, so a full disk under a redirected stdout is one line here
-    rather than a traceback at exit."""
-    try:
-        sys.stdout.flush()
-    except OSError as exc:
-        try:  # what could not be written must not fail again when Python exits
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return _fail(f"cannot write to standard output: {exc.strerror or exc}")
+    with _guarded_stdout():
+        try:
+            code = args.run(args)
+            sys.stdout.flush()
+        except (UserError, FileNotFoundError, WriteError) as exc:
+            return _fail(str(exc))
     return code
+
+
+class _GuardedStdout:
+    """sys.stdout whose write errors (a full disk under a redirected stdout) are WriteErrors,
+    so they end in one line; what could not be written then goes to /dev/null, so that Python
+    does not fail again flushing it at exit."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+            raise WriteError("standard output", exc) from exc
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_stdout():
+    real = sys.stdout
+    sys.stdout = _GuardedStdout(real)
+    try:
+        yield
+    finally:
+        sys.stdout = real
