@@ -32,6 +32,7 @@ from .vocab import (
     is_note,
     is_note_off,
     is_shift,
+    is_style,
     is_velocity,
     kind_of,
     note_off_id,
@@ -271,16 +272,18 @@ class NoteGrammar:
     """Which token may come next in each of `batch` pieces, advanced one token per row at a time.
 
     The rule: NOTE_ON only for a silent pitch, NOTE_OFF only for a sounding one, START only first,
-    nothing after END, and no other special ever (PAD, and any id that is neither a music event
-    nor END, which covers specials added later). `allowed` (batch, vocab_size) is the rule as a
-    mask, `sounding` (batch, 128) the pitches that sound, `ended` (batch,) the rows past END;
-    `why_not` names the broken rule. `vocab_size` is the model's: ids the vocabulary does not
-    know are never allowed.
+    a STYLE token only right after START (with `styles`; a sampler leaves them out: a style is
+    asked for, not drawn), nothing after END, and no other special ever (PAD, and any id that is
+    neither a music event nor END, which covers specials added later). `allowed` (batch,
+    vocab_size) is the rule as a mask, `sounding` (batch, 128) the pitches that sound, `ended`
+    (batch,) the rows past END; `why_not` names the broken rule. `vocab_size` is the model's:
+    ids the vocabulary does not know are never allowed.
     """
 
-    def __init__(self, batch: int, vocab_size: int = VOCAB_SIZE):
+    def __init__(self, batch: int, vocab_size: int = VOCAB_SIZE, styles: bool = True):
         ids = np.arange(vocab_size)
         kinds = kind_of(ids)
+        self._style_ids = np.flatnonzero(is_style(ids)) if styles else np.zeros(0, np.int64)
         self._kinds, self._pitch = kinds.tolist(), note_pitch(ids).tolist()
         pitches = np.arange(N_PITCHES)
         self._on_id, self._off_id = note_on_id(pitches).tolist(), note_off_id(pitches).tolist()
@@ -295,10 +298,15 @@ class NoteGrammar:
     def observe(self, tokens) -> None:
         """Advance each row by its token (any id: one the rule forbids leaves the row as it was,
         END ends it)."""
+        tokens = tokens.tolist() if isinstance(tokens, np.ndarray) else list(tokens)
         if self.position == 0:
             self.allowed[:, self._start_ids] = False
+            started = [row for row, token in enumerate(tokens) if token in self._start_ids]
+            self.allowed[np.ix_(started, self._style_ids)] = True  # the header: START, STYLE
+        elif self.position == 1:
+            self.allowed[:, self._style_ids] = False
         self.position += 1
-        for row, token in enumerate(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens):
+        for row, token in enumerate(tokens):
             if self.n_ended and self.ended[row]:
                 continue
             kind = self._kinds[token] if 0 <= token < len(self._kinds) else NO_KIND

@@ -109,7 +109,8 @@ class SamplerState:
                  max_seconds: float | None, seed: int | None):
         B = history.shape[0]
         self.settings, self.rng = settings, np.random.default_rng(seed)
-        self.grammar = NoteGrammar(B, vocab_size)  # its mask applies when settings.grammar is on
+        # its mask applies when settings.grammar is on; a style is asked for, never drawn
+        self.grammar = NoteGrammar(B, vocab_size, styles=False)
         ids = np.arange(vocab_size)
         self._steps = shift_steps(ids).tolist()  # 10 ms steps each id moves on
         self._struck = np.where(is_note_on(ids), note_pitch(ids), -1).tolist()  # NOTE_ON pitch

@@ -252,6 +252,8 @@ def test_grammar_forbids_every_special_but_end_mid_piece_and_ids_it_does_not_kno
     grammar = NoteGrammar(2, VOCAB_SIZE + 7)  # a model may have more outputs than the vocabulary
     assert grammar.allowed[:, START_ID].all() and not grammar.allowed[:, PAD_ID].any()
     grammar.observe([START_ID, START_ID])
+    assert grammar.allowed[:, name_to_id("STYLE_0")].all()  # the header: START, then a style
+    grammar.observe([name_to_id("STYLE_0"), name_to_id("VELOCITY_80")])
     specials = [name_to_id(n) for n in ("PAD", "START", "FILL_SUFFIX", "FILL_MIDDLE", "STYLE_0",
                                         "STYLE_15")]
     assert not grammar.allowed[:, specials + list(range(VOCAB_SIZE, VOCAB_SIZE + 7))].any()
@@ -273,3 +275,13 @@ def test_grammar_mask_and_reasons_say_the_same(ids):
         reasons = [grammar.why_not(0, t) for t in range(VOCAB_SIZE)]
         assert grammar.allowed[0].tolist() == [r is None for r in reasons]
         grammar.observe([token])
+
+
+def test_a_style_token_may_follow_start_and_nowhere_else():
+    from musicgpt.vocab import style_id
+
+    body = notes_to_ids([Note(60, 80, 0.0, 0.5)]).tolist()
+    assert grammar_errors([START_ID, style_id(2), *body, END_ID]) == []
+    late = grammar_errors([START_ID, *body[:2], style_id(2), *body[2:]])
+    assert late == [(3, "STYLE_2 inside a piece")]
+    assert grammar_errors([style_id(0), START_ID, *body])[0][0] == 0
