@@ -90,3 +90,41 @@ def test_installed_command_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("error", [28, 30], ids=["disk_full", "read_only"])
+def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_tmp(tiny_checkpoint, tmp_path,
+                                                                         capsys, monkeypatch,
+                                                                         error):
+    import os
+
+    import pretty_midi
+
+    out = tmp_path / "o.mid"
+    out.write_bytes(b"the previous piece")
+
+    def fail_half_way(self, filename):
+        with open(filename, "wb") as handle:
+            handle.write(b"MThd")
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(pretty_midi.PrettyMIDI, "write", fail_half_way)
+    code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                 "--seconds", "1", "--max-tokens", "50", "--no-progress"])
+    _one_line_error(capsys, code, f"cannot write {out}", os.strerror(error))
+    assert out.read_bytes() == b"the previous piece"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mid"]
+
+
+def test_written_files_are_readable_by_others(tiny_checkpoint, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--out",
+                     str(tmp_path / "o.mid"), "--seconds", "1", "--max-tokens", "50",
+                     "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "o.mid").stat().st_mode) == 0o644
