@@ -59,16 +59,6 @@ def writing(path: str | Path, *leftovers: Path) -> Iterator[None]:
         raise WriteError(path, exc) from exc
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` all or nothing (WriteError naming the path otherwise)."""
-    path = Path(path)
-    tmp = tmp_path(path)
-    with writing(path, tmp):
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return path
-
-
 def umask() -> int:
     """The process umask, read without changing it where the system says it (Linux), as
     os.umask would briefly change it for every thread."""
