@@ -6,8 +6,9 @@
 Both checkpoints must come from the same data, steps and seed, `--plain` with fim_rate 0.
 Printed, each on the validation split:
 1. Middle NLL: random spans of 1-4 s in validation pieces; the true middle's NLL (nats/token)
-   given prefix and suffix in the FIM order, against given the prefix only (left-to-right), same
-   model, same spans, same middle tokens, the same context budget for both.
+   given prefix and suffix in the FIM order, against given the same prefix tokens only
+   (left-to-right), same model, same spans, same middle tokens; and given a longer prefix that
+   also takes the suffix's room in the context.
 2. Left-to-right NLL of the FIM model against the plain model: fixed validation windows, style
    token in front as in training, music tokens scored (the cost of FIM training).
 3. Style: the same windows with the right style token against none (FIM model), and for
@@ -34,7 +35,7 @@ from musicgpt.events import ids_to_arrays
 from musicgpt.fim import cut_at_steps
 from musicgpt.infilling import continuation_prompt, fim_prompt
 from musicgpt.sampling import SamplingSettings, generate
-from musicgpt.vocab import START_ID, is_event, shift_steps, style_id
+from musicgpt.vocab import FILL_MIDDLE_ID, START_ID, is_event, shift_steps, style_id
 
 FEATURES = ("note_density_per_s", "pitch_range_semitones", "pitch_class_entropy_bits",
             "mean_polyphony", "mean_ioi_s")
@@ -52,7 +53,7 @@ def middle_nll(model, pieces, styles_of, n_spans: int, seed: int) -> dict:
     """Mean NLL per middle token, FIM order vs prefix only, over the same random spans."""
     rng = np.random.default_rng(seed)
     block = model.config.block_size
-    fim_total = l2r_total = count = 0.0
+    fim_total = l2r_total = longest_total = count = 0.0
     spans = 0
     while spans < n_spans:
         i = int(rng.integers(len(pieces)))
@@ -69,13 +70,18 @@ def middle_nll(model, pieces, styles_of, n_spans: int, seed: int) -> dict:
         if not 0 < len(cut.middle) <= block // 2:
             continue
         fim = fim_prompt(cut, block, budget)
-        l2r = continuation_prompt(cut, block, budget)
+        # the same prefix tokens without the suffix: only the suffix differs between the two
+        n_prefix = int(np.flatnonzero(fim == FILL_MIDDLE_ID)[0]) - len(cut.header)
+        l2r = np.concatenate([cut.header, cut.prefix[len(cut.prefix) - n_prefix :]])
+        longest = continuation_prompt(cut, block, budget)  # all the room for the prefix
+        longest_total += continuation_nll(model, longest, cut.middle)
         fim_total += continuation_nll(model, fim, cut.middle)
         l2r_total += continuation_nll(model, l2r, cut.middle)
         count += len(cut.middle)
         spans += 1
     return {"spans": spans, "middle_tokens": int(count), "fim_nll": fim_total / count,
-            "left_to_right_nll": l2r_total / count}
+            "left_to_right_nll": l2r_total / count,
+            "left_to_right_longer_prefix_nll": longest_total / count}
 
 
 @torch.no_grad()
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain", help="same run with fim_rate 0 (for the cost of FIM)")
     parser.add_argument("--spans", type=int, default=200)
     parser.add_argument("--windows", type=int, default=40, help="validation batches of 8")
-    parser.add_argument("--samples-per-style", type=int, default=20)
+    parser.add_argument("--samples-per-style", type=int, default=20, help="0 = skip the samples")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json-out")
@@ -134,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     report["middle"] = middle_nll(model, val, slots, args.spans, seed=0)
     m = report["middle"]
     print(f"1. middle NLL over {m['spans']} spans ({m['middle_tokens']} tokens): prefix+suffix "
-          f"{m['fim_nll']:.4f}, prefix only {m['left_to_right_nll']:.4f} nats/token "
-          f"({100 * (m['fim_nll'] / m['left_to_right_nll'] - 1):+.1f}%)")
+          f"{m['fim_nll']:.4f}, the same prefix only {m['left_to_right_nll']:.4f} nats/token "
+          f"({100 * (m['fim_nll'] / m['left_to_right_nll'] - 1):+.1f}%); prefix only, given "
+          f"the suffix's room too: {m['left_to_right_longer_prefix_nll']:.4f}")
 
     styled = TokenWindows(val, config.block_size, seed=7, styles=slots)
     bare = TokenWindows(val, config.block_size, seed=7)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                    for p, s in zip(val, slots, strict=True) if s == slot]
             for slot, name in enumerate(config.styles)}
     report["style_overlaps"] = {}
-    for slot, name in enumerate(config.styles):
+    for slot, name in enumerate(config.styles if args.samples_per_style else ()):
         made = style_samples(model, slot, args.samples_per_style, args.seconds, seed=slot)
         row = {}
         for other in config.styles:
