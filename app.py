@@ -17,7 +17,7 @@ from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
 from musicgpt.quantize import sampling_dtype
-from musicgpt.sampling import SamplingSettings, generate
+from musicgpt.sampling import SamplingSettings, generate_pieces
 from musicgpt.vocab import id_to_name
 
 RESULTS = "results"  # session_state key: list of per-sample dicts from the last generation
@@ -147,22 +147,22 @@ def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]
     """Sample with `sampler`, then decode and render each piece once, for every later rerun
     (the attention analysis follows when a piece is first shown, `with_attention`)."""
     bar = st.progress(0.0, text="Generating...")
-    shown, expected = [-1], studio.expected_tokens(opts["seconds"])
+    shown = [-1]
 
-    def progress(done: int, total: int) -> None:
-        # The sampler stops at the asked length, usually long before the token cap `total`.
-        percent = min(99, int(100 * done / min(total, expected)))
+    def progress(done_s: float, total_s: float | None) -> None:
+        percent = min(99, int(100 * done_s / total_s)) if total_s else 99
         if percent != shown[0]:
             shown[0] = percent
-            bar.progress(percent / 100, text=f"Generating... {done} tokens")
+            bar.progress(percent / 100, text=f"Generating... {done_s:.1f} of {total_s or 0:g} s "
+                                             "of music")
 
-    rows = generate(sampler, primer, max_new_tokens=studio.token_budget(opts["seconds"]),
-                    max_seconds=float(opts["seconds"]), num_samples=int(opts["num_samples"]),
-                    settings=sampling_settings(opts), seed=int(opts["seed"]), progress=progress,
-                    style=opts["style"])
+    made = generate_pieces(sampler, primer, max_seconds=float(opts["seconds"]),
+                           num_samples=int(opts["num_samples"]), settings=sampling_settings(opts),
+                           seed=int(opts["seed"]), progress=progress, style=opts["style"])
     primer_len = studio.generated_primer_len(primer, opts["style"])
     bar.progress(1.0, text="Rendering audio...")
-    results = [render(studio.ids_to_piece(row, primer_len)) for row in rows]
+    results = [dict(render(studio.ids_to_piece(row, primer_len)), stop=stop.message())
+               for row, stop in zip(made.rows, made.stops, strict=True)]
     bar.empty()
     return results
 
@@ -417,6 +417,8 @@ def show_result(model, path: str, opts: dict, result: dict, number: int) -> None
     """A generated sample (its current version) with its span editor, arcs and heatmap."""
     history = history_for(f"s{number}", result["piece"].ids, f"generated sample #{number + 1}",
                           result)
+    if result.get("stop"):  # the model drew END (or the token budget ran out) before the length
+        st.info(f"Sample #{number + 1} is shorter than asked: it {result['stop']} s.")
     current = show_versions(history, f"s{number}", model, path, opts, f"musicgpt_{number + 1}")
     tag = number if history.current == 0 else f"{number}v{history.current + 1}"
     st.header("Attention arcs")

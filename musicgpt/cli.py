@@ -155,7 +155,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 def _generate(args: argparse.Namespace) -> int:
     from .events import ids_to_seconds
     from .pipeline import ids_to_midi_file
-    from .sampling import generate
+    from .sampling import generate_pieces
 
     _check_lengths(args)
     out = checks.out_file("--out", args.out)
@@ -167,24 +167,35 @@ def _generate(args: argparse.Namespace) -> int:
         style = model.config.style_slot(args.style)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.max_tokens, unit="tok", disable=args.no_progress)
-
-    def report(done: int, total: int) -> None:
-        bar.update(done - bar.n)
-
-    rows = generate(model, primer, max_new_tokens=args.max_tokens, max_seconds=args.seconds,
-                    num_samples=args.num_samples, settings=settings, seed=args.seed,
-                    progress=report, style=style)
-    bar.close()
-    for path, row in zip(_output_paths(out, args.num_samples), rows, strict=True):
+    with _music_bar(args.seconds, args.no_progress) as report:
+        made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
+                               max_seconds=args.seconds, num_samples=args.num_samples,
+                               settings=settings, seed=args.seed, progress=report, style=style)
+    for path, row, stop in zip(_output_paths(out, args.num_samples), made.rows, made.stops,
+                               strict=True):
         try:
             ids_to_midi_file(row, path)
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        print(f"wrote {path} ({ids_to_seconds(row):.1f} s, {len(row)} tokens)")
+        early = f"; {stop.message()}" if stop.early else ""
+        print(f"wrote {path} ({ids_to_seconds(row):.1f} s, {len(row)} tokens{early})")
     return 0
+
+
+@contextlib.contextmanager
+def _music_bar(seconds: float, disabled: bool):
+    """A progress bar over the seconds of music asked for; yields generate's progress call."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=seconds, disable=disabled, bar_format="{l_bar}{bar}| {n:.1f}/{total:g} s "
+               "of music [{elapsed}<{remaining}]")
+
+    def report(done_s: float, total_s: float | None) -> None:
+        bar.update(done_s - bar.n)
+    try:
+        yield report
+    finally:
+        bar.close()
 
 
 def _infill(args: argparse.Namespace) -> int:
@@ -328,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--primer-seconds", type=float, default=10.0,
                      help="use the primer's first N seconds (default 10)")
     gen.add_argument("--seconds", type=float, default=30.0, help="seconds of new music (30)")
-    gen.add_argument("--max-tokens", type=int, default=4096, help="token budget per sample")
+    gen.add_argument("--max-tokens", type=int, default=None,
+                     help="token budget per sample (default: 200 per second asked, room for "
+                          "music far denser than real piano music)")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
     gen.add_argument("--max-note-seconds", type=float, default=6.0,
                      help="release a note held this long (default 6; 0 = never)")

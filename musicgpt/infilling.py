@@ -37,8 +37,10 @@ from .sampling import (
     apply_temperature,
     decode_steps,
     sample,
+    sampling_threads,
     top_k_filter,
     top_p_filter,
+    torch_threads,
 )
 from .vocab import (
     FILL_MIDDLE_ID,
@@ -230,14 +232,15 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     history = torch.tensor(prompt, device=device).repeat(num_samples, 1)
     drawn: list[np.ndarray] = []
     steps = decode_steps(model, history, min(budget, config.block_size - len(prompt)), state.draw)
-    for token in steps:
-        drawn.append(token.cpu().numpy())
-        if progress is not None:
-            progress(float(steps_to_seconds(cut.gap_steps - state.left.max())),
-                     float(steps_to_seconds(cut.gap_steps)))
-        if state.done.all():
-            steps.close()
-            break
+    with torch_threads(sampling_threads(num_samples, model)):
+        for token in steps:
+            drawn.append(token.cpu().numpy())
+            if progress is not None:
+                progress(float(steps_to_seconds(cut.gap_steps - state.left.max())),
+                         float(steps_to_seconds(cut.gap_steps)))
+            if state.done.all():
+                steps.close()
+                break
     if not state.done.all():  # cannot happen while the budget guard holds; never return a bad join
         raise RuntimeError("the middle did not close inside its token budget")
     table = np.stack(drawn, 1) if drawn else np.zeros((num_samples, 0), np.int64)

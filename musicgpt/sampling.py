@@ -4,16 +4,25 @@ Grammar-aware by default: before each draw, events that cannot be right are mask
 `events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
 other special mid-piece). Past the model's context
 the loop keeps going with a sliding window: the most recent 3/4 of the context is re-prefilled.
+
+Asked lengths: the token budget follows from the asked seconds (`token_budget`, with headroom for
+dense music), and `generate_pieces` says per row why it stopped (`Stop`: the asked length, END,
+or the token budget). Threads: decoding runs on `sampling_threads` torch threads (one at batch
+1: as fast on an idle machine, and far faster when another process keeps a core busy; see
+benchmarks/bench_threads.py), and gives the caller's thread count back afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .config import Config
 from .events import NoteGrammar
 from .model import GPT
 from .vocab import (
@@ -27,10 +36,22 @@ from .vocab import (
     note_pitch,
     seconds_to_steps,
     shift_steps,
+    steps_to_seconds,
     style_id,
 )
 
-ProgressFn = Callable[[int, int], None]  # (tokens generated so far, token budget)
+# (seconds of new music the slowest unfinished row has, seconds asked or None when none were)
+ProgressFn = Callable[[float, float | None], None]
+
+DEFAULT_MAX_NEW_TOKENS = 1024  # the budget when neither tokens nor seconds are asked for
+# Token budget per second asked for. Real piano music averages ~35 tokens/s, top-p 0.95 samples
+# ~1.5x that, and a dense 60 s piece of the shipped model took 76 tokens/s: 200 leaves room for
+# denser music still. The sampler stops at the asked seconds first; the budget only bounds a
+# model that stops moving time. It costs no memory (the KV cache is at most the context).
+TOKENS_PER_S_BUDGET = 200
+MIN_TOKEN_BUDGET = 256
+# Rows x weights per decode step from which a second torch thread pays (see sampling_threads).
+THREAD_WORK = 32_000_000
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -118,6 +139,7 @@ class SamplerState:
         self.max_note_steps = (None if settings.max_note_s is None or not settings.grammar
                                else seconds_to_steps(settings.max_note_s))
         self.done = np.zeros(B, dtype=bool)
+        self.ended = np.zeros(B, dtype=bool)  # rows that drew END
         self.n_new = np.zeros(B, dtype=np.int64)  # tokens each row keeps
         self.new_steps = np.zeros(B, dtype=np.int64)
         self.max_steps = None if max_seconds is None else seconds_to_steps(max_seconds)
@@ -132,10 +154,17 @@ class SamplerState:
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self._observe(token)
-        self.done |= token == END_ID
+        self.ended |= token == END_ID
+        self.done |= self.ended
         if self.max_steps is not None:
             self.done |= self.new_steps >= self.max_steps
         return torch.from_numpy(token).to(logits.device)
+
+    def stops(self, asked: float | None) -> list[Stop]:
+        """Why each row stopped (rows still running ran out of tokens)."""
+        reasons = np.where(self.ended, "end", np.where(self.done, "length", "tokens"))
+        return [Stop(str(reason), float(steps_to_seconds(steps)), int(n), asked)
+                for reason, steps, n in zip(reasons, self.new_steps, self.n_new, strict=True)]
 
     def _sample(self, logits: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -167,48 +196,161 @@ class SamplerState:
         return np.where(overdue, note_off_id(oldest), token)
 
 
+def token_budget(seconds: float | None) -> int:
+    """New tokens allowed for `seconds` of music (DEFAULT_MAX_NEW_TOKENS when None)."""
+    if seconds is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    return max(MIN_TOKEN_BUDGET, math.ceil(seconds * TOKENS_PER_S_BUDGET))
+
+
+def sampling_threads(batch_size: int, model: GPT | Config) -> int:
+    """Torch threads for decoding `batch_size` rows of `model`: 1 unless a step holds enough
+    work, and never more than the caller's current count.
+
+    A decode step is a few dozen small ops; with two OpenMP threads each op waits for both, so
+    when another process keeps one core busy every op waits for the thread that shares it
+    (issue 11: a 30 s piece took 5.7 s with 2 threads and 2.7 s with 1 under one busy core;
+    2.6 s and 2.7 s on an idle machine). More threads only pay when a step multiplies many rows
+    by many weights: one thread per THREAD_WORK rows x weights.
+    """
+    config = getattr(model, "config", model)
+    if batch_size <= 1:
+        return 1
+    weights = 12 * config.n_layer * config.n_embd ** 2 + config.vocab_size * config.n_embd
+    return max(1, min(torch.get_num_threads(), batch_size * weights // THREAD_WORK))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on `threads` torch threads, then give the caller's count back."""
+    old = torch.get_num_threads()
+    if threads != old:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why one generated row ended: "length" (the asked seconds reached), "end" (the model drew
+    END) or "tokens" (the token budget ran out), with the new music and tokens it holds."""
+
+    reason: str
+    seconds: float  # new music (its time shifts), seconds
+    tokens: int  # new tokens
+    asked: float | None  # the seconds asked for, if any
+
+    @property
+    def early(self) -> bool:
+        """Shorter than asked: END, or the token budget before the asked seconds."""
+        return self.reason == "end" or (self.reason == "tokens" and self.asked is not None)
+
+    def message(self) -> str:
+        """'stopped at END after 12.8 s of 30' for an early stop, else ''."""
+        if not self.early:
+            return ""
+        of = "" if self.asked is None else f" of {self.asked:g}"
+        where = ("END" if self.reason == "end"
+                 else f"the token budget ({self.tokens:,} new tokens)")
+        return f"stopped at {where} after {self.seconds:.1f} s{of}"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What `generate_pieces` made: per row, its ids (primer + new) and why it stopped."""
+
+    rows: list[np.ndarray]
+    stops: list[Stop]
+
+
+def generate(model: GPT, primer: list[int] | np.ndarray | None = None,
+             **options) -> list[np.ndarray]:
+    """Continue `primer` into `num_samples` pieces: `generate_pieces(...).rows` (same options).
+
+    Each row stops at END, once its new music reaches `max_seconds`, or at the token budget
+    (`max_new_tokens`, by default `token_budget(max_seconds)`). Returns, per row, the primer plus
+    the new ids (END kept if drawn), as int64 arrays; `generate_pieces` also says why each
+    stopped.
+    """
+    return generate_pieces(model, primer, **options).rows
+
+
 @torch.inference_mode()
-def generate(model: GPT, primer: list[int] | np.ndarray | None = None, *,
-             max_new_tokens: int = 1024, max_seconds: float | None = None,
-             num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
-             seed: int | None = None, progress: ProgressFn | None = None,
-             static_shapes: bool | None = None, style: int | None = None) -> list[np.ndarray]:
+def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
+                    max_new_tokens: int | None = None, max_seconds: float | None = None,
+                    num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
+                    seed: int | None = None, progress: ProgressFn | None = None,
+                    static_shapes: bool | None = None, style: int | None = None,
+                    threads: int | None = None) -> Generation:
     """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
 
     `style` (a STYLE slot of the model's config, see `Config.style_slot`) puts that style token
     right after START, as in training, and keeps it in front when the window slides.
 
-    Each row stops at END, after `max_new_tokens`, or once its new music reaches `max_seconds`.
-    Returns, per row, the primer plus the new ids (END kept if drawn), as int64 arrays.
+    Each row stops at END, once its new music reaches `max_seconds`, or after `max_new_tokens`
+    (default: `token_budget(max_seconds)`, room for music far denser than real piano music).
+    `progress(seconds, asked)` follows the slowest unfinished row's music.
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
+    `threads` torch threads decode (default: `sampling_threads`); the caller's count is restored.
     Samples from `model` as given: for int8 weights (1.3-2x faster on CPU, NLL within 0.01%; see
     quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
-    device = model.wte.weight.device
+    budget = token_budget(max_seconds) if max_new_tokens is None else max_new_tokens
+    with torch_threads(threads or sampling_threads(num_samples, model)):
+        history, n_front = _start(model, primer, num_samples, style)
+        rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size,
+                            max_seconds, seed)
+        static = history.device.type == "cuda" if static_shapes is None else static_shapes
+        steps = decode_steps(model, history, budget, rows.draw, static,
+                             keep_front=history[:, 1 : 1 + n_front])
+        generated = _run(steps, rows, history, _progress_seconds(progress, rows, max_seconds))
+    start = history[0].cpu().numpy()
+    pieces = [np.concatenate([start, row[:n]])
+              for row, n in zip(generated, rows.n_new.tolist(), strict=True)]
+    return Generation(pieces, rows.stops(max_seconds))
+
+
+def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[torch.Tensor, int]:
+    """(the batch's history (B, T): START, the style token if any, the primer), style tokens."""
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
     if primer_ids and primer_ids[0] == START_ID:
         primer_ids = primer_ids[1:]
     front = [] if style is None else [style_token(model.config, style)]
     primer_ids = [START_ID, *front, *(t for t in primer_ids if not is_style(t) or not front)]
-    history = torch.tensor(primer_ids, device=device).repeat(num_samples, 1)  # (B, T)
-    rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size, max_seconds,
-                        seed)
-    static = device.type == "cuda" if static_shapes is None else static_shapes
+    history = torch.tensor(primer_ids, device=model.wte.weight.device).repeat(num_samples, 1)
+    return history, len(front)
+
+
+def _run(steps: Iterator[torch.Tensor], rows: SamplerState, history: torch.Tensor,
+         progress: Callable[[], None] | None) -> np.ndarray:
+    """Draw from `steps` until every row is done; the new tokens (B, n) in numpy."""
     new_tokens: list[torch.Tensor] = []
-    steps = decode_steps(model, history, max_new_tokens, rows.draw, static,
-                         keep_front=history[:, 1 : 1 + len(front)])
     for token in steps:
         new_tokens.append(token)
         if progress is not None:
-            progress(len(new_tokens), max_new_tokens)
+            progress()
         if rows.done.all():
             steps.close()  # frees the cache now rather than at garbage collection
             break
-    generated = (torch.stack(new_tokens, 1) if new_tokens else history[:, :0]).cpu().numpy()
-    start = history[0].cpu().numpy()
-    return [np.concatenate([start, row[:n]]) for row, n in zip(generated, rows.n_new.tolist(),
-                                                               strict=True)]
+    return (torch.stack(new_tokens, 1) if new_tokens else history[:, :0]).cpu().numpy()
+
+
+def _progress_seconds(progress: ProgressFn | None, rows: SamplerState,
+                      asked: float | None) -> Callable[[], None] | None:
+    """A per-step call reporting (seconds of the slowest unfinished row, asked) to `progress`."""
+    if progress is None:
+        return None
+
+    def report() -> None:
+        running = rows.new_steps[~rows.done]
+        steps = running.min() if len(running) else rows.new_steps.max()
+        seconds = float(steps_to_seconds(steps))
+        progress(seconds if asked is None else min(seconds, asked), asked)
+    return report
 
 
 def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,

@@ -128,3 +128,51 @@ def test_written_files_are_readable_by_others(tiny_checkpoint, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "o.mid").stat().st_mode) == 0o644
+
+
+def _end_checkpoint(make_tiny_model, folder, end_logit: float):
+    """A tiny checkpoint whose END logit is about `end_logit` (-100: never drawn; 5: often)."""
+    import torch
+
+    from musicgpt.vocab import END_ID
+
+    model = make_tiny_model()
+    with torch.no_grad():  # a constant feature in the final norm, read only by END's row
+        model.ln_f.bias[0] = 10.0
+        model.wte.weight[END_ID, 0] = end_logit / 10.0
+    return save_checkpoint(model, folder)
+
+
+def test_sixty_seconds_asked_gives_four_pieces_of_sixty_seconds(make_tiny_model, tmp_path,
+                                                                capsys):
+    from musicgpt.events import ids_to_seconds
+    from musicgpt.pipeline import midi_file_to_ids
+
+    ckpt = _end_checkpoint(make_tiny_model, tmp_path / "no_end", -100.0)
+    code = main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.mid"),
+                 "--seconds", "60", "--num-samples", "4", "--seed", "0", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "stopped" not in out, out
+    for i in range(1, 5):
+        assert ids_to_seconds(midi_file_to_ids(tmp_path / f"p_{i}.mid")) >= 59.0
+
+
+def test_a_piece_that_stops_early_says_why_per_file(make_tiny_model, tmp_path, capsys):
+    ckpt = _end_checkpoint(make_tiny_model, tmp_path / "end", 5.0)  # END ~30% of each draw
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.mid"),
+                 "--seconds", "30", "--num-samples", "2", "--seed", "0", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("; stopped at END after " in line and line.endswith(" of 30)")
+                                   for line in lines), lines
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "q.mid"),
+                 "--seconds", "30", "--max-tokens", "3", "--seed", "1", "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "stopped at" in line and line.endswith(" of 30)"), line
+
+
+def test_the_progress_bar_counts_seconds_of_music(tiny_checkpoint, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--out",
+                 str(tmp_path / "o.mid"), "--seconds", "4", "--seed", "0"]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "/4 s of music" in bar, bar

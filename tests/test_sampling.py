@@ -17,10 +17,14 @@ from musicgpt.pipeline import (
     midi_file_to_primer,
 )
 from musicgpt.sampling import (
+    TOKENS_PER_S_BUDGET,
     SamplingSettings,
     apply_temperature,
     generate,
+    generate_pieces,
     sample,
+    sampling_threads,
+    token_budget,
     top_k_filter,
     top_p_filter,
 )
@@ -191,11 +195,68 @@ def test_sliding_window_makes_long_pieces_that_decode_to_midi(tiny_model, tmp_pa
     assert len(midi_file_to_ids(path)) > 0
 
 
-def test_progress_is_reported_per_token(tiny_model):
+def test_progress_counts_seconds_of_music(tiny_model):
     calls = []
-    generate(_pin_end(tiny_model), None, max_new_tokens=25, seed=0,
-             progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(i, 25) for i in range(1, 26)]
+    rows = generate(_pin_end(tiny_model), None, max_seconds=5.0, num_samples=2, seed=0,
+                    progress=lambda d, t: calls.append((d, t)))
+    assert len(calls) == max(len(row) for row in rows) - 1  # one call per step
+    assert {t for _, t in calls} == {5.0}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == 5.0 and done[0] < 1.0
+
+
+def test_each_row_says_why_it_stopped(tiny_model):
+    made = generate_pieces(_pin_end(tiny_model, 5.0), None, max_seconds=30.0, num_samples=6,
+                           seed=0)
+    ended = [stop for stop in made.stops if stop.reason == "end"]
+    assert ended and all(stop.early for stop in ended)
+    assert ended[0].message() == f"stopped at END after {ended[0].seconds:.1f} s of 30"
+    capped = generate_pieces(_pin_end(tiny_model), None, max_new_tokens=20, max_seconds=60.0,
+                             seed=0).stops[0]
+    assert capped.reason == "tokens" and capped.tokens == 20 and capped.seconds < 60
+    assert capped.message().startswith("stopped at the token budget (20 new tokens) after ")
+    whole = generate_pieces(_pin_end(tiny_model), None, max_seconds=3.0, seed=0).stops[0]
+    assert (whole.reason, whole.early, whole.message()) == ("length", False, "")
+    assert whole.seconds >= 3.0
+
+
+def test_the_token_budget_follows_the_asked_seconds(tiny_model):
+    assert token_budget(None) == 1024
+    assert token_budget(60) == 60 * TOKENS_PER_S_BUDGET
+    assert token_budget(0.1) == 256  # short pieces still get room
+    # dense music (no time shift over 200 ms) still reaches the asked 10 s
+    model = _pin_end(tiny_model)
+    with torch.no_grad():
+        model.wte.weight[TIME_SHIFT_OFFSET + 20 : TIME_SHIFT_OFFSET + 100, 0] = -10.0
+    (stop,) = generate_pieces(model, None, max_seconds=10.0, seed=0).stops
+    assert stop.reason == "length" and stop.tokens > 10 * 40, stop
+
+
+def test_sampling_uses_one_thread_at_batch_1_and_restores_the_callers_count(tiny_model):
+    from musicgpt.config import preset
+
+    big = preset("default", n_layer=12, n_embd=768)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert sampling_threads(1, big) == 1
+        assert sampling_threads(4, tiny_model) == 1
+        assert sampling_threads(64, big) == 2  # capped by the caller's count
+        seen = []
+        model = _pin_end(tiny_model)
+        real_forward = model.forward
+
+        def spy(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real_forward(*args, **kwargs)
+
+        model.forward = spy
+        generate(model, None, max_new_tokens=5, seed=0)
+        generate(model, None, max_new_tokens=5, seed=0, threads=2)
+        assert seen[:5] == [1] * 5 and seen[5:] == [2] * 5
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
