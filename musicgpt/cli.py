@@ -1,4 +1,4 @@
-"""Command-line entry points: `musicgpt preprocess|generate|evaluate` and `train.py`.
+"""Command-line entry points: `musicgpt preprocess|generate|infill|evaluate|export`, train.py.
 
 Errors a user can cause (missing files, bad MIDI, bad flags) end in one line on stderr and exit
 status 2, never a traceback.
@@ -299,6 +299,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .hf_export import NotGPT2Error, export_hf
+
+    out = checks.out_folder("--hf", args.hf)
+    checks.not_a_checkpoint("--hf", out, "give a new folder for the Hugging Face copy")
+    model = _load_model(args.checkpoint, "cpu")
+    try:
+        export_hf(model, out)
+    except NotGPT2Error as exc:
+        name = args.checkpoint or "the shipped model"
+        raise UserError(f"cannot export {name}: {exc}") from exc
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} (GPT2LMHeadModel, "
+          f"{model.config.short()}); load with transformers.GPT2LMHeadModel.from_pretrained"
+          f"({str(out)!r})")
+    return 0
+
+
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by generate and infill: checkpoint, sampling settings, style, device."""
     parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
@@ -377,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(run=_evaluate)
+
+    export = commands.add_parser(
+        "export", help="write a checkpoint as a Hugging Face GPT-2 folder",
+        description="Write an absolute-attention checkpoint as a transformers GPT2LMHeadModel "
+                    "folder (config.json + model.safetensors): the same model, logits equal. "
+                    "Relative-attention checkpoints are not expressible as GPT-2.")
+    export.add_argument("--hf", required=True, help="output folder")
+    export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    export.set_defaults(run=_export)
     return parser
 
 
