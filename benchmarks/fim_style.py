@@ -71,7 +71,7 @@ def middle_nll(model, pieces, styles_of, n_spans: int, seed: int) -> dict:
             continue
         fim = fim_prompt(cut, block, budget)
         # the same prefix tokens without the suffix: only the suffix differs between the two
-        n_prefix = int(np.flatnonzero(fim == FILL_MIDDLE_ID)[0]) - len(cut.header)
+        n_prefix = len(fim) - int(np.flatnonzero(fim == FILL_MIDDLE_ID)[0]) - 2
         l2r = np.concatenate([cut.header, cut.prefix[len(cut.prefix) - n_prefix :]])
         longest = continuation_prompt(cut, block, budget)  # all the room for the prefix
         longest_total += continuation_nll(model, longest, cut.middle)

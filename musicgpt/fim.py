@@ -1,5 +1,5 @@
 """Fill-in-the-middle: cut a token sequence at two times and rearrange it so a left-to-right model
-learns to write the middle after seeing both sides (Bavarian et al. 2022, PSM order).
+learns to write the middle after seeing both sides (Bavarian et al. 2022, SPM order).
 
 Pure: numpy only, no torch, no MIDI.
 
@@ -10,11 +10,16 @@ Leading specials (START, a STYLE token) stay in front and a final END stays at t
 segment that has a NOTE_ON states its velocity before the first one, so no segment depends on a
 velocity set in another. The rearranged form is
 
-    header  prefix  FILL_MIDDLE  <gap shifts>  FILL_SUFFIX  suffix  FILL_MIDDLE  middle
+    header  FILL_SUFFIX <gap shifts> FILL_SUFFIX  suffix  FILL_MIDDLE  prefix  FILL_MIDDLE  middle
 
-The gap (t2 - t1) is written as time shifts between two sentinels: "a hole of this length, then
-the music after it". Bracketing keeps it apart from the shifts that end the prefix and start the
-suffix; a single sentinel would leave "gap 2.3 s, then 0.5 s" and "gap 2.8 s" the same tokens.
+The suffix comes first and the prefix right before the middle (SPM): the middle continues the
+prefix exactly as in left-to-right music, so that skill carries over, and the suffix is read
+earlier. A PSM order (prefix, suffix, middle) measured worse on a small model: its middles scored
+1% worse than left-to-right from the same prefix, since the prefix sat a suffix away from them.
+The gap (t2 - t1) is written as time shifts between two FILL_SUFFIX tokens: "what follows starts
+this long after the prefix ends"; bracketing keeps it apart from the suffix's own leading shifts
+("gap 2.3 s, then 0.5 s" and "gap 2.8 s" would otherwise be the same tokens). The FILL_MIDDLE
+after the prefix marks t1, where the gap starts to count.
 
 Notes that sound across a cut need no special code: a note struck in the prefix and released in
 the middle keeps its NOTE_ON in the prefix and leaves its NOTE_OFF for the middle to write; a note
@@ -147,22 +152,22 @@ def cut_at_steps(ids, t1: int, t2: int) -> Cut:
 
 
 def arrange(cut: Cut) -> np.ndarray:
-    """The training / prompting order: header prefix FILL_MIDDLE gap FILL_SUFFIX suffix
-    FILL_MIDDLE middle."""
-    return np.concatenate([cut.header, cut.prefix, [FILL_MIDDLE_ID],
-                           gap_to_shift_ids(cut.gap_steps), [FILL_SUFFIX_ID], cut.suffix,
+    """The training / prompting order: header FILL_SUFFIX gap FILL_SUFFIX suffix FILL_MIDDLE
+    prefix FILL_MIDDLE middle."""
+    return np.concatenate([cut.header, [FILL_SUFFIX_ID], gap_to_shift_ids(cut.gap_steps),
+                           [FILL_SUFFIX_ID], cut.suffix, [FILL_MIDDLE_ID], cut.prefix,
                            [FILL_MIDDLE_ID], cut.middle]).astype(np.int64)
 
 
 def restore(arranged) -> np.ndarray:
     """Inverse of `arrange`: header + prefix + middle + suffix (the middle may be cut short)."""
     arranged = np.asarray(arranged, dtype=np.int64)
-    first = np.flatnonzero(arranged == FILL_MIDDLE_ID)
-    bracket = np.flatnonzero(arranged == FILL_SUFFIX_ID)
-    if len(first) < 2 or len(bracket) < 1 or not first[0] < bracket[0] < first[1]:
+    s0, s1, *more_s = np.flatnonzero(arranged == FILL_SUFFIX_ID).tolist() + [-1, -1]
+    m0, m1, *more_m = np.flatnonzero(arranged == FILL_MIDDLE_ID).tolist() + [-1, -1]
+    if len(more_s) != 2 or len(more_m) != 2 or not 0 <= s0 < s1 < m0 < m1:
         raise ValueError("not a fill-in-the-middle sequence")
-    before, suffix = arranged[: first[0]], arranged[bracket[0] + 1 : first[1]]
-    return np.concatenate([before, arranged[first[1] + 1 :], suffix])
+    return np.concatenate([arranged[:s0], arranged[m0 + 1 : m1], arranged[m1 + 1 :],
+                           arranged[s1 + 1 : m0]])
 
 
 def sounding_at_start(segment) -> set[int]:

@@ -4,7 +4,8 @@ the span and joins the suffix with no grammar error. Never sees MIDI, only token
 With a checkpoint that has the fill-in-the-middle sentinels (fim.py), the model reads the prefix
 before the span and the suffix after it, in the order it was trained on:
 
-    header  prefix-tail  FILL_MIDDLE  <gap shifts>  FILL_SUFFIX  suffix-head  FILL_MIDDLE  -> middle
+    header  FILL_SUFFIX <gap shifts> FILL_SUFFIX  suffix-head  FILL_MIDDLE  prefix-tail  FILL_MIDDLE
+    -> middle
 
 and writes the middle. A checkpoint of the base vocabulary (no sentinels) continues the prefix
 instead; the same constraints make it stop at the span's end and join the suffix, but it cannot
@@ -102,7 +103,7 @@ def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int,
     if t2 > total:
         raise InfillError(f"the span ends at {end_s:g} s, after the piece "
                           f"({float(steps_to_seconds(total)):.2f} s)")
-    needed = middle_budget(t2 - t1) + MIN_CONTEXT_TOKENS + len(gap_to_shift_ids(t2 - t1)) + 5
+    needed = middle_budget(t2 - t1) + MIN_CONTEXT_TOKENS + len(gap_to_shift_ids(t2 - t1)) + 6
     if needed > block_size:
         longest = (block_size - MIN_CONTEXT_TOKENS - MIDDLE_TOKEN_MARGIN - 20) / MIDDLE_TOKENS_PER_S
         raise InfillError(f"a span of {end_s - start_s:g} s is longer than this model's context "
@@ -123,13 +124,15 @@ def with_header(ids, style: int | None, has_styles: bool) -> np.ndarray:
 
 
 def fim_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
-    """header, the nearest prefix and suffix tokens that fit beside `budget`, and the sentinels."""
+    """The training order up to the middle (fim.arrange), with the nearest suffix and prefix
+    tokens that fit beside the middle's `budget`."""
     gap = gap_to_shift_ids(cut.gap_steps)
-    room = block_size - budget - len(cut.header) - len(gap) - 3
+    room = block_size - budget - len(cut.header) - len(gap) - 4
     n_prefix = min(len(cut.prefix), max(room - min(len(cut.suffix), room * 2 // 5), 0))
     n_suffix = min(len(cut.suffix), room - n_prefix)
-    return np.concatenate([cut.header, cut.prefix[len(cut.prefix) - n_prefix :],
-                           [FILL_MIDDLE_ID], gap, [FILL_SUFFIX_ID], cut.suffix[:n_suffix],
+    return np.concatenate([cut.header, [FILL_SUFFIX_ID], gap, [FILL_SUFFIX_ID],
+                           cut.suffix[:n_suffix], [FILL_MIDDLE_ID],
+                           cut.prefix[len(cut.prefix) - n_prefix :],
                            [FILL_MIDDLE_ID]]).astype(np.int64)
 
 

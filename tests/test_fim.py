@@ -42,17 +42,18 @@ def test_cut_arrange_restore_gives_the_piece_back(notes, fractions):
     assert not grammar_errors(cut.join())
 
 
-def test_the_gap_sits_between_the_two_sentinels_and_the_middle_comes_last():
+def test_the_gap_sits_between_two_sentinels_and_the_prefix_right_before_the_middle():
     notes = [Note(60, 80, 0.0, 3.0), Note(64, 100, 1.0, 1.5), Note(67, 80, 2.5, 4.0)]
     ids = wrap_piece(notes_to_ids(notes)).astype(np.int64)
     cut = cut_at_steps(ids, 80, 230)  # 0.8 s .. 2.3 s
     arranged = arrange(cut)
-    first, second = np.flatnonzero(arranged == FILL_MIDDLE_ID)
-    bracket = int(np.flatnonzero(arranged == FILL_SUFFIX_ID)[0])
-    assert first < bracket < second
-    assert shift_steps(arranged[first + 1 : bracket]).sum() == 150
-    assert (arranged[second + 1 :] == cut.middle).all()
-    assert arranged[0] == START_ID
+    s0, s1 = np.flatnonzero(arranged == FILL_SUFFIX_ID)
+    m0, m1 = np.flatnonzero(arranged == FILL_MIDDLE_ID)
+    assert arranged[0] == START_ID and s0 == 1
+    assert shift_steps(arranged[s0 + 1 : s1]).sum() == 150
+    assert (arranged[s1 + 1 : m0] == cut.suffix).all()
+    assert (arranged[m0 + 1 : m1] == cut.prefix).all()
+    assert (arranged[m1 + 1 :] == cut.middle).all()
     # C4 sounds through the whole gap: its release is in the suffix, so the middle must keep it
     assert sounding_at_start(cut.suffix) == {60}
     # E4 lies inside the gap; G4 starts after it and restates its velocity
