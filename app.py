@@ -5,6 +5,8 @@ figures in musicgpt.plots, audio in musicgpt.audio, and the page's plain logic i
 Results are kept in st.session_state, so moving an attention control never regenerates.
 Each piece on the page (a generated sample, or the primer while "Edit the primer" is on) has a
 studio.History of versions: regenerate a span (infilling.infill), keep or undo, compare.
+Every Generate and "Continue this piece" is kept in a studio.ResultLog, so earlier results can be
+recalled. Pieces play in musicgpt.player (a roll with a cursor that follows the audio).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from musicgpt import arcs, audio, plots, studio
+from musicgpt import arcs, audio, player, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
@@ -22,7 +24,10 @@ from musicgpt.vocab import id_to_name
 
 RESULTS = "results"  # session_state key: list of per-sample dicts from the last generation
 HISTORIES = "histories"  # session_state key: piece key -> studio.History (its versions)
-RESULT_WIDGET_PREFIXES = ("arc_", "arcs_", "heat_", "sample", "edit_")
+LOG = "result_log"  # session_state key: studio.ResultLog of every result made on the page
+CONTINUE = "continue_from"  # session_state key: the sample whose Continue was pressed
+PRIMER_VIEWS = "primer_views"  # session_state key: primer piece key -> its rendered preview
+RESULT_WIDGET_PREFIXES = ("arc_", "arcs_", "heat_", "sample", "edit_", "surprisal_")
 
 
 @st.cache_resource(show_spinner="Loading the model...")
@@ -67,13 +72,15 @@ def pick_model():
 
 def pick_primer() -> tuple[np.ndarray | None, bool]:
     """Sidebar primer controls -> (primer ids or None, ok). Bad uploads are reported in the page."""
-    kind = st.sidebar.radio("Primer", ["none", "example", "upload"], index=1, horizontal=True,
+    kind = st.sidebar.radio("Primer", ["none", "built-in", "upload"], index=1, horizontal=True,
                             key="primer")
     if kind == "none":
         return None, True
     seconds = st.sidebar.slider("Primer: first N seconds", 1, 30, 8, key="primer_s")
-    if kind == "example":
-        label = st.sidebar.selectbox("Example", list(studio.example_choices()), key="example")
+    if kind == "built-in":
+        label = st.sidebar.selectbox("Built-in primer", list(studio.example_choices()),
+                                     key="example", help="Openings of POP909 songs (MIT), "
+                                     "pieces written by code, and the model's own examples")
         return studio.example_primer(label, seconds), True
     upload = st.sidebar.file_uploader("Upload a .mid (max 5 MB, 10 min)", type=["mid", "midi"],
                                       key="upload")
@@ -205,22 +212,32 @@ def show_piece(result: dict, tag: str, filename: str, span=None, preview=None) -
     if len(piece.notes) == 0:
         st.warning("This piece has no notes (the model ended it at once). Try another "
                    "seed or a higher temperature.")
-    roll = plots.piano_roll(piece.notes, piece.is_primer, "Piano roll", names)
-    if span:
-        plots.mark_span(roll, *span)
-    if preview:
-        plots.mark_span(roll, *preview, "span to regenerate", outline_only=True)
-    st.plotly_chart(roll, key=f"roll_{tag}")
-    if result["wav"] is not None:
-        st.audio(result["wav"], format="audio/wav")
-    elif result["audio_problem"]:
-        st.info(result["audio_problem"])
+    show_player(result, tag, span, preview, names)
+    with st.expander("Piano roll with note details (hover, zoom)"):
+        roll = plots.piano_roll(piece.notes, piece.is_primer, "Piano roll", names)
+        if span:
+            plots.mark_span(roll, *span)
+        if preview:
+            plots.mark_span(roll, *preview, "span to regenerate", outline_only=True)
+        st.plotly_chart(roll, key=f"roll_{tag}")
     left, right = st.columns(2)
     left.download_button("Download .mid", result["midi"], f"{filename}.mid", "audio/midi",
                          key=f"mid_{tag}")
     if result["wav"] is not None:
         right.download_button("Download .wav", result["wav"], f"{filename}.wav", "audio/wav",
                               key=f"wav_{tag}")
+
+
+def show_player(result: dict, tag: str, span=None, preview=None,
+                names: tuple[str, str] = ("primer", "generated")) -> None:
+    """The piano roll with a playback cursor over the audio (click the roll to play from there),
+    or the roll and why there is no audio."""
+    piece: studio.Piece = result["piece"]
+    html = player.player_html(piece.notes, piece.is_primer, result["wav"],
+                              [span] if span else [], preview, names)
+    st.iframe(html, height=player.player_height(result["wav"]))
+    if result["wav"] is None and result["audio_problem"]:
+        st.info(result["audio_problem"])
 
 
 def show_versions(history: studio.History, key: str, model, path: str, opts: dict,
@@ -339,18 +356,20 @@ def show_arcs(result: dict, number: int | str) -> None:
     elif clicked is not None:
         st.info(f"Note {clicked} cannot be a query: only notes {low} to {high} have their "
                 "note-on inside the analysed window (and an earlier note to look back at).")
-    if not low <= st.session_state.get(query_key, -1) <= high:
-        st.session_state[query_key] = high
     a, b, c = st.columns(3)
     layer = a.slider("Layer", 0, n_layer - 1, n_layer - 1, key="arc_layer")
     head = b.selectbox("Heads", ["all"] + list(range(n_head)), key="arc_head")
     top_n = c.slider("Arcs per head (strongest)", 1, 10, 4, key="arc_top")
-    query = st.slider("Query note (or click a note in the chart below)", low, high,
-                      key=query_key)
+    if not low <= st.session_state.get(query_key, -1) <= high:
+        st.session_state[query_key] = arcs.default_query(maps, offset, tokens, layer, queries)
+    query = st.select_slider("Query note (or click a note in the chart below)",
+                             list(range(low, high + 1)), key=query_key,
+                             format_func=lambda i: plots.note_label(tokens.notes, i))
     heads = list(range(n_head)) if head == "all" else [int(head)]
     drawn = arcs.query_arcs(maps, offset, tokens, layer, query, heads, top_n)
     fig = plots.piano_roll(tokens.notes, result["piece"].is_primer, f"Layer {layer} attention "
-                           f"from note {query}")
+                           f"from {plots.note_label(tokens.notes, query)}",
+                           colours=plots.MUTED_COLOURS)
     st.plotly_chart(plots.add_arcs(fig, tokens.notes, query, drawn), key=f"arcs_{number}",
                     on_select="rerun", selection_mode="points")
     if not drawn:
@@ -358,6 +377,25 @@ def show_arcs(result: dict, number: int | str) -> None:
     st.caption(f"{arcs.ATTRIBUTION_RULE} The query is the note's NOTE_ON token; only the last "
                f"{window_len} tokens (the model's context) are analysed, so earlier notes "
                "cannot be queries.")
+
+
+def with_surprisal(model, result: dict) -> dict:
+    """`result` with each note's surprisal under the float32 `model`, made once."""
+    if "surprisal" not in result:
+        result["surprisal"] = studio.note_surprisal(model, result["piece"].ids)
+    return result
+
+
+def show_surprisal(model, result: dict, tag: str) -> None:
+    """The roll coloured by how unexpected the model found each note (its NOTE_ON's NLL)."""
+    piece: studio.Piece = with_surprisal(model, result)["piece"]
+    surprisal = result["surprisal"]
+    fig = plots.surprisal_roll(piece.notes, surprisal, piece.is_primer,
+                               "Surprisal: how unexpected the model found each note")
+    st.plotly_chart(fig, key=f"surprisal_{tag}")
+    st.caption(f"{studio.surprisal_summary(surprisal, piece.is_primer)}. Surprisal is the "
+               "negative log-probability (nats) of the note's note-on event given everything "
+               "before it, from the float32 model; primer notes are outlined.")
 
 
 def show_heatmap(result: dict, number: int | str) -> None:
@@ -381,6 +419,7 @@ def main() -> None:
     st.set_page_config(page_title="musicgpt", layout="wide")
     st.title("musicgpt")
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
+    generate_slot = st.sidebar.container()  # filled last, shown first: visible without scrolling
     model, path = pick_model()
     primer, primer_ok = pick_primer()
     edited = primer_history(primer) if model is not None and primer_ok else None
@@ -389,28 +428,92 @@ def main() -> None:
         st.sidebar.caption(f"Generate continues the primer's current version, v"
                            f"{edited[1].current + 1}.")
     opts = pick_sampling(model.config if model is not None else Config())
-    clicked = st.sidebar.button("Generate", type="primary", disabled=model is None or not primer_ok,
-                                key="generate")
+    show_soundfont()
+    clicked = generate_slot.button("Generate", type="primary", key="generate",
+                                   disabled=model is None or not primer_ok,
+                                   width="stretch")
     if clicked:
-        for key in [k for k in st.session_state if k.startswith(RESULT_WIDGET_PREFIXES)]:
-            del st.session_state[key]  # their ranges belong to the previous results
-        histories = st.session_state.setdefault(HISTORIES, {})
-        for key in [k for k in histories if k.startswith("s")]:
-            del histories[key]  # the samples' versions go with them
-        sampler = load_sampler(path, opts["dtype"])
-        st.session_state[RESULTS] = run_generation(sampler, primer, opts)
+        results = run_generation(load_sampler(path, opts["dtype"]), primer, opts)
+        new_results(results, f"{opts['seconds']} s, seed {opts['seed']}")
+    continued = st.session_state.pop(CONTINUE, None)
+    if continued is not None and model is not None:
+        number, ids = continued
+        results = run_generation(load_sampler(path, opts["dtype"]),
+                                 studio.continuation_primer(ids), opts)
+        new_results(results, f"{result_log().labels[result_log().shown].split(':')[0]} "
+                             f"sample {number + 1} continued by {opts['seconds']} s")
     results = st.session_state.get(RESULTS)
     if edited is not None:
         with st.expander("Primer: regenerate spans before generating", expanded=not results):
             show_versions(edited[1], edited[0], model, path, opts, "primer")
+    elif primer is not None and model is not None:
+        show_primer_preview(model, primer, expanded=not results)
     if not results:
         st.info("Choose a primer and settings in the sidebar, then press Generate.")
         return
+    recall_results()
     number = 0
     if len(results) > 1:
         number = st.radio("Sample", range(len(results)), horizontal=True, key="sample",
                           format_func=lambda i: f"#{i + 1}")
     show_result(model, path, opts, results[number], number)
+
+
+def result_log() -> studio.ResultLog:
+    return st.session_state.setdefault(LOG, studio.ResultLog())
+
+
+def _forget_result_widgets() -> None:
+    for key in [k for k in st.session_state if k.startswith(RESULT_WIDGET_PREFIXES)]:
+        del st.session_state[key]  # their ranges belong to the results shown before
+
+
+def new_results(results: list[dict], label: str) -> None:
+    """Show new results; the ones shown before stay in the log, with their versions."""
+    _forget_result_widgets()
+    result_log().add(label, results, st.session_state.setdefault(HISTORIES, {}))
+    st.session_state[RESULTS] = results
+
+
+def recall(index: int) -> None:
+    _forget_result_widgets()
+    histories = st.session_state.setdefault(HISTORIES, {})
+    st.session_state[RESULTS] = result_log().recall(index, histories)
+
+
+def recall_results() -> None:
+    """A picker of every result made on this page (the newest is shown after each Generate)."""
+    log = result_log()
+    if len(log) < 2:
+        return
+    st.selectbox("Result (earlier ones can be recalled)", range(len(log)), log.shown,
+                 format_func=lambda i: log.labels[i], key=f"recall_{len(log)}_{log.shown}",
+                 on_change=lambda: recall(st.session_state[f"recall_{len(log)}_{log.shown}"]))
+
+
+def show_soundfont() -> None:
+    font = audio.choose_soundfont()
+    st.sidebar.caption(f"Piano sound: {font.label}."
+                       + (f" ({font.note}.)" if font.note else "")
+                       + ("" if "system" in font.label or audio.ENV_SOUNDFONT in font.label else
+                          f" A better piano: `apt-get install fluid-soundfont-gm`, or set "
+                          f"${audio.ENV_SOUNDFONT} to a .sf2 file."))
+
+
+def show_primer_preview(model, primer: np.ndarray, expanded: bool) -> None:
+    """The primer before generating: length, notes, the player, and the model's surprisal."""
+    views = st.session_state.setdefault(PRIMER_VIEWS, {})
+    key = studio.piece_key(primer)
+    if key not in views:
+        if len(views) >= 8:
+            views.clear()
+        views[key] = render(studio.ids_to_piece(primer, len(primer)))
+    view = views[key]
+    piece = view["piece"]
+    with st.expander(f"Primer: {piece.seconds:.1f} s, {len(piece.notes)} notes "
+                     f"({len(piece.ids)} tokens)", expanded=expanded):
+        show_player(view, f"primer_{key}", names=("primer", ""))
+        show_surprisal(model, view, f"primer_{key}")
 
 
 def show_result(model, path: str, opts: dict, result: dict, number: int) -> None:
@@ -421,6 +524,12 @@ def show_result(model, path: str, opts: dict, result: dict, number: int) -> None
         st.info(f"Sample #{number + 1} is shorter than asked: it {result['stop']} s.")
     current = show_versions(history, f"s{number}", model, path, opts, f"musicgpt_{number + 1}")
     tag = number if history.current == 0 else f"{number}v{history.current + 1}"
+    ids = history.versions[history.current].ids
+    st.button(f"Continue this piece (+{opts['seconds']} s)", key=f"continue_{number}",
+              type="primary", on_click=st.session_state.__setitem__, args=(CONTINUE, (number, ids)),
+              help="Generate more music after the current version; this result stays listed")
+    st.header("Surprisal")
+    show_surprisal(model, current, tag)
     st.header("Attention arcs")
     show_arcs(with_attention(model, current), tag)
     st.header("Attention heatmap")

@@ -160,3 +160,26 @@ def notes_in_window(tokens: NoteTokens, offset: int, window_len: int) -> np.ndar
 def layer_heatmap(maps: np.ndarray, layer: int, start: int, stop: int) -> np.ndarray:
     """Heads-averaged attention of one layer for window tokens start..stop-1 (queries x keys)."""
     return maps[layer].mean(axis=0)[start:stop, start:stop]
+
+
+def default_query(maps: np.ndarray, offset: int, tokens: NoteTokens, layer: int,
+                  queries: np.ndarray, top_n: int = 4, edge: float = 0.15) -> int:
+    """A query note whose arcs are worth seeing: among the window's notes away from its edges
+    (the first and last `edge` of them, so not the last note at the right edge, nor an early note
+    with little to look back at), the one whose heads put the most attention on earlier notes,
+    summed over each head's `top_n` strongest (what the arcs draw)."""
+    queries = np.asarray(queries)
+    if len(queries) < 3:
+        return int(queries[-1])
+    cut = int(len(queries) * edge)
+    candidates = queries[max(1, cut) : len(queries) - max(1, cut)]
+    if len(candidates) == 0:
+        candidates = queries[1:-1]
+    owner = tokens.owner[offset : offset + maps.shape[-1]]
+    scores = []
+    for note in candidates.tolist():
+        row = int(tokens.note_pos[note]) - offset
+        weights = note_weights(maps[layer, :, row], owner, len(tokens.notes))  # (heads, notes)
+        weights[:, note:] = 0.0  # earlier notes only (the query itself and later starts out)
+        scores.append(np.sort(weights, axis=1)[:, -top_n:].sum())
+    return int(candidates[int(np.argmax(scores))])

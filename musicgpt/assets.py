@@ -25,3 +25,13 @@ def examples_dir() -> Path:
 def example_midi_files() -> list[Path]:
     folder = examples_dir()
     return sorted(folder.glob("*.mid")) if folder.is_dir() else []
+
+
+def primers_dir() -> Path:
+    """Built-in primers: openings of real music (data/primers/README.txt says whose)."""
+    return _data_root() / "primers"
+
+
+def primer_midi_files() -> list[Path]:
+    folder = primers_dir()
+    return sorted(folder.glob("*.mid")) if folder.is_dir() else []

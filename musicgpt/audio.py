@@ -1,8 +1,10 @@
 """Notes -> piano audio (WAV bytes) with a real SoundFont synthesizer. No Streamlit, no model.
 
 Rendering is offline: TinySoundFont (the `tinysoundfont` package, a C synth with Python bindings)
-plays the notes through the General MIDI SoundFont that pretty_midi ships (`TimGM6mb.sf2`, preset
-0 = Acoustic Grand Piano) and we collect its output buffer between events. Nothing here opens an
+plays the notes through a General MIDI SoundFont (preset 0 = Acoustic Grand Piano) and we collect
+its output buffer between events. The SoundFont is the best one present (`choose_soundfont`): the
+file `$MUSICGPT_SOUNDFONT` names, else Debian's FluidR3_GM (`apt-get install fluid-soundfont-gm`,
+a much better piano), else the small `TimGM6mb.sf2` that pretty_midi ships. Nothing here opens an
 audio device, so tinysoundfont's optional PyAudio dependency is never imported.
 
 If tinysoundfont is not installed, `synth_problem()` says why in one line and rendering raises
@@ -12,7 +14,9 @@ If tinysoundfont is not installed, `synth_problem()` says why in one line and re
 from __future__ import annotations
 
 import io
+import os
 import wave
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,17 +30,51 @@ TAIL_S = 1.5  # let the last notes ring out (release + reverb of the SoundFont)
 PEAK = 0.89  # -1 dBFS
 PIANO_PRESET = 0  # General MIDI: Acoustic Grand Piano
 INSTALL_HINT = "pip install --no-deps tinysoundfont==0.3.7"
+ENV_SOUNDFONT = "MUSICGPT_SOUNDFONT"  # a .sf2 file the user prefers
+SYSTEM_SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),)  # Debian fluid-soundfont-gm
 
 
 class AudioUnavailable(RuntimeError):
     """No synthesizer or SoundFont; the message says what to install."""
 
 
-def soundfont_path() -> Path:
+def bundled_soundfont() -> Path:
     """The General MIDI SoundFont bundled with pretty_midi (TimGM6mb.sf2, ~6 MB)."""
     import pretty_midi
 
     return Path(pretty_midi.__file__).resolve().parent / "TimGM6mb.sf2"
+
+
+@dataclass(frozen=True)
+class SoundFont:
+    path: Path
+    label: str  # what the page says plays the piano
+    note: str | None = None  # why a named SoundFont was not used
+
+
+def choose_soundfont(env: dict[str, str] | None = None,
+                     system: tuple[Path, ...] = SYSTEM_SOUNDFONTS,
+                     bundled: Path | None = None) -> SoundFont:
+    """The SoundFont to play: `$MUSICGPT_SOUNDFONT` if it is a file, else the first system
+    SoundFont present (FluidR3_GM), else pretty_midi's TimGM6mb.sf2."""
+    env = dict(os.environ) if env is None else env
+    note = None
+    named = env.get(ENV_SOUNDFONT, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if path.is_file():
+            return SoundFont(path, f"{path.name} (${ENV_SOUNDFONT})")
+        note = f"${ENV_SOUNDFONT} names {path}, which is not a file"
+    for path in system:
+        if path.is_file():
+            return SoundFont(path, f"{path.name} (system)", note)
+    bundled = bundled_soundfont() if bundled is None else bundled
+    return SoundFont(bundled, f"{bundled.name} (pretty_midi's small General MIDI set)", note)
+
+
+def soundfont_path() -> Path:
+    """The SoundFont audio is rendered with (see `choose_soundfont`)."""
+    return choose_soundfont().path
 
 
 def synth_problem() -> str | None:
@@ -50,9 +88,9 @@ def synth_problem() -> str | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def _soundfont_bytes() -> bytes:
-    return soundfont_path().read_bytes()
+@lru_cache(maxsize=2)
+def _soundfont_bytes(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 def notes_to_events(notes: NoteArrays, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -79,7 +117,7 @@ def notes_to_pcm(notes: NoteArrays, sample_rate_hz: int = SAMPLE_RATE_HZ,
     import tinysoundfont
 
     synth = tinysoundfont.Synth(samplerate=sample_rate_hz)
-    sfid = synth.sfload(_soundfont_bytes())
+    sfid = synth.sfload(_soundfont_bytes(soundfont_path()))
     synth.program_select(0, sfid, 0, PIANO_PRESET)
     events = notes_to_events(notes, sample_rate_hz)
     total = (int(events[-1, 0]) if len(events) else 0) + int(tail_s * sample_rate_hz)

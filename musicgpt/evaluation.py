@@ -81,6 +81,30 @@ def score_pieces(model: GPT, pieces: Sequence[np.ndarray], *, batch_size: int = 
     return totals
 
 
+@torch.no_grad()
+def token_nll(model: GPT, ids, stride: int | None = None) -> np.ndarray:
+    """NLL (nats, float64) of each token of one piece given the tokens before it, (len(ids),);
+    position 0 has no prediction (NaN). One forward pass when the piece fits the context, else
+    the sliding windows of `score_pieces` (each token scored once, with at least
+    block_size - stride tokens of context)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.full(len(ids), np.nan)
+    device = model.wte.weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        for w in plan_windows(len(ids), model.config.block_size, stride):
+            inputs, targets, counted = _batch_arrays([ids], [w])
+            logits = model(torch.from_numpy(inputs).to(device)).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), torch.from_numpy(targets).to(device),
+                                  reduction="none").double().cpu().numpy()[0]
+            keep = counted[0] > 0
+            out[w.start + 1 : w.start + 1 + w.length][keep] = nll[keep]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _batch_arrays(pieces: Sequence[np.ndarray], batch: list[Window]):
     """(inputs, targets, counted) arrays of shape (B, longest window), PAD-filled on the right."""
     width = max(w.length for w in batch)

@@ -1,4 +1,4 @@
-"""Plotly figures for the app: piano roll, attention arcs over it, attention heatmap.
+"""Plotly figures for the app: piano roll, attention arcs over it, attention heatmap, surprisal.
 
 No Streamlit and no model: figures are built from NoteArrays, arcs and plain arrays.
 """
@@ -16,8 +16,13 @@ PRIMER_COLOUR = "#7f8c9a"
 GENERATED_COLOUR = "#e8871e"
 QUERY_COLOUR = "#d62728"
 SPAN_COLOUR = "#1f77b4"
-HEAD_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#e377c2", "#bcbd22", "#8c564b",
-                "#ff7f0e", "#7f7f7f", "#393b79", "#637939", "#843c39")
+# Arcs are drawn over notes in these greys, so every head colour stands out from the notes.
+MUTED_COLOURS = ("#c9ced4", "#9ba4ae")
+# One colour per head: a qualitative palette (Okabe-Ito's colour-blind-safe hues, then tab10's),
+# none of them the query's red.
+HEAD_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#8c564b", "#6a3d9a",
+                "#000000", "#bcbd22", "#17becf", "#f0e442", "#7f7f7f")
+SURPRISAL_SCALE = "YlOrRd"
 ARC_POINTS = 24
 
 
@@ -41,14 +46,21 @@ def _note_trace(notes: NoteArrays, index: np.ndarray, name: str, colour: str) ->
     )
 
 
+def note_label(notes: NoteArrays, note: int) -> str:
+    """A note named as a musician reads it: pitch and onset time ("E4 at 3.25 s, note 12")."""
+    start = float(_seconds(notes.start_step[note]))
+    return f"{pitch_to_name(int(notes.pitch[note]))} at {start:.2f} s (note {note})"
+
+
 def piano_roll(notes: NoteArrays, is_primer: np.ndarray, title: str = "",
-               names: tuple[str, str] = ("primer", "generated")) -> go.Figure:
+               names: tuple[str, str] = ("primer", "generated"),
+               colours: tuple[str, str] = (PRIMER_COLOUR, GENERATED_COLOUR)) -> go.Figure:
     """Notes as horizontal bars (time in s by MIDI pitch); primer and generated in two colours
     (`names`: their legend entries, e.g. kept and regenerated)."""
     is_primer = np.asarray(is_primer, dtype=bool)
     fig = go.Figure()
-    for name, mask, colour in ((names[0], is_primer, PRIMER_COLOUR),
-                               (names[1], ~is_primer, GENERATED_COLOUR)):
+    for name, mask, colour in ((names[0], is_primer, colours[0]),
+                               (names[1], ~is_primer, colours[1])):
         fig.add_trace(_note_trace(notes, np.flatnonzero(mask), name, colour))
     low, high = (int(notes.pitch.min()), int(notes.pitch.max())) if len(notes) else (48, 72)
     low, high = max(0, low - 3), min(127, high + 3)
@@ -105,8 +117,8 @@ def add_arcs(fig: go.Figure, notes: NoteArrays, query_note: int, arcs: list[Arc]
         share = arc.weight / strongest
         colour = HEAD_COLOURS[arc.head % len(HEAD_COLOURS)]
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines", line=dict(color=colour, width=1 + 5 * share),
-            opacity=0.25 + 0.7 * share, name=f"head {arc.head}", legendgroup=f"head{arc.head}",
+            x=x, y=y, mode="lines", line=dict(color=colour, width=1.5 + 4.5 * share),
+            opacity=0.45 + 0.55 * share, name=f"head {arc.head}", legendgroup=f"head{arc.head}",
             showlegend=arc.head not in shown,
             hovertemplate=(f"head {arc.head}: {arc.weight:.2f} on "
                            f"{pitch_to_name(int(notes.pitch[arc.key_note]))} "
@@ -116,7 +128,7 @@ def add_arcs(fig: go.Figure, notes: NoteArrays, query_note: int, arcs: list[Arc]
     fig.add_trace(go.Scatter(
         x=[qx], y=[qy], mode="markers", name="query note",
         marker=dict(color=QUERY_COLOUR, size=13, symbol="star", line=dict(color="white", width=1)),
-        hovertemplate=f"query: {pitch_to_name(int(qy))} (note {query_note})<extra></extra>",
+        hovertemplate=f"query: {note_label(notes, query_note)}<extra></extra>",
     ))
     y_range = fig.layout.yaxis.range
     if y_range is not None and arc_top + 1 > y_range[1]:
@@ -145,4 +157,35 @@ def attention_heatmap(matrix: np.ndarray, labels: list[str], title: str = "") ->
                      tickangle=-60)
     fig.update_yaxes(tickvals=ticks, ticktext=[labels[i] for i in ticks], title="query",
                      autorange="reversed")
+    return fig
+
+
+def surprisal_roll(notes: NoteArrays, surprisal: np.ndarray, is_primer: np.ndarray,
+                   title: str = "") -> go.Figure:
+    """The piano roll with each note coloured by its surprisal (nats; NaN: not scored, grey),
+    primer notes outlined, and a line where the primer ends."""
+    surprisal = np.asarray(surprisal, dtype=np.float64)
+    is_primer = np.asarray(is_primer, dtype=bool)
+    fig = piano_roll(notes, is_primer, title)
+    fig.data = ()
+    start_s, end_s = _seconds(notes.start_step), _seconds(notes.end_step)
+    scored = np.isfinite(surprisal)
+    top = float(np.nanpercentile(surprisal, 98)) if scored.any() else 1.0
+    names = [pitch_to_name(int(p)) for p in notes.pitch]
+    part = np.where(is_primer, "primer", "new")
+    shown = np.where(scored, np.round(surprisal, 2).astype(str), "not scored")
+    custom = np.stack([names, start_s.round(2), shown, part, np.arange(len(notes))], axis=1) \
+        if len(notes) else None
+    fig.add_trace(go.Bar(
+        orientation="h", base=start_s, x=end_s - start_s, y=notes.pitch, width=0.85,
+        name="notes", showlegend=False, customdata=custom,
+        marker=dict(color=np.where(scored, surprisal, 0.0), colorscale=SURPRISAL_SCALE, cmin=0.0,
+                    cmax=max(top, 1e-6), colorbar=dict(title="nats"),
+                    line=dict(color=np.where(is_primer, "#333333", "rgba(0,0,0,0)"), width=1)),
+        hovertemplate=("<b>%{customdata[0]}</b> at %{customdata[1]} s (note %{customdata[4]}, "
+                       "%{customdata[3]})<br>surprisal %{customdata[2]} nats<extra></extra>"),
+    ))
+    if is_primer.any() and (~is_primer).any():
+        fig.add_vline(x=float(start_s[~is_primer].min()), line=dict(color="#555", dash="dot"),
+                      annotation_text="primer | new", annotation_position="top left")
     return fig

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .assets import default_model_dir, example_midi_files
+from .assets import default_model_dir, example_midi_files, primer_midi_files, primers_dir
 from .checkpoint import has_weights
+from .evaluation import token_nll
 from .events import (
     Note,
     NoteArrays,
@@ -29,7 +30,7 @@ from .events import (
 from .infilling import InfillError, check_span
 from .midi_io import MidiReadError
 from .pipeline import ids_to_midi_file, midi_bytes_to_ids
-from .vocab import START_ID, is_style, seconds_to_steps, steps_to_seconds
+from .vocab import END_ID, START_ID, is_style, seconds_to_steps, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
@@ -37,7 +38,9 @@ TOKENS_PER_S_BUDGET = 100  # token cap per second asked for; real piano music av
 TOKENS_PER_S_EXPECTED = 40  # for the progress bar only
 ENV_CHECKPOINT = "MUSICGPT_CHECKPOINT"  # one checkpoint folder, listed first (tests use it)
 ENV_CHECKPOINTS = "MUSICGPT_CHECKPOINTS"  # folders to search, separated by os.pathsep
-BUILTIN_PRIMER = "C-major arpeggio (built in)"
+BUILTIN_PRIMER = "C-major arpeggio (written by code)"
+BUILTIN_CADENCE = "I-IV-V-I cadence in C (written by code)"
+MODEL_EXAMPLE = " (the model's own output)"  # suffix of the shipped examples' labels
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,10 +109,38 @@ def builtin_primer_notes() -> list[Note]:
     return [Note(p, 80, 0.25 * i, 0.25 * i + 0.3) for i, p in enumerate(pitches)]
 
 
-def example_choices() -> dict[str, Path | None]:
-    """Label -> example .mid (None = the built-in arpeggio, always offered last)."""
-    choices: dict[str, Path | None] = {p.stem: p for p in example_midi_files()}
-    choices[BUILTIN_PRIMER] = None
+def cadence_notes() -> list[Note]:
+    """A I-IV-V-I cadence in C: four one-second chords (bass, three voices) under a melody
+    E5 F5 D5 C5 in half notes, then quarter passing notes in the melody's last bar."""
+    chords = [(48, 64, 67, 72), (53, 65, 69, 72), (55, 62, 67, 71), (48, 64, 67, 72)]
+    notes = [Note(p, 70, float(i), i + 0.95) for i, chord in enumerate(chords) for p in chord]
+    melody = [(76, 0.0), (77, 1.0), (74, 2.0), (79, 2.5), (76, 3.0), (72, 3.5)]
+    notes += [Note(p, 90, t, t + 0.48) for p, t in melody]
+    return sorted(notes, key=lambda n: (n.start_s, n.pitch))
+
+
+def primer_titles(folder: Path | None = None) -> dict[str, str]:
+    """File stem -> "POP909 019, title (artist)", from the lines of the primers' README.txt
+    that name a file ("    pop909_019_opening.mid  POP909 019, ...")."""
+    readme = (primers_dir() if folder is None else folder) / "README.txt"
+    titles = {}
+    if readme.is_file():
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            name, _, title = line.strip().partition(".mid ")
+            if name and title and " " not in name:
+                titles[name] = title.strip()
+    return titles
+
+
+def example_choices() -> dict[str, Path | list[Note]]:
+    """Label -> primer source, in the order the page offers them: the openings of real music
+    (data/primers), the pieces written by code, then the model's own examples (data/examples)."""
+    titles = primer_titles()
+    choices: dict[str, Path | list[Note]] = {
+        f"{titles.get(p.stem, p.stem)}: opening": p for p in primer_midi_files()}
+    choices[BUILTIN_CADENCE] = cadence_notes()
+    choices[BUILTIN_PRIMER] = builtin_primer_notes()
+    choices.update({p.stem + MODEL_EXAMPLE: p for p in example_midi_files()})
     return choices
 
 
@@ -120,10 +151,17 @@ def primer_from_ids(ids, seconds: float) -> np.ndarray:
 
 
 def example_primer(label: str, seconds: float) -> np.ndarray:
-    path = example_choices()[label]
-    ids = notes_to_ids(builtin_primer_notes()) if path is None else upload_to_ids(
-        path.read_bytes(), path.name)
+    source = example_choices()[label]
+    ids = notes_to_ids(source) if isinstance(source, list) else upload_to_ids(
+        source.read_bytes(), source.name)
     return primer_from_ids(ids, seconds)
+
+
+def continuation_primer(ids) -> np.ndarray:
+    """A piece as the primer of its own continuation: everything before its END (if any)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ends = np.flatnonzero(ids == END_ID)
+    return ids[: ends[0]] if len(ends) else ids
 
 
 def token_budget(seconds: float) -> int:
@@ -158,6 +196,26 @@ def ids_to_piece(ids, primer_len: int, note_pos: np.ndarray | None = None) -> Pi
     notes, positions = ids_to_arrays_with_positions(ids)
     positions = positions if note_pos is None else np.asarray(note_pos)
     return Piece(ids, primer_len, notes, positions < primer_len)
+
+
+def note_surprisal(model, ids) -> np.ndarray:
+    """How unexpected `model` found each note: the NLL (nats) of the note's NOTE_ON token given
+    everything before it, one value per decoded note (the roll's order), float64; NaN for a note
+    whose NOTE_ON is the piece's first token. Use the float32 model (the one the arcs use)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    _, positions = ids_to_arrays_with_positions(ids)
+    return token_nll(model, ids)[positions] if len(positions) else np.zeros(0)
+
+
+def surprisal_summary(surprisal: np.ndarray, is_primer: np.ndarray) -> str:
+    """One line for the page: mean surprisal of the primer's and of the new notes."""
+    parts = []
+    for name, mask in (("primer", is_primer), ("new", ~is_primer)):
+        values = surprisal[mask & np.isfinite(surprisal)]
+        if len(values):
+            parts.append(f"{name} notes {values.mean():.2f} nats on average "
+                         f"(most surprising {values.max():.2f})")
+    return "; ".join(parts) if parts else "No notes to score."
 
 
 def ids_to_midi_bytes(ids) -> bytes:
@@ -316,3 +374,59 @@ def span_piece(ids, span: tuple[float, float]) -> Piece:
     t1, t2 = (seconds_to_steps(s) for s in span)
     new = (notes.start_step >= t1) & (notes.start_step < t2)
     return Piece(ids, 0, notes, ~new)
+
+
+# --- results on the page: every generation and continuation, recallable ------------------------
+
+@dataclass
+class LogEntry:
+    """One press of Generate or Continue: a label, its samples (the page's rendered dicts) and,
+    while another entry is shown, the versions of its samples (`History` per sample key)."""
+
+    label: str
+    results: list
+    histories: dict = field(default_factory=dict)
+
+
+class ResultLog:
+    """Every result made on the page, newest last; `shown` is the one on screen. The versions of
+    the shown entry's samples live in the page's shared dict of histories (`live`, keys "s0",
+    "s1", ...); switching entries stashes them with the old entry and brings back the new one's.
+    """
+
+    SAMPLE_PREFIX = "s"
+
+    def __init__(self):
+        self.entries: list[LogEntry] = []
+        self.shown: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _swap(self, live: dict, index: int) -> None:
+        samples = [k for k in live if k.startswith(self.SAMPLE_PREFIX)]
+        if self.shown is not None:
+            self.entries[self.shown].histories = {k: live[k] for k in samples}
+        for key in samples:
+            del live[key]
+        live.update(self.entries[index].histories)
+        self.shown = index
+
+    def add(self, label: str, results: list, live: dict) -> int:
+        """Append a new result and show it; returns its index."""
+        self.entries.append(LogEntry(f"#{len(self.entries) + 1}: {label}", results))
+        self._swap(live, len(self.entries) - 1)
+        return len(self.entries) - 1
+
+    def recall(self, index: int, live: dict) -> list:
+        """Show an earlier result (its samples' versions as they were left); returns its
+        samples."""
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"no result #{index + 1}; there are {len(self.entries)}")
+        if index != self.shown:
+            self._swap(live, index)
+        return self.entries[index].results
+
+    @property
+    def labels(self) -> list[str]:
+        return [entry.label for entry in self.entries]

@@ -38,6 +38,18 @@ def _no_problems(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def _players(at: AppTest, with_audio: bool = True) -> list[str]:
+    """The pages of the players (roll + cursor + audio) on the page, those with audio by default."""
+    pages = [frame.proto.srcdoc for frame in at.get("iframe")]
+    return [page for page in pages if "data-cursor" in page and ("<audio" in page or
+                                                                  not with_audio)]
+
+
+def _option_note(label: str) -> int:
+    """The note index a query option names ("E4 at 3.25 s (note 12)" -> 12)."""
+    return int(label.rsplit("note ", 1)[1].rstrip(")"))
+
+
 def _generate(at: AppTest, seconds: int = 3, num_samples: int = 1) -> AppTest:
     at.sidebar.slider(key="seconds").set_value(seconds)
     at.sidebar.slider(key="num_samples").set_value(num_samples)
@@ -126,15 +138,16 @@ def test_app_generates_then_arcs_controls_reuse_the_same_results(app):
     _generate(app, seconds=3, num_samples=2)
     _no_problems(app)
     results = app.session_state["results"]
-    assert len(results) == 2 and len(app.get("audio")) == 1
-    assert len(app.get("plotly_chart")) == 3  # piano roll, arcs, heatmap
+    assert len(results) == 2 and len(_players(app)) == 2  # the primer's and the sample's
+    # the primer's surprisal; the sample's roll, surprisal, arcs and heatmap
+    assert len(app.get("plotly_chart")) == 5
     assert {b.label for b in app.download_button} == {"Download .mid", "Download .wav"}
     assert results[0]["midi"].startswith(b"MThd") and results[0]["wav"].startswith(b"RIFF")
     app.radio(key="sample").set_value(1).run()
     app.slider(key="arc_layer").set_value(0)
     app.selectbox(key="arc_head").set_value(1)
-    query = app.slider(key="arc_query_1")
-    query.set_value(query.min).run()
+    query = app.select_slider(key="arc_query_1")
+    query.set_value(_option_note(query.options[0])).run()
     window = app.slider(key="heat_window_1")
     window.set_value((window.min, window.min + 5)).run()
     _no_problems(app)
@@ -150,7 +163,7 @@ def test_app_bad_upload_shows_an_error_and_stays_usable(app):
     app.sidebar.radio(key="primer").set_value("none").run()
     _generate(app)
     _no_problems(app)
-    assert len(app.get("audio")) == 1
+    assert len(_players(app)) == 1
 
 
 def test_app_upload_primer_notes_are_marked_as_primer(app, tmp_path):
@@ -169,7 +182,9 @@ def test_app_without_synthesizer_generates_and_says_why(app, monkeypatch):
     monkeypatch.setitem(sys.modules, "tinysoundfont", None)  # import now raises ImportError
     _generate(app, seconds=2)
     _no_problems(app)
-    assert not app.get("audio")
+    assert app.session_state["results"][0]["wav"] is None
+    # the sample's player has no audio (the primer's was rendered before the synthesizer went)
+    assert len(_players(app, with_audio=False)) == 2 and len(_players(app)) == 1
     assert any("tinysoundfont" in info.value for info in app.info)
     assert [b.label for b in app.download_button] == ["Download .mid"]
 
@@ -332,7 +347,7 @@ def test_app_regenerates_a_span_keeps_the_outside_then_keep_and_undo(style_app):
     assert _note_set(original, lambda s: s >= 500) <= _note_set(new, lambda s: s >= 500)
     shaded = _chart_shapes(at, "roll_s0_v2")
     assert [(s["x0"], s["x1"]) for s in shaded] == [(3.0, 5.0)]
-    assert len(at.get("audio")) == 4  # current, new, and the two compared
+    assert len(_players(at)) == 5  # the primer, current, new, and the two compared
     assert any("New version: v2" in m.value for m in at.markdown)
     at.button(key="edit_keep_s0").click().run()
     _no_problems(at)
@@ -416,3 +431,147 @@ def test_app_edits_the_primer_and_generates_from_the_kept_version(style_app):
     _no_problems(at)
     piece = at.session_state["results"][0]["piece"]
     assert np.array_equal(piece.ids[: len(kept)], kept) and piece.primer_len == len(kept)
+
+
+# --- the app as a musician uses it: primers, preview, player, continue, recall, surprisal -------
+
+def test_builtin_primers_are_real_music_first_then_code_then_the_models_examples():
+    from musicgpt.assets import primer_midi_files
+
+    choices = studio.example_choices()
+    labels = list(choices)
+    files = primer_midi_files()
+    assert 3 <= len(files) <= 5 and all(f.name.startswith("pop909_") for f in files)
+    assert all(label.startswith("POP909 ") for label in labels[: len(files)])
+    assert labels[len(files) : len(files) + 2] == [studio.BUILTIN_CADENCE, studio.BUILTIN_PRIMER]
+    assert all(label.endswith(studio.MODEL_EXAMPLE) for label in labels[len(files) + 2 :])
+    readme = (files[0].parent / "README.txt").read_text(encoding="utf-8")
+    assert "POP909" in readme and "MIT" in readme
+    pyproject = (Path(APP).parent / "pyproject.toml").read_text()
+    assert '"primers/*.mid"' in pyproject and '"primers/*.txt"' in pyproject
+    for label in labels[: len(files)]:
+        primer = studio.example_primer(label, 15.0)
+        notes = ids_to_arrays(primer)
+        assert len(notes) >= 30 and notes.start_step.min() == 0  # an opening, from its first note
+        assert 10.0 <= studio.editable_seconds(primer) <= 15.0
+
+
+def test_cadence_primer_is_four_chords_under_a_melody():
+    primer = studio.example_primer(studio.BUILTIN_CADENCE, 30.0)
+    notes = ids_to_arrays(primer)
+    assert sorted(set(notes.start_step.tolist()))[:4] == [0, 100, 200, 250]
+    assert notes.pitch[notes.start_step == 0].tolist() == [48, 64, 67, 72, 76]
+
+
+def test_continuation_primer_drops_the_end():
+    assert studio.continuation_primer([START_ID, 60, 300, 188, 390]).tolist() == [START_ID, 60,
+                                                                                    300, 188]
+    assert studio.continuation_primer([START_ID, 60]).tolist() == [START_ID, 60]
+
+
+def test_result_log_keeps_each_results_versions_when_recalled():
+    log, live = studio.ResultLog(), {"p123": "primer's versions"}
+    log.add("first", ["a"], live)
+    live["s0"] = "versions of first"
+    log.add("second", ["b"], live)
+    assert log.labels == ["#1: first", "#2: second"] and log.shown == 1
+    assert live == {"p123": "primer's versions"}  # the new result starts without versions
+    live["s0"] = "versions of second"
+    assert log.recall(0, live) == ["a"] and live["s0"] == "versions of first"
+    assert log.recall(1, live) == ["b"] and live["s0"] == "versions of second"
+    with pytest.raises(IndexError):
+        log.recall(2, live)
+
+
+def test_note_surprisal_is_each_note_ons_nll_in_one_pass(tiny_model):
+    import torch
+
+    ids = np.concatenate([[START_ID], notes_to_ids([Note(60 + i % 5, 80, 0.2 * i, 0.2 * i + 0.3)
+                                                    for i in range(8)])])
+    surprisal = studio.note_surprisal(tiny_model, ids)
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(torch.as_tensor(ids)[None]).float(), -1)[0].numpy()
+    positions = np.flatnonzero(ids < 128)  # NOTE_ON ids; notes here start in pitch order
+    expected = [-logp[pos - 1, ids[pos]] for pos in positions]
+    assert len(surprisal) == 8 and np.allclose(surprisal, expected, atol=1e-4)
+    long_ids = np.concatenate([ids] + [ids[1:]] * 12)  # past the 64-token context: windows
+    long_surprisal = studio.note_surprisal(tiny_model, long_ids)
+    assert len(long_surprisal) == len(ids_to_arrays(long_ids))
+    assert np.isfinite(long_surprisal).all()
+    assert "primer notes" in studio.surprisal_summary(surprisal, np.arange(8) < 3)
+
+
+def test_default_query_has_arcs_and_is_away_from_the_edges():
+    from musicgpt import arcs
+
+    ids = notes_to_ids([Note(60 + i, 80, 0.5 * i, 0.5 * i + 0.4) for i in range(12)])
+    tokens = arcs.ids_to_note_tokens(ids)
+    n = len(ids)
+    maps = np.tril(np.ones((1, 2, n, n)))
+    maps /= maps.sum(-1, keepdims=True)  # uniform over the past: later notes have more mass
+    strong = int(tokens.note_pos[7])
+    maps[0, :, strong] = 0.0
+    maps[0, :, strong, tokens.note_pos[2]] = 1.0  # note 7 looks hard at note 2
+    queries = arcs.notes_in_window(tokens, 0, n)
+    assert arcs.default_query(maps, 0, tokens, 0, queries) == 7
+    maps[0, :, strong] = 0.0
+    maps[0, :, strong, strong] = 1.0  # now only itself: the latest allowed note wins, not the last
+    chosen = arcs.default_query(maps, 0, tokens, 0, queries)
+    assert chosen < queries[-1] and chosen > queries[0]
+
+
+def test_player_page_is_self_contained_with_a_cursor_and_the_audio():
+    from musicgpt import player, plots
+
+    notes = notes_to_arrays([Note(60, 80, 0.0, 0.5), Note(72, 90, 0.5, 1.5)])
+    page = player.player_html(notes, np.array([True, False]), b"RIFFxxxx", [(0.2, 0.4)])
+    assert 'data-cursor="0.00"' in page and "data:audio/wav;base64,UklGRnh4eHg=" in page
+    assert '[[0.0, 0.5, 60, 1], [0.5, 1.5, 72, 0]]' in page and "currentTime" in page
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from the network
+    silent = player.player_html(notes, np.array([True, False]), None)
+    assert "<audio" not in silent and player.player_height(None) < player.player_height(b"x")
+    assert plots.note_label(notes, 1) == "C5 at 0.50 s (note 1)"
+
+
+def test_surprisal_roll_colours_notes_by_nats_and_marks_the_primer_end():
+    from musicgpt.plots import surprisal_roll
+
+    notes = notes_to_arrays([Note(60, 80, 0.0, 0.5), Note(64, 80, 0.5, 1.0),
+                             Note(67, 80, 1.0, 1.5)])
+    fig = surprisal_roll(notes, np.array([np.nan, 2.0, 5.0]), np.array([True, True, False]))
+    (bars,) = fig.data
+    assert list(bars.marker.color) == [0.0, 2.0, 5.0] and bars.marker.colorbar.title.text == "nats"
+    assert bars.customdata[0][2] == "not scored" and bars.customdata[2][3] == "new"
+    assert fig.layout.shapes[0].x0 == 1.0
+
+
+def test_app_previews_an_uploaded_primer_before_generating(app, tmp_path):
+    notes = [Note(60 + 2 * i, 90, 0.5 * i, 0.5 * i + 0.4) for i in range(8)]
+    app.sidebar.radio(key="primer").set_value("upload").run()
+    app.sidebar.file_uploader(key="upload").upload("primer.mid", _midi_bytes(tmp_path, notes))
+    app.run()
+    _no_problems(app)
+    assert [e.label for e in app.expander] == ["Primer: 3.9 s, 8 notes (33 tokens)"]
+    assert len(_players(app)) == 1 and len(app.get("plotly_chart")) == 1  # its surprisal
+    assert any("primer notes" in c.value for c in app.caption)
+
+
+def test_app_continues_a_piece_and_recalls_the_earlier_result(app):
+    _generate(app, seconds=2)
+    first = app.session_state["results"]
+    piece = first[0]["piece"]
+    query = app.select_slider(key="arc_query_0")
+    assert query.value < _option_note(query.options[-1])  # not the last note at the right edge
+    assert f"(note {query.value})" in query.options[query.value - _option_note(query.options[0])]
+    assert any("Surprisal" in h.value for h in app.header)
+    app.button(key="continue_0").click().run()
+    _no_problems(app)
+    longer = app.session_state["results"][0]["piece"]
+    start = studio.continuation_primer(piece.ids)
+    assert np.array_equal(longer.ids[: len(start)], start) and longer.primer_len == len(start)
+    assert len(longer.ids) > len(start)
+    recall = next(box for box in app.selectbox if box.key and box.key.startswith("recall_"))
+    assert recall.value == 1 and "continued by 2 s" in recall.options[1]
+    recall.set_value(0).run()
+    _no_problems(app)
+    assert app.session_state["results"] is first

@@ -78,4 +78,20 @@ def test_missing_synthesizer_gives_a_clear_reason(monkeypatch):
 
 
 def test_soundfont_ships_with_pretty_midi():
-    assert audio.soundfont_path().name == "TimGM6mb.sf2" and audio.soundfont_path().is_file()
+    assert audio.bundled_soundfont().name == "TimGM6mb.sf2" and audio.bundled_soundfont().is_file()
+    assert audio.soundfont_path().is_file()
+
+
+def test_soundfont_choice_prefers_the_named_then_the_system_then_the_bundled(tmp_path):
+    named, system, bundled = (tmp_path / n for n in ("mine.sf2", "FluidR3_GM.sf2", "Tim.sf2"))
+    env = {audio.ENV_SOUNDFONT: str(named)}
+    choose = audio.choose_soundfont
+    assert choose({}, (system,), bundled) == audio.SoundFont(bundled, bundled.name + " (pretty_midi"
+                                                             "'s small General MIDI set)")
+    system.write_bytes(b"sf")
+    assert choose({}, (system,), bundled).path == system
+    missing = choose(env, (system,), bundled)  # named but absent: the system one, saying why
+    assert missing.path == system and "not a file" in missing.note
+    named.write_bytes(b"sf")
+    chosen = choose(env, (system,), bundled)
+    assert chosen.path == named and audio.ENV_SOUNDFONT in chosen.label and chosen.note is None
