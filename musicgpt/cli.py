@@ -143,6 +143,10 @@ def _preprocess(args: argparse.Namespace) -> int:
         print(f"clipped {cut['path']}: {cut['note']}")
     if manifest["skipped"]:
         print(f"{len(manifest['skipped'])} file(s) skipped; see {Path(args.out) / 'report.json'}")
+    if not pieces:
+        from .data import no_training_pieces
+
+        raise UserError(no_training_pieces(out))
     return 0
 
 

@@ -152,7 +152,8 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
     files = find_midi_files(root)
     if not files:
         raise FileNotFoundError(f"no .mid or .midi files in {root} (searched with its "
-                                f"subfolders, symlinked ones included)")
+                                f"subfolders, symlinked ones included); give the folder that "
+                                f"holds your MIDI files")
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     previous, old_tokens = _load_previous(out_dir)
@@ -287,13 +288,31 @@ def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
     TokenCacheError when tokens.bin is not the file manifest.json was written with."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    tokens = np.memmap(out_dir / "tokens.bin", dtype=np.uint16, mode="r")
+    tokens = (np.memmap(out_dir / "tokens.bin", dtype=np.uint16, mode="r") if manifest["tokens"]
+              else np.fromfile(out_dir / "tokens.bin", dtype=np.uint16))  # mmap refuses 0 bytes
     mismatch = cache_mismatch(manifest, tokens)
     if mismatch:
         raise TokenCacheError(f"token cache {out_dir} is inconsistent: {mismatch} (a "
                               f"preprocessing run was cut off?); preprocess it again")
     return [tokens[p["offset"] : p["offset"] + p["tokens"]]
             for p in manifest["pieces"] if p["split"] == split]
+
+
+def no_training_pieces(out_dir: str | Path) -> str:
+    """Why the token cache `out_dir` has no training pieces, naming its MIDI folder and what to
+    do: no usable file, or every piece in the validation split."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    source, pieces = manifest.get("midi_dir", str(out_dir)), manifest["pieces"]
+    if pieces:
+        return (f"every piece of {source} ({len(pieces)}) lands in the validation split "
+                f"(~{VAL_PERCENT}% of files, chosen by name or index.csv piece_group), so "
+                f"training has nothing: add more MIDI files to the folder")
+    skipped = len(_previous_skipped(out_dir))
+    if skipped:
+        return (f"no usable MIDI file in {source}: all {skipped} were skipped (reasons in "
+                f"{out_dir / 'report.json'}); give a folder of piano MIDI files")
+    return f"no pieces in the token cache {out_dir}; preprocess a folder of MIDI files into it"
 
 
 # --- augmentation and training windows -------------------------------------------------------

@@ -29,7 +29,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config
-from .data import TokenWindows, load_split, piece_styles, preprocess_folder
+from .data import (
+    TokenWindows,
+    load_split,
+    no_training_pieces,
+    piece_styles,
+    preprocess_folder,
+)
 from .device import pick_device
 from .files import writing
 from .layers import Linear
@@ -150,7 +156,7 @@ def prepare_data(midi_dir: str | Path | None, data_dir: str | Path,
             print(f"skipped {len(manifest['skipped'])} file(s); reasons in {data_dir}/report.json")
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
     if not train:
-        raise ValueError(f"no training pieces in {data_dir}")
+        raise ValueError(no_training_pieces(data_dir))
     train_styles, val_styles = piece_styles(data_dir, "train"), piece_styles(data_dir, "val")
     if not val:
         val, val_styles = train, train_styles
@@ -400,9 +406,6 @@ def _resume(run: _Run) -> tuple[int, float]:
     """
     ckpt = checkpoint_dir(run.ckpt)
     log = print if run.dist.main else (lambda _: None)
-    if not has_weights(ckpt):
-        log(f"no checkpoint in {run.ckpt}; starting from scratch")
-        return 0, float("inf")
     load_weights(run.model, ckpt, run.device)
     try:
         step, best = _restore_training_state(run, ckpt)
@@ -432,11 +435,15 @@ class RunExistsError(ValueError):
 
 def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse to start a new run over `out_dir`'s checkpoint unless told to (`overwrite`): a
-    trained checkpoint is never replaced by accident."""
+    trained checkpoint is never replaced by accident; refuse `resume` with nothing to resume."""
     ckpt = Path(out_dir) / "checkpoint"
     if resume and overwrite:
         raise ValueError("--resume continues the checkpoint and --overwrite replaces it: "
                          "give one of them")
+    if resume and not has_weights(ckpt):
+        raise ValueError(f"--resume: nothing to resume in {out_dir} (no checkpoint in {ckpt}); "
+                         f"leave out --resume to start a new run there, or give --out the run "
+                         f"folder that holds checkpoint/")
     if resume or overwrite or not has_weights(ckpt):
         return
     raise RunExistsError(f"{ckpt} already holds a checkpoint{_step_of(ckpt)}; continue it with "

@@ -96,6 +96,24 @@ CASES = [
      "--overwrite"),
     ("train --preset tiny --data-dir {tokens} --out {bad_run}", "--resume"),
     ("train --preset tiny --data-dir {tokens} --out {bad_run} --resume", "truncated"),
+    # the folders users pass (issue 11): each message names the folder and says what to do
+    ("preprocess --midi-dir {bad_midi} --out {tmp}/t --no-progress",
+     "no usable MIDI file in {bad_midi}: all 2 were skipped"),
+    ("train --preset tiny --midi-dir {dir} --out {tmp}/run --no-progress",
+     "no .mid or .midi files in {dir}"),
+    ("train --preset tiny --midi-dir {bad_midi} --out {tmp}/run --no-progress",
+     "no usable MIDI file in {bad_midi}"),
+    ("train --preset tiny --midi-dir {val_midi} --out {tmp}/run --no-progress",
+     "every piece of {val_midi} (1) lands in the validation split"),
+    ("train --preset tiny --data-dir {tokens} --out {tmp}/run --resume",
+     "nothing to resume in {tmp}/run"),
+    # export
+    ("export --hf '' --checkpoint {ckpt}", "--hf is empty"),
+    ("export --hf {file} --checkpoint {ckpt}", "is a file"),
+    ("export --hf {ckpt} --checkpoint {ckpt}", "checkpoint folder"),
+    ("export --hf {tmp}/hf --checkpoint {bad_ckpt}", "truncated"),
+    ("export --hf {tmp}/hf --checkpoint {tmp}/none", "no checkpoint"),
+    ("export --hf {tmp}/hf --checkpoint {relative_ckpt}", "not expressible as GPT-2"),
 ]
 
 
@@ -115,7 +133,22 @@ def places(tiny_checkpoint, make_tiny_model, tmp_path_factory) -> dict[str, str]
     return {"ckpt": str(tiny_checkpoint), "bad_ckpt": str(bad_run / "checkpoint"),
             "bad_run": str(bad_run), "midi": str(midi), "mid": str(midi / name),
             "tokens": str(root / "tokens"), "dir": str(root / "empty_dir"),
-            "file": str(root / "plain_file")}
+            "file": str(root / "plain_file"), **_folders_users_pass(root, make_tiny_model)}
+
+
+def _folders_users_pass(root: Path, make_tiny_model) -> dict[str, str]:
+    """A folder of only bad files, one whose every file lands in validation, and a relative
+    checkpoint."""
+    bad = root / "bad_midi"
+    bad.mkdir()
+    (bad / "garbage.mid").write_bytes(b"not MIDI at all")
+    (bad / "empty.mid").write_bytes(b"")
+    val = root / "val_midi"
+    name = next(f"piece_{i}.mid" for i in range(100) if split_of(f"piece_{i}.mid") == "val")
+    write_midi(val / name, [(60 + i % 12, 80, i * 0.25, i * 0.25 + 0.5) for i in range(40)])
+    relative = save_checkpoint(make_tiny_model(attention="relative"), root / "relative")
+    return {"bad_midi": str(bad.resolve()), "val_midi": str(val.resolve()),
+            "relative_ckpt": str(relative)}
 
 
 def _argv(template: str, places: dict[str, str], tmp: Path) -> list[str]:
@@ -133,7 +166,7 @@ def test_a_bad_input_is_one_line_and_exit_status_2(places, tmp_path, capsys, tem
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("musicgpt: error: "), err
-    assert words in err[0], err
+    assert words.format(**places, tmp=tmp_path) in err[0], err
     assert not list(tmp_path.rglob("*.tmp"))
 
 
