@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,20 @@ def test_bench_music_speed_reports_each_weight_mode(tiny_checkpoint, tmp_path):
         assert t["tokens"] > 0 and t["wall_s"] > 0
         assert t["music_s_per_s"] == t["music_s"] / t["wall_s"]
         assert f"| {name} | {t['music_s_per_s']:.1f} |" in done.stdout
+
+
+def test_bench_threads_reports_both_policies_idle_and_loaded(tiny_checkpoint, tmp_path):
+    # `--load sleep`: the other process sleeps, so this checks the plumbing without a busy loop
+    out = tmp_path / "threads.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_threads.py"),
+                           "--checkpoint", str(tiny_checkpoint), "--seconds", "1", "--repeats",
+                           "1", "--batches", "1", "2", "--load", "sleep", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["policy"]) for r in rows] == [
+        (1, "old (all threads)"), (1, "new"), (2, "old (all threads)"), (2, "new")]
+    for r in rows:
+        assert r["idle_ms"] > 0 and r["slowdown"] == r["loaded_ms"] / r["idle_ms"]
+        assert f"| {r['batch']} | {r['policy']} | {r['threads']} |" in done.stdout
