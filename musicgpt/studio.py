@@ -34,8 +34,6 @@ from .vocab import END_ID, START_ID, is_style, seconds_to_steps, steps_to_second
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
-TOKENS_PER_S_BUDGET = 100  # token cap per second asked for; real piano music averages ~35
-TOKENS_PER_S_EXPECTED = 40  # for the progress bar only
 ENV_CHECKPOINT = "MUSICGPT_CHECKPOINT"  # one checkpoint folder, listed first (tests use it)
 ENV_CHECKPOINTS = "MUSICGPT_CHECKPOINTS"  # folders to search, separated by os.pathsep
 BUILTIN_PRIMER = "C-major arpeggio (written by code)"
@@ -162,16 +160,6 @@ def continuation_primer(ids) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     ends = np.flatnonzero(ids == END_ID)
     return ids[: ends[0]] if len(ends) else ids
-
-
-def token_budget(seconds: float) -> int:
-    """Upper bound on new tokens for `seconds` of music (the sampler stops at the seconds first)."""
-    return max(64, int(round(seconds * TOKENS_PER_S_BUDGET)))
-
-
-def expected_tokens(seconds: float) -> int:
-    """About how many tokens `seconds` of piano music take (progress estimate, not a limit)."""
-    return max(1, int(round(seconds * TOKENS_PER_S_EXPECTED)))
 
 
 @dataclass(frozen=True)

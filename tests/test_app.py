@@ -575,3 +575,21 @@ def test_app_continues_a_piece_and_recalls_the_earlier_result(app):
     recall.set_value(0).run()
     _no_problems(app)
     assert app.session_state["results"] is first
+
+
+def test_app_says_when_a_sample_stops_before_the_asked_length(make_tiny_model, tmp_path,
+                                                              monkeypatch):
+    import torch
+
+    from musicgpt.vocab import END_ID
+
+    model = make_tiny_model()
+    with torch.no_grad():  # END gets a logit of about 5: ~30% of every draw
+        model.ln_f.bias[0] = 10.0
+        model.wte.weight[END_ID, 0] = 0.5
+    at = _open(save_checkpoint(model, tmp_path / "checkpoint"), monkeypatch)
+    _generate(at, seconds=30)
+    assert not at.exception, [e.value for e in at.exception]
+    notes = [info.value for info in at.info if "shorter than asked" in info.value]
+    assert len(notes) == 1 and "it stopped at END after " in notes[0], notes
+    assert notes[0].endswith(" of 30 s."), notes
