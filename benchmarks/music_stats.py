@@ -37,6 +37,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first batch (0)")
     parser.add_argument("--samples-file", help=".npz to save samples to, or reuse if it exists")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--temperature", type=float, help="default: the checkpoint's")
+    parser.add_argument("--top-k", type=int, help="default: the checkpoint's")
+    parser.add_argument("--top-p", type=float, help="default: the checkpoint's")
     parser.add_argument("--max-note-seconds", type=float, default=6.0,
                         help="the sampler's note-release guard (default 6; 0 = off)")
 
@@ -53,8 +56,12 @@ def generate_samples(args: argparse.Namespace) -> tuple[list[np.ndarray], dict]:
     path = Path(args.checkpoint) if args.checkpoint else default_model_dir()
     model = load_model_from_checkpoint(path, "cuda" if torch.cuda.is_available() else "cpu")
     config = model.config
-    settings = SamplingSettings(config.temperature, config.top_k, config.top_p,
-                                max_note_s=args.max_note_seconds or None)
+    def flag_or_config(name: str):
+        value = getattr(args, name, None)
+        return getattr(config, name) if value is None else value
+
+    settings = SamplingSettings(flag_or_config("temperature"), flag_or_config("top_k"),
+                                flag_or_config("top_p"), max_note_s=args.max_note_seconds or None)
     rows, seeds, start = [], [], time.perf_counter()
     for i in range(0, args.samples, args.batch):
         seed = args.seed + i // args.batch
