@@ -56,13 +56,13 @@ def test_cli_generate_samples_from_weights_quantised_at_load(checkpoint, tmp_pat
                                                              dtype, int8):
     import musicgpt.sampling
 
-    models, real = [], musicgpt.sampling.generate
+    models, real = [], musicgpt.sampling.generate_pieces
 
     def spy(model, *args, **kwargs):
         models.append(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(musicgpt.sampling, "generate", spy)
+    monkeypatch.setattr(musicgpt.sampling, "generate_pieces", spy)
     assert main(["generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "q.mid"),
                  "--seconds", "1", "--max-tokens", "50", "--seed", "0", "--dtype", dtype,
                  "--device", "cpu", "--no-progress"]) == 0
