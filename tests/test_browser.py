@@ -1,7 +1,9 @@
 """End to end: `streamlit run app.py` on localhost, driven in Debian's headless Chromium.
 
-Uses a tiny untrained checkpoint (via $MUSICGPT_CHECKPOINT), clicks Generate, and checks that an
-<audio> player and the plotly piano roll appear. Saves tests/artifacts/app.png for a human look.
+Uses a tiny untrained checkpoint (via $MUSICGPT_CHECKPOINT) in a 1400x900 window: Generate and a
+bad upload's error are visible without scrolling; Generate makes a player (roll + audio) whose
+cursor follows the audio, and "Continue this piece" makes a longer one. Saves
+tests/artifacts/app.png for a human look.
 Skips only when no Chromium binary is installed (CI installs it in .ci/run).
 """
 
@@ -76,33 +78,77 @@ def app_url(tiny_checkpoint):
             server.wait()
 
 
+def _player_frame(page):
+    """The last player on the page (roll canvas + audio): the newest result's."""
+    frames = [f for f in page.frames if f != page.main_frame and
+              f.locator("canvas#roll").count() and f.locator("audio").count()]
+    assert frames, "no player with audio on the page"
+    return frames[-1]
+
+
+def _in_view(page, locator) -> bool:
+    """Visible without scrolling: inside the 1400x900 viewport with the page scrolled to the top."""
+    box = locator.bounding_box()
+    top = page.evaluate("() => window.scrollY")
+    return box is not None and top == 0 and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+
 def test_browser_generate_shows_audio_and_piano_roll(app_url):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=[*CHROMIUM_ARGS, "--autoplay-policy="
+                                           "no-user-gesture-required", "--mute-audio"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 3000})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(app_url)
             button = page.get_by_role("button", name="Generate")
             button.wait_for(timeout=PAGE_TIMEOUT_MS)
+            page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
+            generate_in_view = _in_view(page, button)
+            # a bad upload: its error shows without scrolling, then back to a built-in primer
+            primer = page.get_by_test_id("stRadio").filter(has_text="built-in")
+            primer.get_by_text("upload", exact=True).click()
+            page.locator("input[type=file]").set_input_files(
+                files=[{"name": "bad.mid", "mimeType": "audio/midi", "buffer": b"not midi"}])
+            error = page.get_by_text("not a usable MIDI file").first
+            error.wait_for(timeout=PAGE_TIMEOUT_MS)
+            error_in_view = _in_view(page, error)
+            primer.get_by_text("built-in", exact=True).click()
             page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
             length = page.get_by_test_id("stSlider").filter(has_text="Length of new music")
             length.get_by_role("slider").press("Home")  # shortest piece: 2 s
             page.get_by_test_id("stSlider").filter(has_text="2").first.wait_for()
             button.click()
-            page.locator("audio").first.wait_for(state="attached", timeout=PAGE_TIMEOUT_MS)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
+            more = page.get_by_role("button", name="Continue this piece")
+            more.wait_for(timeout=PAGE_TIMEOUT_MS)
+            page.locator(".js-plotly-plot >> visible=true").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            frame = _player_frame(page)
+            audio_src = frame.locator("audio").get_attribute("src")
+            played = frame.evaluate("""() => { const a = document.getElementById('audio');
+                a.muted = true; return a.play().then(() => true, () => false); }""")
+            page.wait_for_timeout(1500)
+            if not played:  # no audio output at all: seeking still moves the cursor
+                frame.evaluate("() => { document.getElementById('audio').currentTime = 0.5; }")
+                page.wait_for_timeout(500)
+            cursor = float(frame.locator("canvas#roll").get_attribute("data-cursor"))
+            page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
-            audio_src = page.locator("audio").first.get_attribute("src")
-            n_rolls = page.locator(".js-plotly-plot").count()
             bars = page.locator(".js-plotly-plot .barlayer path").count()
+            more.click()
+            page.get_by_text("earlier ones can be recalled").wait_for(timeout=PAGE_TIMEOUT_MS)
+            page.get_by_role("button", name="Continue this piece").wait_for(
+                timeout=PAGE_TIMEOUT_MS)
+            continued_src = _player_frame(page).locator("audio").get_attribute("src")
             errors = page.locator("[data-testid='stException']").count()
         finally:
             browser.close()
-    assert audio_src, "the audio player has no source"
-    assert n_rolls >= 1
+    assert generate_in_view, "Generate is not visible without scrolling at 1400x900"
+    assert error_in_view, "the upload's error is not visible without scrolling at 1400x900"
+    assert audio_src and audio_src.startswith("data:audio/wav"), "the player has no audio"
+    assert cursor > 0.0, "the playback cursor did not move"
     assert bars >= 1, "the piano roll drew no notes"
+    assert continued_src and continued_src != audio_src, "Continue made no new piece"
     assert errors == 0, "the page shows a Python exception"
