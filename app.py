@@ -233,9 +233,12 @@ def show_player(result: dict, tag: str, span=None, preview=None,
     """The piano roll with a playback cursor over the audio (click the roll to play from there),
     or the roll and why there is no audio."""
     piece: studio.Piece = result["piece"]
-    html = player.player_html(piece.notes, piece.is_primer, result["wav"],
+    if "player_wav" not in result:  # made once: long pieces play a smaller WAV
+        result["player_wav"] = (None if result["wav"] is None else
+                                audio.wav_for_player(result["wav"]))
+    html = player.player_html(piece.notes, piece.is_primer, result["player_wav"],
                               [span] if span else [], preview, names)
-    st.iframe(html, height=player.player_height(result["wav"]))
+    st.iframe(html, height=player.player_height(result["player_wav"]))
     if result["wav"] is None and result["audio_problem"]:
         st.info(result["audio_problem"])
 

@@ -163,3 +163,29 @@ def pcm_to_wav_bytes(pcm: np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ) -> b
 def notes_to_wav_bytes(notes: NoteArrays, sample_rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
     """Piano WAV of the notes (44.1 kHz, 16-bit stereo); raises AudioUnavailable."""
     return pcm_to_wav_bytes(notes_to_pcm(notes, sample_rate_hz), sample_rate_hz)
+
+
+PLAYER_MAX_BYTES = 8 * 2**20  # ~47 s of 44.1 kHz stereo; the page embeds the player's audio
+
+
+def wav_for_player(wav: bytes, max_bytes: int = PLAYER_MAX_BYTES) -> bytes:
+    """The WAV the page's player embeds: `wav` itself when it is small, else mixed to mono and,
+    while still too big, at half the sample rate (pairs averaged), down to 11,025 Hz. Long pieces
+    (a piece continued many times) then still fit Streamlit's message limit; the .wav download
+    keeps the full quality."""
+    if len(wav) <= max_bytes:
+        return wav
+    with wave.open(io.BytesIO(wav)) as source:
+        channels, rate = source.getnchannels(), source.getframerate()
+        pcm = np.frombuffer(source.readframes(source.getnframes()), "<i2").reshape(-1, channels)
+    mono = pcm.astype(np.float32).mean(axis=1)
+    while 44 + 2 * len(mono) > max_bytes and rate > 11025:
+        mono = mono[: len(mono) // 2 * 2].reshape(-1, 2).mean(axis=1)
+        rate //= 2
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.rint(mono).astype("<i2").tobytes())
+    return buffer.getvalue()

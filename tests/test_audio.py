@@ -95,3 +95,18 @@ def test_soundfont_choice_prefers_the_named_then_the_system_then_the_bundled(tmp
     named.write_bytes(b"sf")
     chosen = choose(env, (system,), bundled)
     assert chosen.path == named and audio.ENV_SOUNDFONT in chosen.label and chosen.note is None
+
+
+def test_player_audio_is_the_wav_when_small_else_mono_and_lower_rate():
+    t = np.arange(44100) / 44100
+    tone = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    wav = audio.pcm_to_wav_bytes(tone)
+    assert audio.wav_for_player(wav, len(wav)) is wav
+    with wave.open(io.BytesIO(audio.wav_for_player(wav, len(wav) - 1))) as mono:
+        assert (mono.getnchannels(), mono.getframerate(), mono.getnframes()) == (1, 44100, 44100)
+    small = audio.wav_for_player(wav, 30_000)
+    with wave.open(io.BytesIO(small)) as low:
+        assert (low.getnchannels(), low.getframerate()) == (1, 11025)
+        assert low.getnframes() == 11025 and len(small) <= 30_000
+        peak = np.abs(np.frombuffer(low.readframes(11025), "<i2")).max()
+    assert 0.8 * 32767 * audio.PEAK < peak <= 32767 * audio.PEAK + 1  # the tone survives
