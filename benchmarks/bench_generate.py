@@ -36,15 +36,16 @@ from common import (
     side_peak_memory,
 )
 
+from musicgpt.assets import default_model_dir
 from musicgpt.checkpoint import has_weights
+from musicgpt.data import has_token_cache
 from musicgpt.model import GPT
 from musicgpt.quantize import sampling_copy
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.vocab import END_ID, PAD_ID, START_ID
 
 SETTINGS = SamplingSettings(temperature=1.0, top_k=40, top_p=1.0, grammar=False)
-DEFAULT_CHECKPOINT = Path("/work/runs/default/checkpoint")
-DEFAULT_VAL_DATA = Path("/tmp/cache")
+DEFAULT_CHECKPOINT = default_model_dir()  # the shipped model
 
 
 def bench_model() -> GPT:
@@ -142,8 +143,9 @@ def main() -> None:
                         help="reduced-precision modes to time and check (int8, bfloat16)")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                         help="trained checkpoint for the NLL check")
-    parser.add_argument("--val-data", type=Path, default=DEFAULT_VAL_DATA,
-                        help="preprocessed tokens with a val split (load_split)")
+    parser.add_argument("--val-data", type=Path, default=None,
+                        help="preprocessed tokens with a val split (load_split); without it "
+                             "the NLL check is skipped")
     parser.add_argument("--nll-windows", type=int, default=32)
     add_side_arguments(parser, "float32")
     args = parser.parse_args()
@@ -166,7 +168,8 @@ def main() -> None:
         print(f"batch {batch}  {name:15s} {tok_s:8.1f} tok/s {ratio:5.2f}x HF  | "
               f"{cpu_tok_s:8.1f} tok/s {cpu_ratio:5.2f}x HF")
     print(f"(timing took {time.perf_counter() - start:.0f} s; load average {load_average()})")
-    if args.checkpoint and has_weights(args.checkpoint) and args.dtypes:
+    if (args.checkpoint and has_weights(args.checkpoint) and args.dtypes and args.val_data
+            and has_token_cache(args.val_data)):
         print(f"validation NLL on {args.checkpoint} "
               f"({args.nll_windows} windows of {args.val_data}):")
         for dtype, nll, delta in nll_check(args.checkpoint, args.val_data, args.dtypes,
