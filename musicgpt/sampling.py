@@ -33,6 +33,7 @@ from .vocab import (
     is_note_on,
     is_style,
     note_off_id,
+    note_on_id,
     note_pitch,
     seconds_to_steps,
     shift_steps,
@@ -87,6 +88,30 @@ def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (cdf > target[:, None]).argmax(-1)
 
 
+_PITCHES = np.arange(N_PITCHES)
+
+
+def release_mass_kept(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(B, V) logits whose masked note mass is moved to the releases the grammar allows.
+
+    The probability of a NOTE_OFF of a silent pitch goes to the NOTE_OFFs of the sounding
+    pitches, in proportion (the model meant a release and missed the pitch); that of a NOTE_ON of
+    a sounding pitch goes to its NOTE_OFF. Rows with nothing sounding are left as they are.
+    """
+    probs = _softmax(logits)
+    on_ids, off_ids = note_on_id(_PITCHES), note_off_id(_PITCHES)
+    on, off = probs[:, on_ids], probs[:, off_ids]
+    sounding = allowed[:, off_ids]
+    off = off + np.where(sounding & ~allowed[:, on_ids], on, 0.0)
+    lost = np.where(sounding, 0.0, off).sum(1, keepdims=True)
+    kept = np.where(sounding, off, 0.0)
+    total = kept.sum(1, keepdims=True)
+    scale = np.where(total > 0, 1.0 + lost / np.maximum(total, 1e-30), 1.0)
+    probs[:, off_ids] = np.where(sounding, kept * scale, off)
+    with np.errstate(divide="ignore"):
+        return np.log(probs)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     return weights / weights.sum(-1, keepdims=True)
@@ -104,6 +129,12 @@ class SamplingSettings:
     # sample sounding for 10 s. Real piano music holds 0.36% of its notes this long (ASAP +
     # POP909 validation split).
     max_note_s: float | None = 6.0
+    # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
+    # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding
+    # pitch for that pitch's NOTE_OFF (a re-strike starts with the release). Plain masking hands
+    # that mass (~5% per step for the default model) to every other event, so samples under-
+    # release and pile up notes.
+    keep_release_mass: bool = True
 
     def __post_init__(self) -> None:
         if self.max_note_s is not None and not self.max_note_s > 0:
@@ -173,6 +204,8 @@ class SamplerState:
             allowed = self.grammar.allowed
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
+            if s.keep_release_mass:
+                logits = release_mass_kept(logits, allowed)
             logits = np.where(allowed, logits, -np.inf)
         return sample(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), self.rng)
 

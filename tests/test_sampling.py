@@ -314,7 +314,7 @@ def test_notes_held_past_max_note_s_are_released(make_tiny_model):
 def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(make_tiny_model):
     from musicgpt.vocab import style_id
 
-    model = make_tiny_model(styles=("a", "b"))  # block_size 64: 200 tokens slide twice
+    model = _pin_end(make_tiny_model(styles=("a", "b")))  # block_size 64: 200 tokens slide
     seen: list = []
     real_forward = model.forward
 
@@ -330,3 +330,31 @@ def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(m
     assert all(front[0] == style_id(1) for front in seen[1:])  # re-prefills start with it
     with pytest.raises(ValueError, match="not one of this checkpoint's styles"):
         generate(model, None, max_new_tokens=4, style=2)
+
+
+def test_masked_release_mass_goes_to_the_releases_the_grammar_allows():
+    from musicgpt.sampling import release_mass_kept
+    from musicgpt.vocab import note_off_id, note_on_id
+
+    probs = np.full((1, VOCAB_SIZE), 1e-6)
+    probs[0, note_off_id(60)] = 0.3  # a release of a silent pitch: the model missed the pitch
+    probs[0, note_off_id(64)] = 0.1  # E4 sounds
+    probs[0, note_off_id(67)] = 0.1  # G4 sounds
+    probs[0, note_on_id(64)] = 0.2  # strike E4 again: starts with its release
+    probs[0, note_on_id(72)] = 0.3
+    probs /= probs.sum()
+    allowed = np.ones((1, VOCAB_SIZE), dtype=bool)
+    allowed[0, note_off_id(np.arange(128))] = False
+    allowed[0, note_off_id([64, 67])] = True
+    allowed[0, note_on_id([64, 67])] = False
+    kept = np.exp(release_mass_kept(np.log(probs), allowed))
+    masked = np.where(allowed, kept, 0.0)
+    masked /= masked.sum()
+    releases = masked[0, note_off_id([64, 67])]
+    assert releases.sum() == pytest.approx(0.7, abs=1e-3)  # 0.3 + 0.1 + 0.1 + 0.2 kept
+    assert releases[0] > releases[1]  # E4 also got its re-strike's mass
+    assert masked[0, note_on_id(72)] == pytest.approx(0.3, abs=1e-3)
+    nothing_sounds = np.ones((1, VOCAB_SIZE), dtype=bool)
+    nothing_sounds[0, note_off_id(np.arange(128))] = False
+    same = release_mass_kept(np.log(probs), nothing_sounds)
+    assert np.allclose(np.exp(same), probs)  # no release possible: left as it was
