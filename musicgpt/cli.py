@@ -253,6 +253,7 @@ def _sampling_settings(args: argparse.Namespace, config):
         return SamplingSettings(temperature=flag_or_config("temperature"),
                                 top_k=flag_or_config("top_k"), top_p=flag_or_config("top_p"),
                                 grammar=not getattr(args, "no_grammar", False),
+                                keep_release_mass=not getattr(args, "plain_mask", False),
                                 max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="token budget per sample (default: 200 per second asked, room for "
                           "music far denser than real piano music)")
     gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
+    gen.add_argument("--plain-mask", action="store_true",
+                     help="mask impossible events without handing their release mass to the "
+                          "sounding notes (the sampler before 2026-12; samples hold more notes)")
     gen.add_argument("--max-note-seconds", type=float, default=6.0,
                      help="release a note held this long (default 6; 0 = never)")
     _add_sampling_flags(gen)
