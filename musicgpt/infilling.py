@@ -37,6 +37,7 @@ from .sampling import (
     SamplingSettings,
     apply_temperature,
     decode_steps,
+    release_mass_kept,
     sample,
     sampling_threads,
     top_k_filter,
@@ -190,7 +191,10 @@ class MiddleState:
         """(B, V) logits -> (B,) next ids; finished rows get PAD."""
         s = self.settings
         scores = apply_temperature(logits.detach().float().cpu().numpy(), s.temperature)
-        scores = np.where(self.mask(), scores, -np.inf)
+        allowed = self.mask()
+        if s.keep_release_mass:
+            scores = release_mass_kept(scores, allowed)
+        scores = np.where(allowed, scores, -np.inf)
         scores = top_p_filter(top_k_filter(scores, s.top_k), s.top_p)
         token = sample(scores, self.rng)
         token[self.done] = PAD_ID
