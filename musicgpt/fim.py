@@ -39,6 +39,7 @@ from .vocab import (
     FILL_MIDDLE_ID,
     FILL_SUFFIX_ID,
     gap_to_shift_ids,
+    interleave_shifts,
     is_event,
     is_note_off,
     is_note_on,
@@ -69,13 +70,11 @@ def timeline_to_ids(tokens, steps, end_step: int | None = None, start_step: int 
     """Tokens at (non-decreasing) steps -> ids with canonical shifts, from `start_step`; with
     `end_step`, trailing shifts fill the time up to it."""
     tokens, steps = np.asarray(tokens, dtype=np.int64), np.asarray(steps, dtype=np.int64)
-    gaps = np.diff(steps, prepend=start_step)
-    out = [np.concatenate([gap_to_shift_ids(int(g)), [t]]) for g, t in zip(gaps, tokens,
-                                                                          strict=True)]
+    ids = interleave_shifts(np.diff(steps, prepend=start_step), tokens)
+    if end_step is None:
+        return ids
     last = int(steps[-1]) if len(steps) else start_step
-    if end_step is not None:
-        out.append(gap_to_shift_ids(end_step - last))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+    return np.concatenate([ids, gap_to_shift_ids(end_step - last)])
 
 
 def canonical(ids) -> np.ndarray:
