@@ -15,7 +15,6 @@ from .events import (
     NoteArrays,
     arrays_to_ids,
     ids_to_arrays,
-    ids_to_seconds,  # noqa: F401 - re-exported; it lives in events now
     ids_until_seconds,
     wrap_piece,
 )
