@@ -130,6 +130,7 @@ def pick_sampling(config: Config) -> dict:
         top_k=bar.number_input("Top-k (0 = off)", 0, config.vocab_size, int(config.top_k),
                                key="top_k"),
         top_p=bar.slider("Top-p (1 = off)", 0.05, 1.0, float(config.top_p), 0.01, key="top_p"),
+        min_p=bar.slider("Min-p (0 = off)", 0.0, 0.5, float(config.min_p), 0.01, key="min_p"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
         style=pick_style(config),
@@ -148,7 +149,8 @@ def pick_style(config: Config) -> int | None:
 
 
 def sampling_settings(opts: dict) -> SamplingSettings:
-    return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))
+    return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]),
+                            float(opts["min_p"]))
 
 
 def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:

@@ -44,7 +44,8 @@ from musicgpt.quantize import sampling_copy
 from musicgpt.sampling import SamplingSettings, generate
 from musicgpt.vocab import END_ID, PAD_ID, START_ID
 
-SETTINGS = SamplingSettings(temperature=1.0, top_k=40, top_p=1.0, grammar=False)
+SETTINGS = SamplingSettings(temperature=1.0, top_k=40, top_p=1.0, grammar=False,
+                            within_type=False)  # top-k over the whole vocabulary, as HF does
 DEFAULT_CHECKPOINT = default_model_dir()  # the shipped model
 
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.checkpoint) if args.checkpoint else default_model_dir()
     model = load_model_from_checkpoint(path)
     c = model.config
-    settings = SamplingSettings(c.temperature, c.top_k, c.top_p)
+    settings = SamplingSettings.from_config(c)
     copies = {name: sampling_copy(model, name) for name in args.dtypes}  # made once, not timed
     for copy in copies.values():  # warm-up: first calls allocate and pick kernels
         generate(copy, None, max_new_tokens=64, settings=settings, seed=0)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.checkpoint) if args.checkpoint else default_model_dir()
     model = load_sampling_model(path, "cpu", args.dtype)
     c = model.config
-    settings = SamplingSettings(c.temperature, c.top_k, c.top_p)
+    settings = SamplingSettings.from_config(c)
     all_threads = torch.get_num_threads()
     generate_pieces(model, None, max_new_tokens=64, settings=settings, seed=0)  # warm-up
     rows = [row for batch in args.batches

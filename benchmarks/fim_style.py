@@ -102,7 +102,7 @@ def window_nll(model, windows: TokenWindows, batches: int, batch_size: int) -> f
 def style_samples(model, slot: int | None, n: int, seconds: float, seed: int) -> list:
     primer = [START_ID] if slot is None else [START_ID, style_id(slot)]
     config = model.config
-    settings = SamplingSettings(config.temperature, config.top_k, config.top_p)
+    settings = SamplingSettings.from_config(config)
     rows = generate(model, primer, max_new_tokens=int(seconds * 100), max_seconds=seconds,
                     num_samples=n, settings=settings, seed=seed)
     return [stats.excerpt(ids_to_arrays(r), seconds) for r in rows]

@@ -40,6 +40,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, help="default: the checkpoint's")
     parser.add_argument("--top-k", type=int, help="default: the checkpoint's")
     parser.add_argument("--top-p", type=float, help="default: the checkpoint's")
+    parser.add_argument("--min-p", type=float, help="default: the checkpoint's")
+    parser.add_argument("--across-types", action="store_true",
+                        help="top-k/top-p/min-p cut across the whole vocabulary, not within "
+                             "each event type")
     parser.add_argument("--max-note-seconds", type=float, default=6.0,
                         help="the sampler's note-release guard (default 6; 0 = off)")
 
@@ -56,12 +60,10 @@ def generate_samples(args: argparse.Namespace) -> tuple[list[np.ndarray], dict]:
     path = Path(args.checkpoint) if args.checkpoint else default_model_dir()
     model = load_model_from_checkpoint(path, "cuda" if torch.cuda.is_available() else "cpu")
     config = model.config
-    def flag_or_config(name: str):
-        value = getattr(args, name, None)
-        return getattr(config, name) if value is None else value
-
-    settings = SamplingSettings(flag_or_config("temperature"), flag_or_config("top_k"),
-                                flag_or_config("top_p"), max_note_s=args.max_note_seconds or None)
+    settings = SamplingSettings.from_config(
+        config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, within_type=not args.across_types,
+        max_note_s=args.max_note_seconds or None)
     rows, seeds, start = [], [], time.perf_counter()
     for i in range(0, args.samples, args.batch):
         seed = args.seed + i // args.batch

@@ -242,16 +242,12 @@ def _check_lengths(args: argparse.Namespace) -> None:
 
 
 def _sampling_settings(args: argparse.Namespace, config):
-    """The flags given, else the checkpoint's own temperature, top-k and top-p."""
+    """The flags given, else the checkpoint's own temperature, top-k, top-p and min-p."""
     from .sampling import SamplingSettings
 
-    def flag_or_config(name: str):
-        value = getattr(args, name)
-        return getattr(config, name) if value is None else value
-
     try:
-        return SamplingSettings(temperature=flag_or_config("temperature"),
-                                top_k=flag_or_config("top_k"), top_p=flag_or_config("top_p"),
+        return SamplingSettings.from_config(config, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                 grammar=not getattr(args, "no_grammar", False),
                                 keep_release_mass=not getattr(args, "plain_mask", False),
                                 max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
@@ -332,7 +328,10 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None,
                         help="0 = off; default: the checkpoint's (off for the shipped model)")
     parser.add_argument("--top-p", type=float, default=None,
-                        help="1 = off; default: the checkpoint's (off for the shipped model)")
+                        help="1 = off; default: the checkpoint's")
+    parser.add_argument("--min-p", type=float, default=None,
+                        help="keep the values of an event type at least MIN_P times as likely "
+                             "as its likeliest; 0 = off; default: the checkpoint's")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     parser.add_argument("--dtype", default="auto",

@@ -58,7 +58,8 @@ class Config:
     # sampling
     temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 1.0  # off: nucleus sampling cuts the long time shifts, music gets ~1.5x denser
+    top_p: float = 1.0  # 1 = off; like top_k and min_p it cuts within each event type
+    min_p: float = 0.0  # 0 = off; see sampling.truncate
 
     def __post_init__(self) -> None:
         failed = [f"{name} = {getattr(self, name)!r} (want {want})" if hasattr(self, name)
@@ -83,6 +84,7 @@ class Config:
             "dropout": (0.0 <= self.dropout < 1.0, "0 <= dropout < 1"),
             "attention": (self.attention in ("absolute", "relative"), "absolute or relative"),
             "top_p": (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
+            "min_p": (0.0 <= self.min_p < 1.0, "0 <= min_p < 1"),
             "temperature": (self.temperature > 0.0, "> 0"),
             "top_k": (self.top_k >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 1, ">= 1"),

@@ -40,9 +40,8 @@ from .sampling import (
     release_mass_kept,
     sample,
     sampling_threads,
-    top_k_filter,
-    top_p_filter,
     torch_threads,
+    truncate,
 )
 from .vocab import (
     FILL_MIDDLE_ID,
@@ -195,7 +194,7 @@ class MiddleState:
         if s.keep_release_mass:
             scores = release_mass_kept(scores, allowed)
         scores = np.where(allowed, scores, -np.inf)
-        scores = top_p_filter(top_k_filter(scores, s.top_k), s.top_p)
+        scores = truncate(scores, s)
         token = sample(scores, self.rng)
         token[self.done] = PAD_ID
         self.n_new += ~self.done

@@ -29,6 +29,7 @@ from .vocab import (
     END_ID,
     N_PITCHES,
     PAD_ID,
+    RANGES,
     START_ID,
     is_note_on,
     is_style,
@@ -81,6 +82,66 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(drop, -np.inf, logits)
 
 
+def min_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep, per row of (B, V), the tokens at least p times as likely as the likeliest one."""
+    if p <= 0.0:
+        return logits
+    return np.where(logits < logits.max(-1, keepdims=True) + math.log(p), -np.inf, logits)
+
+
+# Each event type's ids are one run of columns (vocab.RANGES): its first column and, per column,
+# the index of its type.
+_TYPE_STARTS = np.array([first for _, first, _ in RANGES])
+_COLUMN_TYPE = np.repeat(np.arange(len(RANGES)), [count for _, _, count in RANGES])
+
+
+def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
+    """(B, V) logits with settings' top-k, top-p and min-p applied.
+
+    With `settings.within_type` (the default) they cut within each event type, each measured on
+    the type's own distribution, and a token must pass all three: the model's probability of a
+    NOTE_ON, a NOTE_OFF, a time shift or a velocity stays as it is, and only the unlikely values
+    inside a type (a stray pitch, a rare velocity) are dropped. Cutting across the whole
+    vocabulary drops the long time shifts first (their mass is spread over 100 ids), so the music
+    gets denser than the model meant. Without it: top-k, then top-p, then min-p, over all ids.
+    """
+    s = settings
+    if not s.truncates:
+        return logits
+    if not s.within_type:
+        return _cut(logits, s)
+    starts = _TYPE_STARTS[_TYPE_STARTS < logits.shape[-1]]
+    column_type = _COLUMN_TYPE[: logits.shape[-1]]
+    top = np.maximum.reduceat(logits, starts, axis=-1)  # (B, types); -inf: the type is masked
+    top = np.where(np.isfinite(top), top, 0.0)[:, column_type]
+    weight = np.exp(logits - top)  # 1 for each type's likeliest value, 0 where masked
+    mass = np.add.reduceat(weight, starts, axis=-1)
+    keep = weight >= max(s.min_p, np.finfo(weight.dtype).tiny)
+    if s.top_k > 0 or s.top_p < 1:
+        probs = weight / np.maximum(mass, 1e-30)[:, column_type]  # within the type
+        order = np.argsort(column_type - probs, axis=-1, kind="stable")  # by type, likeliest first
+        ranked = np.take_along_axis(probs, order, -1)
+        before = ranked.cumsum(-1) - ranked  # types keep their columns in this order
+        before -= before[:, starts][:, column_type]
+        rank = np.arange(len(column_type)) - starts[column_type]
+        drop = (before >= s.top_p) | ((rank >= s.top_k) if s.top_k > 0 else False)
+        keep &= ~_unsort(drop, order)
+    kept = np.add.reduceat(np.where(keep, weight, 0.0), starts, axis=-1)
+    with np.errstate(divide="ignore"):
+        scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
+    return np.where(keep, logits + scale[:, column_type], -np.inf)
+
+
+def _unsort(ranked: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(ranked)
+    np.put_along_axis(out, order, ranked, -1)
+    return out
+
+
+def _cut(logits: np.ndarray, s: SamplingSettings) -> np.ndarray:
+    return min_p_filter(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), s.min_p)
+
+
 def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(B, V) logits -> (B,) ids drawn from the softmax (inverse CDF, one uniform per row)."""
     cdf = _softmax(logits).cumsum(-1, dtype=np.float64)
@@ -122,6 +183,8 @@ class SamplingSettings:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off; see Config.top_p
+    min_p: float = 0.0  # 0 = off: drop tokens less than min_p times as likely as the likeliest
+    within_type: bool = True  # top-k/top-p/min-p cut within each event type (see `truncate`)
     grammar: bool = True  # mask events that cannot be right
     # Release a note that has sounded this long (None = never). The default model forgets to end
     # notes (12% of its notes reach 6 s, even before the window first slides), and past the
@@ -145,6 +208,21 @@ class SamplingSettings:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides) -> SamplingSettings:
+        """The checkpoint's own temperature, top-k, top-p and min-p, and any other field, from
+        `overrides`; one of those four given as None keeps the checkpoint's value."""
+        own = {name: getattr(config, name) for name in ("temperature", "top_k", "top_p", "min_p")}
+        given = {k: v for k, v in overrides.items() if v is not None or k not in own}
+        return cls(**{**own, **given})
+
+    @property
+    def truncates(self) -> bool:
+        """Whether top-k, top-p or min-p is on."""
+        return self.top_k > 0 or self.top_p < 1 or self.min_p > 0
 
 
 class SamplerState:
@@ -207,7 +285,7 @@ class SamplerState:
             if s.keep_release_mass:
                 logits = release_mass_kept(logits, allowed)
             logits = np.where(allowed, logits, -np.inf)
-        return sample(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), self.rng)
+        return sample(truncate(logits, s), self.rng)
 
     def _observe(self, tokens: np.ndarray) -> None:
         """Advance each row by one token: grammar, onsets, music length."""

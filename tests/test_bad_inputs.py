@@ -43,6 +43,7 @@ CASES = [
     (GEN + " --max-note-seconds nan", "--max-note-seconds"),
     (GEN + " --temperature nan", "temperature"),
     (GEN + " --top-p nan", "top_p"),
+    (GEN + " --min-p nan", "min_p"),
     ("generate --checkpoint {ckpt} --out '' --no-progress", "--out is empty"),
     ("generate --checkpoint {ckpt} --out {dir} --no-progress", "is a folder"),
     ("generate --checkpoint {ckpt} --out {file}/o.mid --no-progress", "is a file"),

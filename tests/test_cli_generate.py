@@ -43,7 +43,8 @@ def test_generate_continues_a_primer_into_several_files(tiny_checkpoint, tmp_pat
 
 def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(make_tiny_model,
                                                                            tmp_path):
-    greedy = save_checkpoint(make_tiny_model(top_k=1), tmp_path / "greedy")  # argmax
+    # a near-zero temperature draws the argmax
+    greedy = save_checkpoint(make_tiny_model(temperature=1e-6), tmp_path / "greedy")
 
     def notes(seed: int, *flags: str) -> list:
         out = tmp_path / f"{seed}_{len(flags)}.mid"
@@ -54,8 +55,8 @@ def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(make
 
     # the release rule would end a random tiny model's argmax notes at once (zero length)
     greedy_notes = notes(1)
-    assert greedy_notes and greedy_notes == notes(2)  # the checkpoint's top_k=1: no randomness
-    assert notes(1, "--top-k", "0") != notes(2, "--top-k", "0")
+    assert greedy_notes and greedy_notes == notes(2)  # the checkpoint's temperature: no randomness
+    assert notes(1, "--temperature", "1") != notes(2, "--temperature", "1")
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
@@ -77,7 +78,7 @@ def test_bad_primer_is_one_line(tiny_checkpoint, tmp_path, capsys, content):
 
 
 @pytest.mark.parametrize("flags", [["--top-p", "0"], ["--temperature", "-1"], ["--top-k", "-2"],
-                                   ["--num-samples", "0"]])
+                                   ["--min-p", "1"], ["--num-samples", "0"]])
 def test_bad_sampling_values_are_one_line(tiny_checkpoint, tmp_path, capsys, flags):
     code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o.mid"),
                  *flags])

@@ -22,15 +22,28 @@ from musicgpt.sampling import (
     apply_temperature,
     generate,
     generate_pieces,
+    min_p_filter,
     sample,
     sampling_threads,
     token_budget,
     top_k_filter,
     top_p_filter,
+    truncate,
 )
-from musicgpt.vocab import END_ID, PAD_ID, START_ID, TIME_SHIFT_OFFSET, VOCAB_SIZE
+from musicgpt.vocab import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    TIME_SHIFT_OFFSET,
+    VOCAB_SIZE,
+    is_note_on,
+    is_shift,
+    kind_of,
+    note_on_id,
+    shift_id,
+)
 
-GREEDY = SamplingSettings(top_k=1, top_p=1.0, grammar=False)
+GREEDY = SamplingSettings(top_k=1, top_p=1.0, grammar=False, within_type=False)
 
 
 def _pin_end(model: GPT, end_logit: float = -100.0) -> GPT:
@@ -78,6 +91,52 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
 def test_top_p_filters_each_row_on_its_own():
     logits = np.log(np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
     assert _finite(top_p_filter(logits, 0.7)) == [[True, False, False], [True, True, False]]
+
+
+def test_min_p_keeps_tokens_at_least_p_times_the_likeliest():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
+    assert _finite(min_p_filter(logits, 0.2)) == [[True, True, True, False], [True] * 4]
+    assert _finite(min_p_filter(logits, 0.5)) == [[True, True, False, False], [True] * 4]
+    assert np.array_equal(min_p_filter(logits, 0.0), logits)
+
+
+def _spread_shifts_and_one_pitch() -> np.ndarray:
+    """Half the mass on 60 time shifts (1/120 each), 0.4 on one pitch, 0.1 on ten more."""
+    probs = np.zeros(VOCAB_SIZE)
+    probs[shift_id(np.arange(1, 61))] = 0.5 / 60
+    probs[note_on_id(60)] = 0.4
+    probs[note_on_id(np.arange(61, 71))] = 0.01
+    with np.errstate(divide="ignore"):
+        return np.log(probs)[None]
+
+
+def _type_masses(logits: np.ndarray) -> dict[int, float]:
+    probs = np.exp(logits[0] - logits[0].max())
+    probs /= probs.sum()
+    kinds = kind_of(np.arange(VOCAB_SIZE))
+    return {int(k): float(probs[kinds == k].sum()) for k in np.unique(kinds)}
+
+
+@pytest.mark.parametrize("cut", [dict(top_p=0.75), dict(min_p=0.1), dict(top_k=1)])
+def test_cutting_within_event_types_keeps_each_types_probability(cut):
+    logits = _spread_shifts_and_one_pitch()
+    shift = int(kind_of(shift_id(1)))
+    before = _type_masses(logits)
+    across = truncate(logits, SamplingSettings(**cut, within_type=False))
+    assert _type_masses(across)[shift] < 0.7 * before[shift]  # time moves less often
+    within = truncate(logits, SamplingSettings(**cut))
+    assert _type_masses(within) == pytest.approx(before, abs=1e-9)
+    ons = np.isfinite(within[0]) & is_note_on(np.arange(VOCAB_SIZE))
+    assert np.flatnonzero(ons).tolist() == [note_on_id(60)]  # the stray pitches are cut
+    assert np.isfinite(within[0, is_shift(np.arange(VOCAB_SIZE))]).sum() >= 1
+
+
+def test_truncate_leaves_a_fully_masked_row_masked():
+    logits = _spread_shifts_and_one_pitch().repeat(2, 0)
+    logits[1] = -np.inf
+    out = truncate(logits, SamplingSettings(top_p=0.9))
+    assert not np.isfinite(out[1]).any() and not np.isnan(out).any()
+    assert np.isfinite(out[0]).any()
 
 
 def test_draws_follow_the_tempered_softmax():
