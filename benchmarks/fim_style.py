@@ -108,6 +108,20 @@ def style_samples(model, slot: int | None, n: int, seconds: float, seed: int) ->
     return [stats.excerpt(ids_to_arrays(r), seconds) for r in rows]
 
 
+def nearest_style(made: dict[str, list], real: dict[str, list]) -> dict:
+    """Share of each style's samples nearest to their own style's validation centroid, the same
+    for the validation excerpts themselves (what the test can tell apart at best), and means."""
+    def means(pieces) -> dict:
+        return {name: round(float(np.mean([stats.piece_features(n)[name] for n in pieces])), 3)
+                for name in FEATURES}
+
+    return {"samples": stats.nearest_set_shares(made, real),
+            "validation": stats.nearest_set_shares(real, real),
+            "means": {f"{kind} {name}": means(pieces)
+                      for kind, group in (("samples", made), ("val", real))
+                      for name, pieces in group.items()}}
+
+
 def mean_overlap(a, b) -> tuple[float, dict]:
     comparison = stats.compare_sets(a, b)
     per = {name: round(comparison[name]["overlap"], 3) for name in FEATURES}
@@ -163,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     real = {name: [stats.excerpt(ids_to_arrays(p), args.seconds)
                    for p, s in zip(val, slots, strict=True) if s == slot]
             for slot, name in enumerate(config.styles)}
-    report["style_overlaps"] = {}
+    report["style_overlaps"], made_by_style = {}, {}
     for slot, name in enumerate(config.styles if args.samples_per_style else ()):
-        made = style_samples(model, slot, args.samples_per_style, args.seconds, seed=slot)
+        made = made_by_style[name] = style_samples(model, slot, args.samples_per_style,
+                                                   args.seconds, seed=slot)
         row = {}
         for other in config.styles:
             row[other], per = mean_overlap(made, real[other])
@@ -174,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   samples with style {name!r}: mean overlap with "
               + ", ".join(f"{other} val {row[other]:.3f}" for other in config.styles)
               + "  " + json.dumps({o: row[f"{o}_features"] for o in config.styles}))
+    if made_by_style:
+        nearest = report["nearest_style"] = nearest_style(made_by_style, real)
+        print("   nearest style centroid (5 features, z-scored): own style for "
+              + ", ".join(f"{100 * share:.0f}% of {name} samples"
+                          for name, share in nearest["samples"].items())
+              + "; for " + ", ".join(f"{100 * share:.0f}% of {name} validation excerpts"
+                                    for name, share in nearest["validation"].items()))
+        for label, means in nearest["means"].items():
+            print(f"   mean {label}: {json.dumps(means)}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
     return 0

@@ -197,6 +197,30 @@ def compare_sets(a: Sequence[NoteArrays], b: Sequence[NoteArrays]) -> dict[str, 
     return out
 
 
+def nearest_set_shares(pieces: dict[str, Sequence[NoteArrays]],
+                       reference: dict[str, Sequence[NoteArrays]]) -> dict[str, float]:
+    """Per name in `pieces`: the share of its pieces whose features lie nearest to the centroid
+    of the `reference` set of the same name (features z-scored over all reference pieces, then
+    Euclidean distance). With samples per style as `pieces` and validation music per style as
+    `reference`, a style token works when its samples land on their own style.
+    """
+    names = list(reference)
+    refs = {name: _feature_matrix(reference[name]) for name in names}
+    pooled = np.vstack(list(refs.values()))
+    mu, sd = pooled.mean(0), np.maximum(pooled.std(0), 1e-9)
+    centroids = np.stack([((refs[name] - mu) / sd).mean(0) for name in names])
+    shares = {}
+    for name, group in pieces.items():
+        z = (_feature_matrix(group) - mu) / sd
+        nearest = np.linalg.norm(z[:, None] - centroids[None], axis=-1).argmin(1)
+        shares[name] = float(np.mean(nearest == names.index(name)))
+    return shares
+
+
+def _feature_matrix(pieces: Sequence[NoteArrays]) -> np.ndarray:
+    return np.array([list(piece_features(n).values()) for n in pieces]).reshape(len(pieces), -1)
+
+
 # --- copying ---------------------------------------------------------------------------------
 
 def ids_to_onset_pitches(ids) -> np.ndarray:

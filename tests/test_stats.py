@@ -18,6 +18,7 @@ from musicgpt.stats import (
     kde_overlap,
     long_silences,
     mean_polyphony,
+    nearest_set_shares,
     note_density_per_s,
     piece_features,
     pitch_class_histogram,
@@ -158,3 +159,15 @@ def test_longest_run_finds_a_pasted_passage():
     assert 30 <= longest <= 32  # a neighbour interval may match by chance
     assert share == pytest.approx(23 / (len(pasted) - 7), abs=0.03)
     assert copy_stats(fresh[:5], keys)[0] != copy_stats(fresh[:5], keys)[0]  # NaN: too short
+
+
+def test_nearest_set_shares_tell_dense_from_sparse_music():
+    def piece(every_s: float, pitches: range) -> object:  # one note at a time, legato
+        return notes_to_arrays([Note(p, 80, i * every_s, (i + 1) * every_s) for i, p in
+                                enumerate(list(pitches) * 3)])
+
+    dense = [piece(0.1 + 0.01 * k, range(60, 72)) for k in range(4)]  # ~9 notes/s, an octave
+    sparse = [piece(0.5 + 0.05 * k, range(40, 80, 5)) for k in range(4)]  # ~2/s, 3 octaves
+    reference = {"dense": dense, "sparse": sparse}
+    assert nearest_set_shares(reference, reference) == {"dense": 1.0, "sparse": 1.0}
+    assert nearest_set_shares({"dense": sparse[:2] + dense[:2]}, reference) == {"dense": 0.5}
