@@ -246,11 +246,11 @@ def _sampling_settings(args: argparse.Namespace, config):
     from .sampling import SamplingSettings
 
     try:
-        return SamplingSettings.from_config(config, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                grammar=not getattr(args, "no_grammar", False),
-                                keep_release_mass=not getattr(args, "plain_mask", False),
-                                max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
+        return SamplingSettings.from_config(
+            config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            min_p=args.min_p, grammar=not getattr(args, "no_grammar", False),
+            keep_release_mass=not getattr(args, "plain_mask", False),
+            max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
