@@ -417,3 +417,13 @@ def test_masked_release_mass_goes_to_the_releases_the_grammar_allows():
     nothing_sounds[0, note_off_id(np.arange(128))] = False
     same = release_mass_kept(np.log(probs), nothing_sounds)
     assert np.allclose(np.exp(same), probs)  # no release possible: left as it was
+
+
+def test_settings_from_config_take_the_checkpoints_values_unless_given():
+    from musicgpt.config import Config
+
+    config = Config(temperature=0.9, top_k=7, top_p=0.95, min_p=0.02)
+    own = SamplingSettings.from_config(config)
+    assert (own.temperature, own.top_k, own.top_p, own.min_p) == (0.9, 7, 0.95, 0.02)
+    given = SamplingSettings.from_config(config, top_p=None, min_p=0.1, max_note_s=None)
+    assert (given.top_p, given.min_p, given.max_note_s) == (0.95, 0.1, None)  # None: guard off
