@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import write_midi
 
+from musicgpt.config import Config
 from musicgpt.events import grammar_errors, ids_to_seconds
 from musicgpt.model import GPT
 from musicgpt.pipeline import (
@@ -420,8 +421,6 @@ def test_masked_release_mass_goes_to_the_releases_the_grammar_allows():
 
 
 def test_settings_from_config_take_the_checkpoints_values_unless_given():
-    from musicgpt.config import Config
-
     config = Config(temperature=0.9, top_k=7, top_p=0.95, min_p=0.02)
     own = SamplingSettings.from_config(config)
     assert (own.temperature, own.top_k, own.top_p, own.min_p) == (0.9, 7, 0.95, 0.02)
