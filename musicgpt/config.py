@@ -58,7 +58,7 @@ class Config:
     # sampling
     temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 1.0  # 1 = off; like top_k and min_p it cuts within each event type
+    top_p: float = 1.0  # 1 = off; like top_k and min_p it cuts pitches and velocities only
     min_p: float = 0.0  # 0 = off; see sampling.truncate
 
     def __post_init__(self) -> None:

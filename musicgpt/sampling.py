@@ -31,6 +31,7 @@ from .vocab import (
     PAD_ID,
     RANGES,
     START_ID,
+    EventType,
     is_note_on,
     is_style,
     note_off_id,
@@ -90,20 +91,25 @@ def min_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
 
 
 # Each event type's ids are one run of columns (vocab.RANGES): its first column and, per column,
-# the index of its type.
+# the index of its type. Only the types in CUT_TYPES are cut (see `truncate`).
 _TYPE_STARTS = np.array([first for _, first, _ in RANGES])
 _COLUMN_TYPE = np.repeat(np.arange(len(RANGES)), [count for _, _, count in RANGES])
+CUT_TYPES = (EventType.NOTE_ON, EventType.VELOCITY)
+_CUT_COLUMNS = np.isin(_COLUMN_TYPE, [i for i, (etype, _, _) in enumerate(RANGES)
+                                      if etype in CUT_TYPES])
 
 
 def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
     """(B, V) logits with settings' top-k, top-p and min-p applied.
 
-    With `settings.within_type` (the default) they cut within each event type, each measured on
-    the type's own distribution, and a token must pass all three: the model's probability of a
-    NOTE_ON, a NOTE_OFF, a time shift or a velocity stays as it is, and only the unlikely values
-    inside a type (a stray pitch, a rare velocity) are dropped. Cutting across the whole
-    vocabulary drops the long time shifts first (their mass is spread over 100 ids), so the music
-    gets denser than the model meant. Without it: top-k, then top-p, then min-p, over all ids.
+    With `settings.within_type` (the default) they cut only the pitch of a NOTE_ON and the
+    value of a VELOCITY (CUT_TYPES), each measured on that type's own distribution, and a token
+    must pass all three; the probability of each event type, and the time shifts and releases,
+    stay as the model gives them. A stray pitch or a rare velocity is dropped, but the timing is
+    not touched: cutting across the whole vocabulary drops the long time shifts first (their
+    mass is spread over 100 ids), and even cutting within the time shifts drops the rare long
+    ones; both made the music denser than the model meant (benchmarks/music_stats.py, see the
+    model card). Without `within_type`: top-k, then top-p, then min-p, over all ids.
     """
     s = settings
     if not s.truncates:
@@ -116,7 +122,8 @@ def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
     top = np.where(np.isfinite(top), top, 0.0)[:, column_type]
     weight = np.exp(logits - top)  # 1 for each type's likeliest value, 0 where masked
     mass = np.add.reduceat(weight, starts, axis=-1)
-    keep = weight >= max(s.min_p, np.finfo(weight.dtype).tiny)
+    keep = weight >= np.where(_CUT_COLUMNS[: logits.shape[-1]], s.min_p, 0.0)
+    keep &= weight > 0
     if s.top_k > 0 or s.top_p < 1:
         probs = weight / np.maximum(mass, 1e-30)[:, column_type]  # within the type
         order = np.argsort(column_type - probs, axis=-1, kind="stable")  # by type, likeliest first
@@ -125,7 +132,7 @@ def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
         before -= before[:, starts][:, column_type]
         rank = np.arange(len(column_type)) - starts[column_type]
         drop = (before >= s.top_p) | ((rank >= s.top_k) if s.top_k > 0 else False)
-        keep &= ~_unsort(drop, order)
+        keep &= ~(_unsort(drop, order) & _CUT_COLUMNS[: logits.shape[-1]])
     kept = np.add.reduceat(np.where(keep, weight, 0.0), starts, axis=-1)
     with np.errstate(divide="ignore"):
         scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
@@ -184,7 +191,7 @@ class SamplingSettings:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off; see Config.top_p
     min_p: float = 0.0  # 0 = off: drop tokens less than min_p times as likely as the likeliest
-    within_type: bool = True  # top-k/top-p/min-p cut within each event type (see `truncate`)
+    within_type: bool = True  # top-k/top-p/min-p cut only pitches and velocities (`truncate`)
     grammar: bool = True  # mask events that cannot be right
     # Release a note that has sounded this long (None = never). The default model forgets to end
     # notes (12% of its notes reach 6 s, even before the window first slides), and past the
