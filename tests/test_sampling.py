@@ -38,7 +38,6 @@ from musicgpt.vocab import (
     TIME_SHIFT_OFFSET,
     VOCAB_SIZE,
     is_note_on,
-    is_shift,
     kind_of,
     note_on_id,
     shift_id,
