@@ -14,7 +14,8 @@ Printed, each on the validation split:
 3. Style: the same windows with the right style token against none (FIM model), and for
    `--samples-per-style` 30 s samples per style, the overlap of their music statistics with each
    style's validation excerpts: a style works when its samples overlap its own style's music
-   more than the other's.
+   more than the other's; and the share of each style's samples whose statistics lie nearest
+   their own style's validation centroid (stats.nearest_set_shares).
 """
 
 from __future__ import annotations

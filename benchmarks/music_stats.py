@@ -42,8 +42,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="default: the checkpoint's")
     parser.add_argument("--min-p", type=float, help="default: the checkpoint's")
     parser.add_argument("--across-types", action="store_true",
-                        help="top-k/top-p/min-p cut across the whole vocabulary, not within "
-                             "each event type")
+                        help="top-k/top-p/min-p cut across the whole vocabulary, not only "
+                             "pitches and velocities (the sampler's default)")
     parser.add_argument("--max-note-seconds", type=float, default=6.0,
                         help="the sampler's note-release guard (default 6; 0 = off)")
 
