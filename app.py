@@ -135,6 +135,11 @@ def pick_sampling(config: Config) -> dict:
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
         style=pick_style(config),
+        style_guidance=bar.slider("Style guidance (0 = off)", 0.0, 4.0,
+                                  float(config.style_guidance), 0.25, key="style_guidance",
+                                  disabled=not config.styles,
+                                  help="Pushes the music further towards the chosen style "
+                                       "(classifier-free guidance); twice the work per step."),
         dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype")],
     )
 
@@ -151,7 +156,7 @@ def pick_style(config: Config) -> int | None:
 
 def sampling_settings(opts: dict) -> SamplingSettings:
     return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]),
-                            float(opts["min_p"]))
+                            float(opts["min_p"]), style_guidance=float(opts["style_guidance"]))
 
 
 def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:

@@ -248,7 +248,8 @@ def _sampling_settings(args: argparse.Namespace, config):
     try:
         return SamplingSettings.from_config(
             config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            min_p=args.min_p, grammar=not getattr(args, "no_grammar", False),
+            min_p=args.min_p, style_guidance=getattr(args, "style_guidance", None),
+            grammar=not getattr(args, "no_grammar", False),
             keep_release_mass=not getattr(args, "plain_mask", False),
             max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
     except ValueError as exc:
@@ -323,6 +324,10 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style", default=None,
                         help="style token to condition on (names in the checkpoint's config.json; "
                              "default: none)")
+    parser.add_argument("--style-guidance", type=float, default=None,
+                        help="generate with --style: how much further than the style token "
+                             "alone to push towards the style (classifier-free guidance; 0 = "
+                             "off, costs a second decode per step; default: the checkpoint's)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="default: the checkpoint's (1.0 for the shipped model)")
     parser.add_argument("--top-k", type=int, default=None,

@@ -60,6 +60,7 @@ class Config:
     top_k: int = 0
     top_p: float = 1.0  # 1 = off; like top_k and min_p it cuts pitches and velocities only
     min_p: float = 0.0  # 0 = off; see sampling.truncate
+    style_guidance: float = 0.0  # 0 = off; see sampling.SamplingSettings
 
     def __post_init__(self) -> None:
         failed = [f"{name} = {getattr(self, name)!r} (want {want})" if hasattr(self, name)
@@ -85,6 +86,7 @@ class Config:
             "attention": (self.attention in ("absolute", "relative"), "absolute or relative"),
             "top_p": (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
             "min_p": (0.0 <= self.min_p < 1.0, "0 <= min_p < 1"),
+            "style_guidance": (0.0 <= self.style_guidance <= 10.0, "0 <= style_guidance <= 10"),
             "temperature": (self.temperature > 0.0, "> 0"),
             "top_k": (self.top_k >= 0, ">= 0"),
             "batch_size": (self.batch_size >= 1, ">= 1"),

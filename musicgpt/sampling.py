@@ -15,6 +15,7 @@ benchmarks/bench_threads.py), and gives the caller's thread count back afterward
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -192,6 +193,10 @@ class SamplingSettings:
     top_p: float = 1.0  # 1.0 = off; see Config.top_p
     min_p: float = 0.0  # 0 = off: drop tokens less than min_p times as likely as the likeliest
     within_type: bool = True  # top-k/top-p/min-p cut only pitches and velocities (`truncate`)
+    # With a style: logits = unstyled + (1 + style_guidance) * (styled - unstyled), the
+    # unstyled ones from the same model without the style token (classifier-free guidance; the
+    # model learnt both, style_drop in training). 0 = off; it costs a second decode per step.
+    style_guidance: float = 0.0
     grammar: bool = True  # mask events that cannot be right
     # Release a note that has sounded this long (None = never). The default model forgets to end
     # notes (12% of its notes reach 6 s, even before the window first slides), and past the
@@ -217,12 +222,16 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        if not 0 <= self.style_guidance <= 10:
+            raise ValueError(f"style_guidance must be in [0, 10] (0 = off), "
+                             f"got {self.style_guidance}")
 
     @classmethod
     def from_config(cls, config: Config, **overrides) -> SamplingSettings:
         """The checkpoint's own temperature, top-k, top-p and min-p, and any other field, from
         `overrides`; one of those four given as None keeps the checkpoint's value."""
-        own = {name: getattr(config, name) for name in ("temperature", "top_k", "top_p", "min_p")}
+        own = {name: getattr(config, name)
+               for name in ("temperature", "top_k", "top_p", "min_p", "style_guidance")}
         given = {k: v for k, v in overrides.items() if v is not None or k not in own}
         return cls(**{**own, **given})
 
@@ -423,13 +432,52 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size,
                             max_seconds, seed)
         static = history.device.type == "cuda" if static_shapes is None else static_shapes
-        steps = decode_steps(model, history, budget, rows.draw, static,
+        draw, unstyled = rows.draw, None
+        if n_front and settings.style_guidance > 0:
+            draw, unstyled = _guided(model, history, budget, rows.draw, static,
+                                     settings.style_guidance)
+        steps = decode_steps(model, history, budget, draw, static,
                              keep_front=history[:, 1 : 1 + n_front])
-        generated = _run(steps, rows, history, _progress_seconds(progress, rows, max_seconds))
+        try:
+            generated = _run(steps, rows, history,
+                             _progress_seconds(progress, rows, max_seconds))
+        finally:
+            if unstyled is not None:
+                unstyled.close()
     start = history[0].cpu().numpy()
     pieces = [np.concatenate([start, row[:n]])
               for row, n in zip(generated, rows.n_new.tolist(), strict=True)]
     return Generation(pieces, rows.stops(max_seconds))
+
+
+def _guided(model: GPT, history: torch.Tensor, budget: int, draw, static: bool,
+            guidance: float):
+    """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode).
+
+    The unstyled decode runs on a copy of the model (its own KV cache) over the history without
+    the style token, one step behind in lockstep: each styled draw advances it by one step to
+    get its logits, draws the token from both, and writes that token into the buffer the
+    unstyled decode yielded, which that decode feeds back at its next step.
+    """
+    twin = copy.deepcopy(model)
+    plain = torch.cat([history[:, :1], history[:, 2:]], 1)
+    mailbox: dict[str, torch.Tensor] = {}
+
+    def hold(logits: torch.Tensor) -> torch.Tensor:
+        mailbox["logits"] = logits
+        mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return mailbox["token"]
+
+    unstyled = decode_steps(twin, plain, budget, hold, static)
+
+    def guided_draw(logits: torch.Tensor) -> torch.Tensor:
+        next(unstyled)
+        base = mailbox["logits"].float()
+        token = draw(base + (1.0 + guidance) * (logits.float() - base))
+        mailbox["token"].copy_(token)
+        return token
+
+    return guided_draw, unstyled
 
 
 def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[torch.Tensor, int]:
@@ -437,6 +485,8 @@ def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[tor
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
     if primer_ids and primer_ids[0] == START_ID:
         primer_ids = primer_ids[1:]
+    if style is None and primer_ids and is_style(primer_ids[0]):  # [START, STYLE, ...] primer
+        style, primer_ids = primer_ids[0] - style_id(0), primer_ids[1:]
     front = [] if style is None else [style_token(model.config, style)]
     primer_ids = [START_ID, *front, *(t for t in primer_ids if not is_style(t) or not front)]
     history = torch.tensor(primer_ids, device=model.wte.weight.device).repeat(num_samples, 1)
