@@ -100,10 +100,11 @@ def window_nll(model, windows: TokenWindows, batches: int, batch_size: int) -> f
     return total / count
 
 
-def style_samples(model, slot: int | None, n: int, seconds: float, seed: int) -> list:
+def style_samples(model, slot: int | None, n: int, seconds: float, seed: int,
+                  guidance: float | None = None) -> list:
     primer = [START_ID] if slot is None else [START_ID, style_id(slot)]
     config = model.config
-    settings = SamplingSettings.from_config(config)
+    settings = SamplingSettings.from_config(config, style_guidance=guidance)
     rows = generate(model, primer, max_new_tokens=int(seconds * 100), max_seconds=seconds,
                     num_samples=n, settings=settings, seed=seed)
     return [stats.excerpt(ids_to_arrays(r), seconds) for r in rows]
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=40, help="validation batches of 8")
     parser.add_argument("--samples-per-style", type=int, default=20, help="0 = skip the samples")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--style-guidance", type=float,
+                        help="for the style samples (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     report["style_overlaps"], made_by_style = {}, {}
     for slot, name in enumerate(config.styles if args.samples_per_style else ()):
         made = made_by_style[name] = style_samples(model, slot, args.samples_per_style,
-                                                   args.seconds, seed=slot)
+                                                   args.seconds, slot, args.style_guidance)
         row = {}
         for other in config.styles:
             row[other], per = mean_overlap(made, real[other])
