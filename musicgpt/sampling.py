@@ -455,9 +455,10 @@ def _guided(model: GPT, history: torch.Tensor, budget: int, draw, static: bool,
     """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode).
 
     The unstyled decode runs on a copy of the model (its own KV cache) over the history without
-    the style token, one step behind in lockstep: each styled draw advances it by one step to
-    get its logits, draws the token from both, and writes that token into the buffer the
-    unstyled decode yielded, which that decode feeds back at its next step.
+    the style token, in lockstep: each styled draw first advances it one step for its logits,
+    draws the token from both, and writes that token into the buffer the unstyled decode just
+    yielded, which that decode feeds back at its next step. Past the context each decode slides
+    its own window.
     """
     twin = copy.deepcopy(model)
     plain = torch.cat([history[:, :1], history[:, 2:]], 1)
