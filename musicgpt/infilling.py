@@ -35,13 +35,11 @@ from .fim import Cut, canonical, cut_at_steps, sounding_at_start
 from .model import GPT
 from .sampling import (
     SamplingSettings,
-    apply_temperature,
     decode_steps,
-    release_mass_kept,
+    draw_scores,
     sample,
     sampling_threads,
     torch_threads,
-    truncate,
 )
 from .vocab import (
     FILL_MIDDLE_ID,
@@ -188,13 +186,7 @@ class MiddleState:
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids; finished rows get PAD."""
-        s = self.settings
-        scores = apply_temperature(logits.detach().float().cpu().numpy(), s.temperature)
-        allowed = self.mask()
-        if s.keep_release_mass:
-            scores = release_mass_kept(scores, allowed)
-        scores = np.where(allowed, scores, -np.inf)
-        scores = truncate(scores, s)
+        scores = draw_scores(logits.detach().float().cpu().numpy(), self.mask(), self.settings)
         token = sample(scores, self.rng)
         token[self.done] = PAD_ID
         self.n_new += ~self.done

@@ -119,11 +119,12 @@ def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
         return _cut(logits, s)
     starts = _TYPE_STARTS[_TYPE_STARTS < logits.shape[-1]]
     column_type = _COLUMN_TYPE[: logits.shape[-1]]
+    cut = _CUT_COLUMNS[: logits.shape[-1]]
     top = np.maximum.reduceat(logits, starts, axis=-1)  # (B, types); -inf: the type is masked
     top = np.where(np.isfinite(top), top, 0.0)[:, column_type]
     weight = np.exp(logits - top)  # 1 for each type's likeliest value, 0 where masked
     mass = np.add.reduceat(weight, starts, axis=-1)
-    keep = weight >= np.where(_CUT_COLUMNS[: logits.shape[-1]], s.min_p, 0.0)
+    keep = weight >= np.where(cut, s.min_p, 0.0)
     keep &= weight > 0
     if s.top_k > 0 or s.top_p < 1:
         probs = weight / np.maximum(mass, 1e-30)[:, column_type]  # within the type
@@ -133,7 +134,7 @@ def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
         before -= before[:, starts][:, column_type]
         rank = np.arange(len(column_type)) - starts[column_type]
         drop = (before >= s.top_p) | ((rank >= s.top_k) if s.top_k > 0 else False)
-        keep &= ~(_unsort(drop, order) & _CUT_COLUMNS[: logits.shape[-1]])
+        keep &= ~(_unsort(drop, order) & cut)
     kept = np.add.reduceat(np.where(keep, weight, 0.0), starts, axis=-1)
     with np.errstate(divide="ignore"):
         scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
@@ -179,6 +180,18 @@ def release_mass_kept(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     probs[:, off_ids] = np.where(sounding, kept * scale, off)
     with np.errstate(divide="ignore"):
         return np.log(probs)
+
+
+def draw_scores(logits: np.ndarray, allowed: np.ndarray | None,
+                settings: SamplingSettings) -> np.ndarray:
+    """(B, V) logits -> the scores to draw from: temperature, the grammar mask `allowed` (None:
+    no mask) with the release mass kept, then top-k/top-p/min-p (`truncate`)."""
+    scores = apply_temperature(logits, settings.temperature)
+    if allowed is not None:
+        if settings.keep_release_mass:
+            scores = release_mass_kept(scores, allowed)
+        scores = np.where(allowed, scores, -np.inf)
+    return truncate(scores, settings)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -228,8 +241,8 @@ class SamplingSettings:
 
     @classmethod
     def from_config(cls, config: Config, **overrides) -> SamplingSettings:
-        """The checkpoint's own temperature, top-k, top-p and min-p, and any other field, from
-        `overrides`; one of those four given as None keeps the checkpoint's value."""
+        """The checkpoint's own temperature, top-k, top-p, min-p and style guidance, and any
+        other field, from `overrides`; one of those five given as None keeps the checkpoint's."""
         own = {name: getattr(config, name)
                for name in ("temperature", "top_k", "top_p", "min_p", "style_guidance")}
         given = {k: v for k, v in overrides.items() if v is not None or k not in own}
@@ -292,16 +305,12 @@ class SamplerState:
                 for reason, steps, n in zip(reasons, self.new_steps, self.n_new, strict=True)]
 
     def _sample(self, logits: np.ndarray) -> np.ndarray:
-        s = self.settings
-        logits = apply_temperature(logits, s.temperature)
-        if s.grammar:
+        allowed = None
+        if self.settings.grammar:
             allowed = self.grammar.allowed
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
-            if s.keep_release_mass:
-                logits = release_mass_kept(logits, allowed)
-            logits = np.where(allowed, logits, -np.inf)
-        return sample(truncate(logits, s), self.rng)
+        return sample(draw_scores(logits, allowed, self.settings), self.rng)
 
     def _observe(self, tokens: np.ndarray) -> None:
         """Advance each row by one token: grammar, onsets, music length."""
