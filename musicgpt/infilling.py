@@ -23,6 +23,7 @@ A long piece keeps the nearest prefix and suffix that fit the context beside the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +31,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .events import NoteGrammar
-from .fim import Cut, canonical, cut_at_steps, sounding_at_start
+from .events import NoteGrammar, ids_to_arrays
+from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_start
 from .model import GPT
+from .restate import restate_segment
 from .sampling import (
     SamplingSettings,
     decode_steps,
     draw_scores,
+    guided,
     sample,
     sampling_threads,
     torch_threads,
@@ -57,6 +60,7 @@ from .vocab import (
     is_velocity,
     note_off_id,
     note_on_id,
+    note_pitch,
     seconds_to_steps,
     shift_id,
     shift_steps,
@@ -67,8 +71,21 @@ from .vocab import (
 MIDDLE_TOKENS_PER_S = 48  # budget for the middle; real piano music averages ~35 tokens/s
 MIDDLE_TOKEN_MARGIN = 16
 MIN_CONTEXT_TOKENS = 32  # prefix + suffix the model must at least see
+CONTEXT_S = 8.0  # the music around a span that sets how long its notes may sound
+NOTE_LIMIT_FACTOR = 1.25
+MIN_NOTE_S = 1.0
 
 ProgressFn = Callable[[float, float], None]  # (seconds of the span written, span seconds)
+
+
+@contextlib.contextmanager
+def _closing(steps):
+    """Close the generator `steps` (if any) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if steps is not None:
+            steps.close()
 
 
 class InfillError(ValueError):
@@ -123,20 +140,58 @@ def with_header(ids, style: int | None, has_styles: bool) -> np.ndarray:
 
 def fim_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
     """The training order up to the middle (fim.arrange), with the nearest suffix and prefix
-    tokens that fit beside the middle's `budget`."""
+    tokens that fit beside the middle's `budget` (the prefix's notes that still sound where its
+    kept tail starts restated, `prefix_tail`)."""
     gap = gap_to_shift_ids(cut.gap_steps)
     room = block_size - budget - len(cut.header) - len(gap) - 4
     n_prefix = min(len(cut.prefix), max(room - min(len(cut.suffix), room * 2 // 5), 0))
     n_suffix = min(len(cut.suffix), room - n_prefix)
     return np.concatenate([cut.header, [FILL_SUFFIX_ID], gap, [FILL_SUFFIX_ID],
                            cut.suffix[:n_suffix], [FILL_MIDDLE_ID],
-                           cut.prefix[len(cut.prefix) - n_prefix :],
+                           prefix_tail(cut.prefix, n_prefix),
                            [FILL_MIDDLE_ID]]).astype(np.int64)
 
 
 def continuation_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
     room = block_size - budget - len(cut.header)
-    return np.concatenate([cut.header, cut.prefix[max(len(cut.prefix) - room, 0) :]])
+    return np.concatenate([cut.header, prefix_tail(cut.prefix, max(room, 0))])
+
+
+def prefix_tail(prefix: np.ndarray, size: int) -> np.ndarray:
+    """At most `size` tokens: the end of `prefix`, led by the notes that still sound where the
+    kept part starts (restate.py), so the model sees every note the middle may have to end."""
+    start = max(len(prefix) - size, 0)
+    for _ in range(4):  # the restatement takes room from the tail, which may change it
+        tail = restate_segment(prefix[:start], prefix[start:]) if start else prefix
+        if len(tail) <= size:
+            return tail
+        start = max(start + len(tail) - size, 0)
+    return prefix[len(prefix) - size :] if size else prefix[:0]
+
+
+def _prefix_onsets(prefix: np.ndarray) -> np.ndarray:
+    """(128,) the step each pitch was last struck at in `prefix`, counted from its end (<= 0)."""
+    line = ids_to_timeline(prefix)
+    onset = np.zeros(N_PITCHES, dtype=np.int64)
+    struck = is_note_on(line.tokens)
+    onset[note_pitch(line.tokens[struck])] = line.steps[struck] - line.total_steps
+    return onset
+
+
+def note_limit_around(ids, t1: int, t2: int, settings: SamplingSettings) -> int | None:
+    """Steps a middle's note may sound: `NOTE_LIMIT_FACTOR` times the longest note of the music
+    within `CONTEXT_S` of the span (notes that touch the span left out), at least `MIN_NOTE_S`
+    and at most `settings.max_note_s` (None: no limit). The music around says how long notes
+    are held here; without a limit a third of the middles held one note over the whole span."""
+    if settings.max_note_s is None:
+        return None
+    notes, context = ids_to_arrays(ids), seconds_to_steps(CONTEXT_S)
+    before = (notes.start_step >= t1 - context) & (notes.end_step <= t1)
+    after = (notes.start_step >= t2) & (notes.start_step < t2 + context)
+    lengths = (notes.end_step - notes.start_step)[before | after]
+    longest = NOTE_LIMIT_FACTOR * float(lengths.max()) if len(lengths) else 0.0
+    return int(min(max(longest, seconds_to_steps(MIN_NOTE_S)),
+                   seconds_to_steps(settings.max_note_s)))
 
 
 class MiddleState:
@@ -144,12 +199,17 @@ class MiddleState:
     prefix), the span time left, the token budget left, and the rows that are done."""
 
     def __init__(self, cut: Cut, batch: int, vocab_size: int, budget: int,
-                 settings: SamplingSettings, seed: int | None):
+                 settings: SamplingSettings, seed: int | None, note_limit: int | None = None):
         self.grammar = NoteGrammar(batch, vocab_size)
         for token in np.concatenate([cut.header, cut.prefix]).tolist():
             self.grammar.observe([token] * batch)
+        # the step (from the span's start) each sounding pitch was struck at, for `note_limit`
+        self.onset = np.repeat(_prefix_onsets(cut.prefix)[None], batch, axis=0)
+        self.note_limit = note_limit  # steps a note may sound before it is released (None: any)
+        self.fixing = np.zeros(batch, dtype=bool)  # rows in which only the join's fix-ups remain
         self.required = np.zeros(N_PITCHES, dtype=bool)  # must sound where the suffix starts
         self.required[sorted(sounding_at_start(cut.suffix))] = True
+        self.gap_steps = cut.gap_steps
         self.left = np.full(batch, cut.gap_steps, dtype=np.int64)  # steps of the span to write
         self.budget = budget
         self.n_new = np.zeros(batch, dtype=np.int64)
@@ -172,7 +232,8 @@ class MiddleState:
         fix_on = self.required & ~sounding  # notes it still has to strike
         tight = self.budget - self.n_new <= (fix_off.sum(1) + fix_on.sum(1)
                                              + -(-self.left // MAX_SHIFT_STEPS) + 2)
-        for row in np.flatnonzero((self.left == 0) | tight):
+        self.fixing = (self.left == 0) | tight
+        for row in np.flatnonzero(self.fixing):
             allowed[row] = False
             allowed[row, note_off_id(np.flatnonzero(fix_off[row]))] = True
             allowed[row, note_on_id(np.flatnonzero(fix_on[row]))] = True
@@ -187,14 +248,28 @@ class MiddleState:
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids; finished rows get PAD."""
         scores = draw_scores(logits.detach().float().cpu().numpy(), self.mask(), self.settings)
-        token = sample(scores, self.rng)
+        token = self._release_overdue(sample(scores, self.rng))
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self.left -= np.where(self.done, 0, self._steps[token])
+        now = self.gap_steps - self.left
+        struck = self._on[token] & ~self.done
+        self.onset[struck, note_pitch(token[struck])] = now[struck]
         self.last_velocity = self._velocity[token]
         self.grammar.observe(np.where(self.done, PAD_ID, token))
         self._update_done()
         return torch.from_numpy(token).to(logits.device)
+
+    def _release_overdue(self, token: np.ndarray) -> np.ndarray:
+        """A row's draw replaced by the NOTE_OFF of its longest-held note once that has sounded
+        `note_limit` steps (not while only the join's fix-ups remain)."""
+        if self.note_limit is None:
+            return token
+        now = (self.gap_steps - self.left)[:, None]
+        held = np.where(self.grammar.sounding, now - self.onset, -1)
+        oldest = held.argmax(1)
+        overdue = (held[np.arange(len(token)), oldest] >= self.note_limit) & ~self.fixing
+        return np.where(overdue & ~self.done, note_off_id(oldest), token)
 
     def _update_done(self) -> None:
         matches = (self.grammar.sounding == self.required[None]).all(1)
@@ -211,8 +286,10 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     Notes starting before `start_s` and from `end_s` on keep their pitch, onset and velocity; a
     note sounding across a cut keeps its outside part (the middle decides when one struck before
     the span ends, and strikes one the suffix releases). `style` is a STYLE slot (None keeps the
-    piece's own, if any). `settings.grammar` and `max_note_s` do not apply: the grammar is always
-    on, and the middle is short.
+    piece's own, if any); with a style, `settings.style_guidance` pushes the middle towards it
+    as in `generate` (a second, unstyled decode in lockstep). `settings.grammar` does not apply:
+    the grammar is always on. A note of the middle (or one the prefix left sounding) is released
+    once it has sounded as long as `note_limit_around` allows.
     """
     config, settings = model.config, settings or SamplingSettings()
     piece = with_header(ids, style if config.has_fim else None, config.has_fim)
@@ -225,12 +302,20 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
         prompt = continuation_prompt(cut, config.block_size, budget)
         note = ("this checkpoint has no fill-in-the-middle tokens: the span continues the music "
                 "before it without hearing what follows, then joins it")
-    state = MiddleState(cut, num_samples, config.vocab_size, budget, settings, seed)
+    state = MiddleState(cut, num_samples, config.vocab_size, budget, settings, seed,
+                        note_limit_around(piece, t1, t2, settings))
     device = model.wte.weight.device
     history = torch.tensor(prompt, device=device).repeat(num_samples, 1)
     drawn: list[np.ndarray] = []
-    steps = decode_steps(model, history, min(budget, config.block_size - len(prompt)), state.draw)
-    with torch_threads(sampling_threads(num_samples, model)):
+    n_tokens = min(budget, config.block_size - len(prompt))
+    draw, unstyled = state.draw, None
+    styled = is_style(cut.header)
+    if styled.any() and settings.style_guidance > 0:
+        plain = history[:, np.flatnonzero(~np.concatenate([styled, np.zeros(len(prompt) - len(
+            styled), bool)]))]
+        draw, unstyled = guided(model, plain, n_tokens, state.draw, settings)
+    steps = decode_steps(model, history, n_tokens, draw)
+    with torch_threads(sampling_threads(num_samples, model)), _closing(unstyled):
         for token in steps:
             drawn.append(token.cpu().numpy())
             if progress is not None:

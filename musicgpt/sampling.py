@@ -26,6 +26,7 @@ import torch
 from .config import Config
 from .events import NoteGrammar
 from .model import GPT
+from .restate import SoundingTracker, restatements
 from .vocab import (
     END_ID,
     N_PITCHES,
@@ -33,6 +34,7 @@ from .vocab import (
     RANGES,
     START_ID,
     EventType,
+    is_note_off,
     is_note_on,
     is_style,
     note_off_id,
@@ -217,16 +219,29 @@ class SamplingSettings:
     # sample sounding for 10 s. Real piano music holds 0.36% of its notes this long (ASAP +
     # POP909 validation split).
     max_note_s: float | None = 6.0
+    # Time shifts that would leave nothing sounding for longer than this, once the music has
+    # started, are masked (None = never): the model then strikes a note (or ends the piece).
+    # Samples had 3 s or more of dead air in 5% of pieces; real music has none that long.
+    max_silence_s: float | None = 2.0
+    # The same before the first new note: at most this long before the music starts (None =
+    # never). A third of the training files open with a lead-in (MIDI files' count-in
+    # silence), and the model learnt to open with up to 20 s of nothing.
+    max_lead_in_s: float | None = 0.5
     # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
     # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding
     # pitch for that pitch's NOTE_OFF (a re-strike starts with the release). Plain masking hands
     # that mass (~5% per step for the default model) to every other event, so samples under-
     # release and pile up notes.
     keep_release_mass: bool = True
+    # When the window slides past the context, restate the notes still sounding at its new
+    # start (restate.py), so the model sees every note it may have to release.
+    restate_sounding: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_note_s is not None and not self.max_note_s > 0:
-            raise ValueError(f"max_note_s must be > 0 or None, got {self.max_note_s}")
+        for name in ("max_note_s", "max_silence_s", "max_lead_in_s"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
@@ -281,8 +296,10 @@ class SamplerState:
         self.n_new = np.zeros(B, dtype=np.int64)  # tokens each row keeps
         self.new_steps = np.zeros(B, dtype=np.int64)
         self.max_steps = None if max_seconds is None else seconds_to_steps(max_seconds)
+        self.silence = _SilenceGuard(B, settings, vocab_size)
         for column in history.T:
             self._observe(column)
+        self.silence.new_music(self.new_steps)
         self.new_steps[:] = 0
         self.onset_step[:] = 0
 
@@ -308,6 +325,7 @@ class SamplerState:
         allowed = None
         if self.settings.grammar:
             allowed = self.grammar.allowed
+            allowed = self.silence.limit(allowed, self.grammar.sounding, self.new_steps)
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
         return sample(draw_scores(logits, allowed, self.settings), self.rng)
@@ -321,6 +339,7 @@ class SamplerState:
                 self.new_steps[row] += self._steps[token]
             elif self._struck[token] >= 0:
                 self.onset_step[row, self._struck[token]] = self.new_steps[row]
+        self.silence.observe(self.grammar.sounding, self.new_steps, tokens)
 
     def _release_overdue(self, token: np.ndarray) -> np.ndarray:
         """Replace a row's draw by the NOTE_OFF of its longest-held note once that is overdue."""
@@ -330,6 +349,58 @@ class SamplerState:
         oldest = held.argmax(1)
         overdue = held[np.arange(len(token)), oldest] >= self.max_note_steps
         return np.where(overdue, note_off_id(oldest), token)
+
+
+class _SilenceGuard:
+    """Masks the time shifts that would make a silence longer than allowed: `max_lead_in_s`
+    before the first new note, `max_silence_s` with nothing sounding after it (primer notes
+    count as music)."""
+
+    def __init__(self, batch: int, settings: SamplingSettings, vocab_size: int):
+        def steps(seconds: float | None) -> int | None:
+            return None if seconds is None or not settings.grammar else seconds_to_steps(seconds)
+
+        self.lead_in, self.gap = steps(settings.max_lead_in_s), steps(settings.max_silence_s)
+        self.active = self.lead_in is not None or self.gap is not None
+        ids = np.arange(vocab_size)
+        self._shift = shift_steps(ids)
+        self._is_shift = self._shift > 0
+        self._on, self._off = is_note_on(ids), is_note_off(ids)
+        self.started = np.zeros(batch, dtype=bool)  # a new note has been struck
+        self.heard = np.zeros(batch, dtype=np.int64)  # the last step anything sounded
+        self.music = np.zeros(batch, dtype=bool)  # anything has sounded (primer included)
+
+    def new_music(self, primer_steps: np.ndarray) -> None:
+        """The primer is read (`primer_steps` long): from here on, notes and steps are new."""
+        self.started[:] = False
+        self.heard -= primer_steps
+
+    def observe(self, sounding: np.ndarray, new_steps: np.ndarray, tokens: list[int]) -> None:
+        if not self.active:
+            return
+        now, tokens = sounding.any(1), np.asarray(tokens)
+        self.started |= self._on[tokens]
+        self.music |= now
+        # sounding now, or a release just ended the last note: music up to this step
+        self.heard = np.where(now | self._off[tokens], new_steps, self.heard)
+
+    def limit(self, allowed: np.ndarray, sounding: np.ndarray,
+              new_steps: np.ndarray) -> np.ndarray:
+        """`allowed` without the shifts too long for each row's silence so far."""
+        if not self.active:
+            return allowed
+        room = np.full(len(allowed), np.iinfo(np.int64).max)
+        if self.lead_in is not None:
+            room = np.where(self.started, room, self.lead_in - new_steps)
+        if self.gap is not None:
+            silent = self.music & ~sounding.any(1)
+            room = np.where(silent & self.started | silent & (self.lead_in is None),
+                            np.minimum(room, self.gap - (new_steps - self.heard)), room)
+        limited = room < self._shift.max()
+        if not limited.any():
+            return allowed
+        too_long = self._is_shift[None] & (self._shift[None] > room[:, None]) & limited[:, None]
+        return allowed & ~too_long
 
 
 def token_budget(seconds: float | None) -> int:
@@ -443,10 +514,11 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         static = history.device.type == "cuda" if static_shapes is None else static_shapes
         draw, unstyled = rows.draw, None
         if n_front and settings.style_guidance > 0:
-            draw, unstyled = _guided(model, history, budget, rows.draw, static,
-                                     settings.style_guidance)
+            plain = torch.cat([history[:, :1], history[:, 1 + n_front :]], 1)
+            draw, unstyled = guided(model, plain, budget, rows.draw, settings, static)
         steps = decode_steps(model, history, budget, draw, static,
-                             keep_front=history[:, 1 : 1 + n_front])
+                             keep_front=history[:, 1 : 1 + n_front],
+                             restate=settings.restate_sounding)
         try:
             generated = _run(steps, rows, history,
                              _progress_seconds(progress, rows, max_seconds))
@@ -459,31 +531,32 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     return Generation(pieces, rows.stops(max_seconds))
 
 
-def _guided(model: GPT, history: torch.Tensor, budget: int, draw, static: bool,
-            guidance: float):
-    """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode).
+def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
+           settings: SamplingSettings, static: bool = False):
+    """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode):
+    logits = unstyled + (1 + settings.style_guidance) * (styled - unstyled).
 
-    The unstyled decode runs on a copy of the model (its own KV cache) over the history without
-    the style token, in lockstep: each styled draw first advances it one step for its logits,
-    draws the token from both, and writes that token into the buffer the unstyled decode just
-    yielded, which that decode feeds back at its next step. Past the context each decode slides
-    its own window.
+    The unstyled decode runs over `plain` (the styled history without its style token) on a copy
+    of the model (its own KV cache), in lockstep: each styled draw first advances it one step
+    for its logits, draws the token from both, and writes that token into the buffer the
+    unstyled decode just yielded, which that decode feeds back at its next step. Past the
+    context each decode slides its own window.
     """
     twin = copy.deepcopy(model)
-    plain = torch.cat([history[:, :1], history[:, 2:]], 1)
     mailbox: dict[str, torch.Tensor] = {}
+    weight = 1.0 + settings.style_guidance
 
     def hold(logits: torch.Tensor) -> torch.Tensor:
         mailbox["logits"] = logits
         mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return mailbox["token"]
 
-    unstyled = decode_steps(twin, plain, budget, hold, static)
+    unstyled = decode_steps(twin, plain, budget, hold, static, restate=settings.restate_sounding)
 
     def guided_draw(logits: torch.Tensor) -> torch.Tensor:
         next(unstyled)
         base = mailbox["logits"].float()
-        token = draw(base + (1.0 + guidance) * (logits.float() - base))
+        token = draw(base + weight * (logits.float() - base))
         mailbox["token"].copy_(token)
         return token
 
@@ -534,13 +607,16 @@ def _progress_seconds(progress: ProgressFn | None, rows: SamplerState,
 def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
                  draw: Callable[[torch.Tensor], torch.Tensor],
                  static_shapes: bool = False,
-                 keep_front: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+                 keep_front: torch.Tensor | None = None,
+                 restate: bool = True) -> Iterator[torch.Tensor]:
     """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
 
     `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
     re-prefilled from position 0 (a sliding window), so any number of tokens can be made;
     `keep_front` (B, k) tokens, a style token say, go in front of every re-prefilled window, as
-    training windows that start mid-piece carry them. The cache lives for the iteration only.
+    training windows that start mid-piece carry them. With `restate`, the notes still sounding
+    where the kept tokens start are restated after the front (restate.py), so the model sees
+    every note it may have to release. The cache lives for the iteration only.
     """
     block_size = model.config.block_size
     front = history[:, :0] if keep_front is None else keep_front
@@ -549,24 +625,53 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     # a cache no longer than the piece can get: short pieces never hold a full-context buffer
     capacity = min(block_size, window.size(1) + max_new_tokens)
     positions = torch.arange(capacity, device=history.device)
-    tail: list[torch.Tensor] = []  # tokens drawn since `window` was prefilled
+    sequence = _Sequence(history, model.config.vocab_size, restate)
     model.setup_cache(history.size(0), capacity)
     try:
+        if window.size(1) < history.size(1):
+            window = sequence.window(front, keep, block_size)
         logits, pos = _prefill(model, window), window.size(1)
         for i in range(max_new_tokens):
             if i > 0 and pos < capacity:  # one step at position pos
                 attend = None if static_shapes else pos + 1
-                logits = model(tail[-1][:, None], positions[pos : pos + 1], attend)[:, -1]
+                logits = model(sequence.last[:, None], positions[pos : pos + 1], attend)[:, -1]
                 pos += 1
             elif i > 0:  # the context is full: slide
-                recent = torch.cat([window, torch.stack(tail, 1)], 1)[:, -keep:]
-                window, tail = torch.cat([front, recent], 1), []
+                window = sequence.window(front, keep, block_size)
                 logits, pos = _prefill(model, window), window.size(1)
             token = draw(logits)
-            tail.append(token)
+            sequence.append(token)
             yield token
     finally:
         model.clear_cache()
+
+
+class _Sequence:
+    """The tokens of a decode so far (history, then each drawn column), and the window to
+    re-prefill when the context is full: front, the restated sounding notes, the recent tokens."""
+
+    def __init__(self, history: torch.Tensor, vocab_size: int, restate: bool):
+        self.columns = list(history.unbind(1))  # (B,) tensors; a drawn one may be filled later
+        self.tracker = SoundingTracker(history.size(0), vocab_size) if restate else None
+        self.scanned = 0
+        self.last = history[:, -1]
+
+    def append(self, token: torch.Tensor) -> None:
+        self.columns.append(token)
+        self.last = token
+
+    def window(self, front: torch.Tensor, keep: int, block_size: int) -> torch.Tensor:
+        cut = len(self.columns) - keep
+        recent = torch.stack(self.columns[cut:], 1)
+        if self.tracker is None:
+            return torch.cat([front, recent], 1)
+        if cut > self.scanned:
+            self.tracker.advance(torch.stack(self.columns[self.scanned : cut], 1).cpu().numpy())
+            self.scanned = cut
+        said = restatements(self.tracker)
+        if said.shape[1] > block_size - keep - front.size(1):  # no room: leave it out
+            said = said[:, :0]
+        return torch.cat([front, torch.from_numpy(said).to(recent.device), recent], 1)
 
 
 def style_token(config, slot: int) -> int:
