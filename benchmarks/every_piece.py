@@ -135,6 +135,14 @@ def real_checks(val: list[np.ndarray], seconds: float, from_first_note: bool) ->
     return out
 
 
+def note_lengths(pieces) -> dict[float, float]:
+    """Share of all notes (pooled) lasting at least 1, 2, 3, 4, 5 and 5.9 s."""
+    lengths = np.concatenate([n.end_step - n.start_step for n in pieces] or [np.zeros(0)])
+    steps = pc.STEPS_PER_S
+    return {t: float((lengths >= t * steps - 0.5).mean()) if len(lengths) else 0.0
+            for t in (1, 2, 3, 4, 5, pc.HELD_NOTE_S)}
+
+
 def print_pieces(table: dict[str, dict]) -> None:
     names = list(table)
     print("\n| per piece | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
@@ -187,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in comparison.items():
         if "a_mean" in row:
             print(f"| {name} | {row['a_mean']:.2f} | {row['b_mean']:.2f} | {row['overlap']:.3f} |")
+    lasting = {"samples": note_lengths(n for n, _, _ in free), "real": note_lengths(real)}
+    print("\nnotes lasting at least ... s (share of all notes, %):")
+    for name, row in lasting.items():
+        print(f"  {name}: " + ", ".join(f">= {t:g} s: {100 * v:.2f}" for t, v in row.items()))
     timer = time.perf_counter()
     spans = infill_set(model, settings, args, val) if args.spans else []
     report["seconds"]["infill"] = time.perf_counter() - timer
@@ -195,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in spans_summary.items():
         print(f"| {name} | {value:.3f} |")
     print(f"\nwall s: {json.dumps({k: round(v, 1) for k, v in report['seconds'].items()})}")
-    report.update(pieces=table, overlaps={k: v["overlap"] for k, v in comparison.items()},
+    report.update(pieces=table, note_lengths=lasting,
+                  overlaps={k: v["overlap"] for k, v in comparison.items()},
                   means={k: v.get("a_mean") for k, v in comparison.items()},
                   infill=spans_summary, spans=spans,
-                  unprimed_checks=[pc.piece_checks(*p) for p in free])
+                  unprimed_checks=[pc.piece_checks(*p) for p in free],
+                  primed_checks=[pc.piece_checks(*p) for p in primed])
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1, default=float))
     return 0

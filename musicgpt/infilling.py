@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .candidates import choose_middles
 from .events import NoteGrammar, ids_to_arrays
 from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_start
 from .model import GPT
@@ -138,7 +139,7 @@ def with_header(ids, style: int | None, has_styles: bool) -> np.ndarray:
     return np.concatenate([[START_ID], header, ids[head:]]).astype(np.int64)
 
 
-def fim_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
+def fim_prompt(cut: Cut, block_size: int, budget: int, restate: bool = True) -> np.ndarray:
     """The training order up to the middle (fim.arrange), with the nearest suffix and prefix
     tokens that fit beside the middle's `budget` (the prefix's notes that still sound where its
     kept tail starts restated, `prefix_tail`)."""
@@ -148,20 +149,23 @@ def fim_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
     n_suffix = min(len(cut.suffix), room - n_prefix)
     return np.concatenate([cut.header, [FILL_SUFFIX_ID], gap, [FILL_SUFFIX_ID],
                            cut.suffix[:n_suffix], [FILL_MIDDLE_ID],
-                           prefix_tail(cut.prefix, n_prefix),
+                           prefix_tail(cut.prefix, n_prefix, restate),
                            [FILL_MIDDLE_ID]]).astype(np.int64)
 
 
-def continuation_prompt(cut: Cut, block_size: int, budget: int) -> np.ndarray:
+def continuation_prompt(cut: Cut, block_size: int, budget: int,
+                        restate: bool = True) -> np.ndarray:
     room = block_size - budget - len(cut.header)
-    return np.concatenate([cut.header, prefix_tail(cut.prefix, max(room, 0))])
+    return np.concatenate([cut.header, prefix_tail(cut.prefix, max(room, 0), restate)])
 
 
-def prefix_tail(prefix: np.ndarray, size: int) -> np.ndarray:
-    """At most `size` tokens: the end of `prefix`, led by the notes that still sound where the
-    kept part starts (restate.py), so the model sees every note the middle may have to end."""
+def prefix_tail(prefix: np.ndarray, size: int, restate: bool = True) -> np.ndarray:
+    """At most `size` tokens: the end of `prefix`, led (with `restate`) by the notes that still
+    sound where the kept part starts (restate.py), so the model sees every note the middle may
+    have to end."""
     start = max(len(prefix) - size, 0)
-    for _ in range(4):  # the restatement takes room from the tail, which may change it
+    # the restatement takes room from the tail, which may change what it restates
+    for _ in range(4 if restate else 0):
         tail = restate_segment(prefix[:start], prefix[start:]) if start else prefix
         if len(tail) <= size:
             return tail
@@ -289,7 +293,8 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     piece's own, if any); with a style, `settings.style_guidance` pushes the middle towards it
     as in `generate` (a second, unstyled decode in lockstep). `settings.grammar` does not apply:
     the grammar is always on. A note of the middle (or one the prefix left sounding) is released
-    once it has sounded as long as `note_limit_around` allows.
+    once it has sounded as long as `note_limit_around` allows. With `settings.candidates` > 1,
+    that many middles are written per sample and the best kept (`candidates.choose_middles`).
     """
     config, settings = model.config, settings or SamplingSettings()
     piece = with_header(ids, style if config.has_fim else None, config.has_fim)
@@ -297,15 +302,17 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     cut = cut_at_steps(piece, t1, t2)
     budget = middle_budget(cut.gap_steps)
     if config.has_fim:
-        prompt, note = fim_prompt(cut, config.block_size, budget), None
+        prompt = fim_prompt(cut, config.block_size, budget, settings.restate_sounding)
+        note = None
     else:
-        prompt = continuation_prompt(cut, config.block_size, budget)
+        prompt = continuation_prompt(cut, config.block_size, budget, settings.restate_sounding)
         note = ("this checkpoint has no fill-in-the-middle tokens: the span continues the music "
                 "before it without hearing what follows, then joins it")
-    state = MiddleState(cut, num_samples, config.vocab_size, budget, settings, seed,
+    n_rows = num_samples * settings.candidates
+    state = MiddleState(cut, n_rows, config.vocab_size, budget, settings, seed,
                         note_limit_around(piece, t1, t2, settings))
     device = model.wte.weight.device
-    history = torch.tensor(prompt, device=device).repeat(num_samples, 1)
+    history = torch.tensor(prompt, device=device).repeat(n_rows, 1)
     drawn: list[np.ndarray] = []
     n_tokens = min(budget, config.block_size - len(prompt))
     draw, unstyled = state.draw, None
@@ -315,7 +322,7 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
             styled), bool)]))]
         draw, unstyled = guided(model, plain, n_tokens, state.draw, settings)
     steps = decode_steps(model, history, n_tokens, draw)
-    with torch_threads(sampling_threads(num_samples, model)), _closing(unstyled):
+    with torch_threads(sampling_threads(n_rows, model)), _closing(unstyled):
         for token in steps:
             drawn.append(token.cpu().numpy())
             if progress is not None:
@@ -326,8 +333,11 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
                 break
     if not state.done.all():  # cannot happen while the budget guard holds; never return a bad join
         raise RuntimeError("the middle did not close inside its token budget")
-    table = np.stack(drawn, 1) if drawn else np.zeros((num_samples, 0), np.int64)
+    table = np.stack(drawn, 1) if drawn else np.zeros((n_rows, 0), np.int64)
     middles = [row[:n] for row, n in zip(table, state.n_new.tolist(), strict=True)]
     pieces = [canonical(np.concatenate([cut.header, cut.prefix, m, cut.suffix]))
               for m in middles]
+    if settings.candidates > 1:
+        chosen = choose_middles(model, cut, pieces, middles, piece, t1, t2, settings.candidates)
+        pieces, middles = [pieces[i] for i in chosen], [middles[i] for i in chosen]
     return Infill(pieces, middles, float(steps_to_seconds(t1)), float(steps_to_seconds(t2)), note)

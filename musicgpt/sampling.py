@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .candidates import choose_pieces
 from .config import Config
 from .events import NoteGrammar
 from .model import GPT
@@ -161,6 +162,10 @@ def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 _PITCHES = np.arange(N_PITCHES)
+_OFF_IDS = note_off_id(_PITCHES)
+STEPS_PER_S = seconds_to_steps(1.0)
+MAX_CANDIDATES = 16
+RELEASE_RAMP_PER_S = 2.0  # log-odds added to a long note's NOTE_OFF per second past the ramp
 
 
 def release_mass_kept(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -227,6 +232,14 @@ class SamplingSettings:
     # never). A third of the training files open with a lead-in (MIDI files' count-in
     # silence), and the model learnt to open with up to 20 s of nothing.
     max_lead_in_s: float | None = 0.5
+    # A note that has sounded this long gets RELEASE_RAMP_PER_S more log-odds of its NOTE_OFF
+    # per second held past it (None = never), so a long note ends on its own before the
+    # max_note_s guard has to end it.
+    release_ramp_s: float | None = None
+    # Write this many candidates per piece (in one batch) and keep the best (candidates.py): a
+    # piece that fails the per-piece checks is kept only when every candidate does. Costs up to
+    # candidates x the work per step (less on a CPU, where a step is mostly overhead).
+    candidates: int = 1
     # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
     # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding
     # pitch for that pitch's NOTE_OFF (a re-strike starts with the release). Plain masking hands
@@ -235,10 +248,10 @@ class SamplingSettings:
     keep_release_mass: bool = True
     # When the window slides past the context, restate the notes still sounding at its new
     # start (restate.py), so the model sees every note it may have to release.
-    restate_sounding: bool = True
+    restate_sounding: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_note_s", "max_silence_s", "max_lead_in_s"):
+        for name in ("max_note_s", "max_silence_s", "max_lead_in_s", "release_ramp_s"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
@@ -250,6 +263,8 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(f"candidates must be in 1..{MAX_CANDIDATES}, got {self.candidates}")
         if not 0 <= self.style_guidance <= 10:
             raise ValueError(f"style_guidance must be in [0, 10] (0 = off), "
                              f"got {self.style_guidance}")
@@ -296,6 +311,8 @@ class SamplerState:
         self.n_new = np.zeros(B, dtype=np.int64)  # tokens each row keeps
         self.new_steps = np.zeros(B, dtype=np.int64)
         self.max_steps = None if max_seconds is None else seconds_to_steps(max_seconds)
+        self.ramp_steps = (None if settings.release_ramp_s is None
+                           else seconds_to_steps(settings.release_ramp_s))
         self.silence = _SilenceGuard(B, settings, vocab_size)
         for column in history.T:
             self._observe(column)
@@ -328,7 +345,20 @@ class SamplerState:
             allowed = self.silence.limit(allowed, self.grammar.sounding, self.new_steps)
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
+            logits = self._release_ramp(logits)
         return sample(draw_scores(logits, allowed, self.settings), self.rng)
+
+    def _release_ramp(self, logits: np.ndarray) -> np.ndarray:
+        """`logits` with the NOTE_OFF of each note held past `release_ramp_s` raised."""
+        if self.ramp_steps is None:
+            return logits
+        held = self.new_steps[:, None] - self.onset_step - self.ramp_steps
+        late = self.grammar.sounding & (held > 0)
+        if not late.any():
+            return logits
+        logits = logits.copy()
+        logits[:, _OFF_IDS] += np.where(late, held * (RELEASE_RAMP_PER_S / STEPS_PER_S), 0.0)
+        return logits
 
     def _observe(self, tokens: np.ndarray) -> None:
         """Advance each row by one token: grammar, onsets, music length."""
@@ -507,8 +537,9 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
     budget = token_budget(max_seconds) if max_new_tokens is None else max_new_tokens
-    with torch_threads(threads or sampling_threads(num_samples, model)):
-        history, n_front = _start(model, primer, num_samples, style)
+    n_rows = num_samples * settings.candidates
+    with torch_threads(threads or sampling_threads(n_rows, model)):
+        history, n_front = _start(model, primer, n_rows, style)
         rows = SamplerState(history.cpu().numpy(), settings, model.config.vocab_size,
                             max_seconds, seed)
         static = history.device.type == "cuda" if static_shapes is None else static_shapes
@@ -528,7 +559,12 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     start = history[0].cpu().numpy()
     pieces = [np.concatenate([start, row[:n]])
               for row, n in zip(generated, rows.n_new.tolist(), strict=True)]
-    return Generation(pieces, rows.stops(max_seconds))
+    stops = rows.stops(max_seconds)
+    if settings.candidates > 1:
+        chosen = choose_pieces(pieces, settings.candidates, int(shift_steps(start).sum()),
+                               max_seconds)
+        pieces, stops = [pieces[i] for i in chosen], [stops[i] for i in chosen]
+    return Generation(pieces, stops)
 
 
 def guided(model: GPT, plain: torch.Tensor, budget: int, draw,

@@ -140,7 +140,7 @@ def test_a_slid_window_restates_the_notes_still_sounding(make_tiny_model):
     model = make_tiny_model()  # block_size 64: the window slides every 16 tokens
     held = [START_ID, name_to_id("VELOCITY_80"), note_on_id(30)] + [shift_id(1)] * 70
     off = dict(max_note_s=None, max_silence_s=None, max_lead_in_s=None)
-    restated = _prefilled_windows(model, held, SamplingSettings(**off))
+    restated = _prefilled_windows(model, held, SamplingSettings(**off, restate_sounding=True))
     plain = _prefilled_windows(model, held, SamplingSettings(**off, restate_sounding=False))
     assert len(restated) >= 5
     assert restated[0][:2] == [name_to_id("VELOCITY_80"), note_on_id(30)]  # onset out of sight
@@ -150,13 +150,13 @@ def test_a_slid_window_restates_the_notes_still_sounding(make_tiny_model):
     assert sum(map(_unseen_releases, plain)) > 0
 
 
-def _silence_lover(model):
-    """The tiny model, pushed to move time by a full second whenever it may."""
+def _silence_lover(model, bias: float = 12.0):
+    """The tiny model, pushed (by `bias` on the logit) to move time by a full second."""
     real_forward = model.forward
 
     def forward(idx, input_pos=None, attend_len=None):
         logits = real_forward(idx, input_pos, attend_len)
-        logits[..., TOP_SHIFT_ID] += 12.0
+        logits[..., TOP_SHIFT_ID] += bias
         return logits
 
     model.forward = forward
@@ -214,3 +214,37 @@ def test_infill_follows_style_guidance(make_tiny_model):
     assert [m.tolist() for m in plain.middles] != [m.tolist() for m in pushed.middles]
     assert all(not grammar_errors(p) for p in pushed.pieces)
     assert all(is_shift(m).any() or is_note_on(m).any() for m in pushed.middles)
+
+
+def test_best_of_n_keeps_the_candidate_the_checks_like_best(make_tiny_model):
+    from musicgpt.candidates import piece_score
+
+    model = _silence_lover(make_tiny_model(4), 6.0)  # its pieces often fail the checks
+    settings = SamplingSettings(max_silence_s=None, max_lead_in_s=None)
+    kwargs = dict(max_seconds=12, seed=3)
+    every = generate(model, None, num_samples=4, settings=settings, **kwargs)
+    scores = [piece_score(r, 0, 12) for r in every]
+    assert len(set(scores)) > 1  # the candidates differ by the checks
+    (best,) = generate(model, None, num_samples=1, settings=SamplingSettings(
+        max_silence_s=None, max_lead_in_s=None, candidates=4), **kwargs)
+    assert best.tolist() == every[min(range(4), key=scores.__getitem__)].tolist()
+
+
+def test_best_of_n_infill_keeps_a_candidate_with_the_likeliest_join(make_tiny_model):
+    from musicgpt.candidates import join_nll
+    from musicgpt.fim import cut_at_steps
+
+    model = make_tiny_model(5, block_size=256)
+    piece = np.r_[START_ID, np.tile(_ids("VELOCITY_80", "NOTE_ON_C4", "TIME_SHIFT_200ms",
+                                         "NOTE_OFF_C4", "NOTE_ON_E4", "TIME_SHIFT_200ms",
+                                         "NOTE_OFF_E4"), 30)]
+    every = infill(model, piece, 4.0, 6.0, num_samples=3, seed=2)
+    (best,) = infill(model, piece, 4.0, 6.0, num_samples=1, seed=2,
+                     settings=SamplingSettings(candidates=3)).middles
+    cut = cut_at_steps(piece, 400, 600)
+    nll = [join_nll(model, cut.header, cut.prefix, m, cut.suffix) for m in every.middles]
+    assert all(np.isfinite(nll)) and len(set(nll)) == 3
+    drone = [pc.span_checks(ids_to_arrays(p), ids_to_arrays(piece), 400, 600)["drone"]
+             for p in every.pieces]
+    scores = list(zip(drone, nll, strict=True))
+    assert best.tolist() == every.middles[min(range(3), key=scores.__getitem__)].tolist()

@@ -1,0 +1,77 @@
+"""Best of N: write several candidates for each piece or span and keep the one that fares best.
+
+A sampler draws one token at a time and cannot take back a piece that drifts into silence or a
+drone; a few candidates written in the same batch cost little more than one on a CPU (a decode
+step is mostly overhead), and the per-piece checks (piece_checks.py) tell the failures apart.
+
+- generate: the candidate whose new music fails fewest checks, then starts soonest, then holds the
+  smallest share of its notes to the guard (`piece_score`);
+- infill: the candidate that drones least (a note over most of the span where the original held
+  none), then the one after which the model finds the music that follows most likely: the mean
+  NLL of the suffix's first tokens read left to right after the prefix and the new middle
+  (`join_nll`). A middle in the wrong key or texture makes what follows less likely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .events import ids_to_arrays
+from .piece_checks import piece_checks, span_checks
+from .vocab import END_ID, seconds_to_steps
+
+SUFFIX_TOKENS = 64  # suffix tokens `join_nll` scores
+
+
+def piece_score(ids: np.ndarray, start_step: int, max_seconds: float | None) -> tuple:
+    """How a generated piece's new music (from `start_step`, `max_seconds` long) fares by the
+    per-piece checks; lower is better: fails, then how many checks it fails (a late start
+    included), then the share of its notes held to the guard."""
+    end = None if max_seconds is None else start_step + seconds_to_steps(max_seconds)
+    checks = piece_checks(ids_to_arrays(ids), start_step, end)
+    flags = sum(bool(checks[f]) for f in ("sparse", "dead_air", "late_start", "wall", "drone"))
+    return int(checks["fails"]), flags, checks["held_share"]
+
+
+def best_of_groups(scores: list, candidates: int) -> list[int]:
+    """Per group of `candidates` consecutive scores, the index of the lowest (first of equals)."""
+    return [min(range(first, min(first + candidates, len(scores))), key=scores.__getitem__)
+            for first in range(0, len(scores), candidates)]
+
+
+def choose_pieces(pieces: list[np.ndarray], candidates: int, start_step: int,
+                  max_seconds: float | None) -> list[int]:
+    """The index of the best generated piece of each group of `candidates` (`piece_score`)."""
+    return best_of_groups([piece_score(p, start_step, max_seconds) for p in pieces], candidates)
+
+
+@torch.inference_mode()
+def join_nll(model, header: np.ndarray, prefix: np.ndarray, middle: np.ndarray,
+             suffix: np.ndarray, n_suffix: int = SUFFIX_TOKENS) -> float:
+    """Mean NLL (nats per token) of the first `n_suffix` tokens of `suffix` read left to right
+    after `header`, as much of `prefix` as fits the context, and `middle` (nan: none to score)."""
+    block = model.config.block_size
+    head = suffix[suffix != END_ID][: max(min(n_suffix, block - len(header) - len(middle) - 1), 0)]
+    if not len(head):
+        return float("nan")
+    room = block - len(header) - len(middle) - len(head)
+    ids = np.concatenate([header, prefix[max(len(prefix) - room, 0) :], middle, head])
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(ids, dtype=torch.long, device=device)[None]
+    logits = model(tokens[:, :-1]).float()[0, -len(head) :]
+    return float(F.cross_entropy(logits, tokens[0, -len(head) :]))
+
+
+def choose_middles(model, cut, pieces: list[np.ndarray], middles: list[np.ndarray],
+                   original: np.ndarray, t1: int, t2: int, candidates: int) -> list[int]:
+    """The index of the best infilled candidate of each group of `candidates`: no drone first,
+    then the lowest `join_nll`."""
+    notes = ids_to_arrays(original)
+    scores = []
+    for piece, middle in zip(pieces, middles, strict=True):
+        drone = span_checks(ids_to_arrays(piece), notes, t1, t2)["drone"]
+        nll = join_nll(model, cut.header, cut.prefix, middle, cut.suffix)
+        scores.append((int(drone), nll if np.isfinite(nll) else 0.0))
+    return best_of_groups(scores, candidates)
