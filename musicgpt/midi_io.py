@@ -220,30 +220,46 @@ def midi_file_to_arrays(path: str | Path) -> NoteArrays:
 MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can hold (4-byte quantity)
 
 
-def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -> Path:
-    """Write notes as a one-track piano `.mid` (120 bpm, 480 ticks per beat, so 1 tick ~ 1 ms).
+def arrays_to_midi_bytes(notes: NoteArrays, program: int = 0, bpm: float = 120.0) -> bytes:
+    """Notes as the bytes of a one-track piano `.mid` at `bpm` (480 ticks per beat; 4/4, so a
+    DAW's bar grid follows the tempo).
 
-    Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours here) is
-    written as several events (empty markers between). All or nothing: a failed write leaves no
-    `.tmp` and raises files.WriteError naming the path.
+    Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours at 120 bpm)
+    is written as several events (empty markers between).
     """
+    import io
+
     import pretty_midi
 
-    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0, resolution=480)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=float(bpm), resolution=480)
+    midi.time_signature_changes.append(pretty_midi.TimeSignature(4, 4, 0.0))
     piano = pretty_midi.Instrument(program=program, name="Piano")
     starts = steps_to_seconds(notes.start_step).tolist()
     ends = steps_to_seconds(notes.end_step).tolist()
     for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(), starts, ends, strict=True):
         piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
     midi.instruments.append(piano)
+    if midi.time_to_tick(max(ends, default=0.0)) >= MAX_DELTA_TICKS:
+        return _split_long_deltas(midi)
+    raw = io.BytesIO()
+    midi.write(raw)  # no delta can be too long
+    return raw.getvalue()
+
+
+def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0,
+                        bpm: float = 120.0) -> Path:
+    """Write notes as a one-track piano `.mid` (`arrays_to_midi_bytes`). All or nothing: a failed
+    write leaves no `.tmp` and raises files.WriteError naming the path."""
+    return bytes_to_file(arrays_to_midi_bytes(notes, program, bpm), path)
+
+
+def bytes_to_file(data: bytes, path: str | Path) -> Path:
+    """Write `data` (a `.mid`, a `.wav`) to `path` all or nothing (files.writing)."""
     path = Path(path)
     tmp = tmp_path(path)
     with writing(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if midi.time_to_tick(max(ends, default=0.0)) < MAX_DELTA_TICKS:
-            midi.write(str(tmp))  # no delta can be too long
-        else:
-            tmp.write_bytes(_split_long_deltas(midi))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from .events import (
 )
 from .infilling import InfillError, check_span
 from .midi_io import MidiReadError
-from .pipeline import ids_to_midi_file, midi_bytes_to_ids
-from .vocab import END_ID, START_ID, is_style, seconds_to_steps, steps_to_seconds
+from .pipeline import generated_primer_len, ids_to_midi_bytes, midi_bytes_to_ids  # noqa: F401
+from .vocab import END_ID, START_ID, seconds_to_steps, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
@@ -204,22 +203,6 @@ def surprisal_summary(surprisal: np.ndarray, is_primer: np.ndarray) -> str:
             parts.append(f"{name} notes {values.mean():.2f} nats on average "
                          f"(most surprising {values.max():.2f})")
     return "; ".join(parts) if parts else "No notes to score."
-
-
-def ids_to_midi_bytes(ids) -> bytes:
-    """The .mid file (one piano track) the ids decode to, as bytes."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = ids_to_midi_file(ids, Path(folder) / "piece.mid")
-        return path.read_bytes()
-
-
-def generated_primer_len(primer, style: int | None) -> int:
-    """How many leading ids of a row `generate` returns are the primer: START, the style token
-    (`generate` puts it after START and drops the primer's own), and the primer's events."""
-    body = [int(t) for t in (primer if primer is not None else []) if int(t) != START_ID]
-    if style is not None:
-        body = [t for t in body if not is_style(t)]
-    return 1 + (style is not None) + len(body)
 
 
 # --- versions: regenerate a span, keep it or undo ----------------------------------------------
