@@ -299,7 +299,7 @@ def _read_primer(path: str, seconds: float | None, what: str = "primer"):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_midi_folder
+    from .evaluation import evaluate_midi_folder, reference_line
 
     if not Path(args.midi_dir).is_dir():
         raise UserError(f"MIDI folder not found: {args.midi_dir}")
@@ -329,6 +329,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{result.files} file(s), {result.tokens:,} tokens, {result.seconds:.1f} s of music"
           f" ({len(result.skipped)} skipped)")
     print(f"NLL {result.nll_per_token:.4f} nats/token, {result.nll_per_second:.3f} nats/second")
+    print(reference_line())
     return 0
 
 
