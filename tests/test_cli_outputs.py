@@ -9,6 +9,7 @@ import re
 
 import mido
 import pytest
+from conftest import CORPUS_DIR
 from helpers import Track, write_midi
 from test_midi_edit import assert_edit_keeps_outside
 
@@ -159,3 +160,21 @@ def test_a_piece_without_notes_says_so(make_tiny_model, tmp_path, capsys):
                           "--seed", "0", "--no-progress")
     assert code == 0 and "0 new notes, seed 0; no notes: try another seed" in lines, lines
     assert mido.MidiFile(file=io.BytesIO((tmp_path / "e.mid").read_bytes())).type == 1
+
+
+@pytest.mark.skipif(not CORPUS_DIR.is_dir(), reason=f"corpus folder {CORPUS_DIR} is absent")
+@pytest.mark.parametrize("name", ["pop909/001.mid", "asap/Bach/Fugue/bwv_880/Sun02.mid",
+                                  "pianomidi/Albeniz/alb_esp3.mid"])
+def test_infill_on_real_files_keeps_every_other_event(fim_checkpoint, tmp_path, capsys, name):
+    """POP909 (type 1, 4 tracks, 2/4, pedal), ASAP (type 0, pedal), piano-midi.de (type 1,
+    8 tracks, hundreds of tempo changes): the whole CLI, the model's middle written in."""
+    source = CORPUS_DIR / name
+    out = tmp_path / "out.mid"
+    start = int(midi_file_to_arrays(source).start_step.min()) + 2000  # 20 s into the music
+    code, lines, _ = _run(capsys, "infill", "--checkpoint", fim_checkpoint, "--midi", source,
+                          "--start", start / 100, "--end", start / 100 + 1.5, "--out", out,
+                          "--seed", "1", "--no-progress")
+    assert code == 0 and f"{start / 100:.2f}-{start / 100 + 1.5:.2f} s rewritten" in lines
+    assert assert_edit_keeps_outside(source.read_bytes(), out.read_bytes(), start,
+                                     start + 150) > 0
+    assert _meta(out)[2] == _meta(source)[2]
