@@ -20,7 +20,7 @@ from musicgpt import arcs, audio, player, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
-from musicgpt.pipeline import continuation_to_midi_bytes
+from musicgpt.pipeline import continuation_to_midi_bytes, infill_to_midi_bytes
 from musicgpt.quantize import sampling_dtype
 from musicgpt.sampling import SamplingSettings, generate_pieces
 
@@ -305,16 +305,22 @@ def regenerate(history: studio.History, sampler, span, opts: dict) -> None:
             shown[0] = percent
             bar.progress(percent / 100, text=f"Regenerating... {done_s:.1f} of {total_s:.1f} s")
 
+    parent = history.versions[history.current]
     try:
-        result = infill(sampler, history.versions[history.current].ids, start, end,
-                        settings=sampling_settings(opts), seed=history.next_seed(opts["seed"]),
-                        style=opts["style"], progress=progress)
+        result = infill(sampler, parent.ids, start, end, settings=sampling_settings(opts),
+                        seed=history.next_seed(opts["seed"]), style=opts["style"],
+                        progress=progress)
     except InfillError as exc:
         st.error(f"Cannot regenerate this span: {exc}.")
         return
     finally:
         bar.empty()
-    history.push(result.pieces[0], (result.start_s, result.end_s), result.note)
+    span = (result.start_s, result.end_s)
+    index = history.push(result.pieces[0], span, result.note)
+    # its .mid is the parent's file edited in place: tracks, tempo map and meter stay
+    midi = infill_to_midi_bytes(version_view(parent)["midi"], parent.ids, result.middles[0],
+                                *span)
+    history.versions[index].view.update(render(studio.span_piece(result.pieces[0], span), midi))
 
 
 def show_pending(history: studio.History, key: str, filename: str) -> None:

@@ -16,8 +16,9 @@ program changes and ticks per beat as before, each event at its own tick.
 
 The new notes go on one new track named `NEW_TRACK_NAME` (in a type-0 file, into its one track),
 on a MIDI channel the file does not use, with the program of its piano track (the one with the
-most notes). The sustain pedal acts per channel, so the file's own pedal cannot hold them: they
-sound as long as the model wrote them, and nothing sounds past the span that did not before.
+most notes); a file that already has that track (an earlier edit's) gets them there. The
+sustain pedal acts per channel, so the file's own pedal cannot hold them: they sound as long as
+the model wrote them, and nothing sounds past the span that did not before.
 Seconds become ticks through the file's tempo map (its last tempo holds past its end). Drum notes
 (channel 10) are never removed. Reads and writes with mido; `midi_io` stays the reader of notes.
 """
@@ -166,6 +167,15 @@ def _new_voice(tracks: list[Events]) -> tuple[int, int]:
     return (free[0] if free else channel), (programs[0] if programs else 0)
 
 
+def _own_track(tracks: list[Events]) -> int | None:
+    """The index of the track an earlier edit added (named NEW_TRACK_NAME, with a channel)."""
+    for i, events in enumerate(tracks):
+        names = [m.name for _, m in events if m.type == "track_name"]
+        if names[:1] == [NEW_TRACK_NAME] and any(hasattr(m, "channel") for _, m in events):
+            return i
+    return None
+
+
 def _note_events(notes: NoteArrays, channel: int, tempo: TempoMap) -> Events:
     """The notes as note-on/note-off events at the file's ticks (offs first at a tick)."""
     import mido
@@ -185,14 +195,19 @@ def _with_new_notes(midi, tracks: list[Events], notes: NoteArrays, tempo: TempoM
     merged into a type-0 file's one track."""
     import mido
 
-    channel, program = _new_voice(tracks)
-    new = [(0, mido.Message("program_change", channel=channel, program=program)),
-           *_note_events(notes, channel, tempo)]
     tracks = list(tracks)
-    if midi.type == 0:
-        tracks[0] = sorted(tracks[0] + new, key=lambda e: e[0])  # stable: the file's first
+    own = _own_track(tracks)
+    if own is not None:  # edited before: the new notes join the earlier ones, on their channel
+        channel = next(m.channel for _, m in tracks[own] if hasattr(m, "channel"))
+        tracks[own] = sorted(tracks[own] + _note_events(notes, channel, tempo), key=lambda e: e[0])
     else:
-        tracks.append([(0, mido.MetaMessage("track_name", name=NEW_TRACK_NAME)), *new])
+        channel, program = _new_voice(tracks)
+        new = [(0, mido.Message("program_change", channel=channel, program=program)),
+               *_note_events(notes, channel, tempo)]
+        if midi.type == 0:
+            tracks[0] = sorted(tracks[0] + new, key=lambda e: e[0])  # stable: the file's first
+        else:
+            tracks.append([(0, mido.MetaMessage("track_name", name=NEW_TRACK_NAME)), *new])
     out = mido.MidiFile(type=midi.type, ticks_per_beat=midi.ticks_per_beat,
                         charset=midi.charset)
     out.tracks = [_relative(events) for events in tracks]

@@ -137,3 +137,26 @@ def test_an_uploaded_primer_keeps_its_clock_in_generate_and_continue(app, tmp_pa
     assert not app.exception
     continued = app.session_state["results"][0]["midi"]
     assert _clock(continued)[1] == _clock(song)[1] and _clock(continued)[0] >= 4
+
+
+def test_a_regenerated_span_edits_the_pieces_own_file(make_tiny_model, tmp_path, monkeypatch):
+    from musicgpt.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(make_tiny_model(block_size=256), tmp_path / "checkpoint")
+    monkeypatch.setenv(studio.ENV_CHECKPOINT, str(ckpt))
+    monkeypatch.setenv(studio.ENV_CHECKPOINTS, "")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    song = _song_bytes(tmp_path)
+    at.sidebar.radio(key="primer").set_value("upload").run()
+    at.sidebar.file_uploader(key="upload").upload("song.mid", song).run()
+    at.sidebar.slider(key="primer_s").set_value(3)
+    at.sidebar.slider(key="seconds").set_value(3)
+    at.sidebar.button(key="generate").click().run()
+    at.slider(key="edit_span_s0").set_value((1.0, 2.0)).run()
+    at.button(key="edit_go_s0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    history = at.session_state["histories"]["s0"]
+    assert history.pending == 1
+    edited = history.versions[1].view["midi"]
+    assert _clock(edited) == _clock(at.session_state["results"][0]["midi"])  # one new track
+    assert _clock(edited)[1] == _clock(song)[1]

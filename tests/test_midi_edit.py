@@ -193,3 +193,19 @@ def test_real_files_keep_every_event_outside_the_span(name):
     assert [p for p, _, _ in _new_track_notes(edited, data)] == [60, 67, 72]
     primer = continue_midi_bytes(data, _new_notes(start, end), start)
     assert len(midi_bytes_to_arrays(primer)) > 3
+
+
+def test_a_second_edit_writes_into_the_first_ones_track(pedal_file):
+    once = continue_midi_bytes(pedal_file, _new_notes(400, 600), 400)
+    twice = infill_midi_bytes(once, _new_notes(450, 500), 450, 500)
+    names = [t.name for t in mido.MidiFile(file=io.BytesIO(twice)).tracks]
+    assert names == [t.name for t in mido.MidiFile(file=io.BytesIO(once)).tracks]
+    assert names.count(NEW_TRACK_NAME) == 1
+    assert _channels(_tracks(twice)[1]) == _channels(_tracks(once)[1])
+    new = [(p, round(s, 2)) for p, _, s in _new_track_notes(twice, pedal_file)]
+    # the first edit's notes were struck before the second's span: all kept
+    assert new == [(60, 4.0), (67, 4.1), (60, 4.5), (67, 4.6), (72, 4.95), (72, 5.95)]
+    third = infill_midi_bytes(twice, _new_notes(590, 600), 590, 600)
+    # a third span over the first edit's 72 (5.95 s) replaces it
+    assert [(p, s) for p, _, s in _new_track_notes(third, pedal_file) if s >= 5.9] == \
+           [(60, 5.9), (72, 5.95), (67, 6.0)]
