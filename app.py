@@ -404,8 +404,7 @@ def main() -> None:
 
 
 def continue_piece(path: str, opts: dict, number: int) -> None:
-    """Generate after sample `number`'s current version if its Continue was pressed, with the
-    progress bar here, beside the button; the new result is then shown from the top."""
+    """After sample `number`'s Continue was pressed: generate, the progress bar beside it."""
     continued = st.session_state.get(CONTINUE)
     if continued is None or continued[0] != number:
         return

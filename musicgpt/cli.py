@@ -166,7 +166,7 @@ def _generate(args: argparse.Namespace) -> int:
     _check_lengths(args)
     checks.require(math.isfinite(args.bpm) and 0 < args.bpm <= 6000,
                    f"--bpm wants a tempo above 0 and at most 6000, got {args.bpm:g}")
-    out, wav = _out_path(args)
+    out, wav = outputs.out_path("--out", args.out, args.wav)
     seed = outputs.draw_seed(args.seed)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     source = Path(args.primer).read_bytes() if args.primer else None
@@ -185,29 +185,13 @@ def _generate(args: argparse.Namespace) -> int:
     for path, row, stop in zip(_output_paths(out, args.num_samples), made.rows, made.stops,
                                strict=True):
         midi = continuation_to_midi_bytes(row, primer_len, source, args.bpm)
-        written = _write(midi, path, wav)
+        written = outputs.write_piece(midi, path, wav)
         n_new = int(is_note_on(row[primer_len:]).sum())
         print(outputs.wrote_line(written, f"{ids_to_seconds(row):.1f} s, {len(row)} tokens, "
                                           f"{n_new} new notes", seed, n_new,
                                  "new notes" if primer is not None else "notes",
                                  stop.message() if stop.early else ""))
     return 0
-
-
-def _out_path(args: argparse.Namespace) -> tuple[Path, bool]:
-    """--out checked (a .mid/.midi, or a .wav), and whether audio is wanted (--wav or a .wav)."""
-    out = checks.out_file("--out", args.out)
-    outputs.check_out_name("--out", out)
-    wav = outputs.wants_wav(out, args.wav)
-    outputs.check_audio(wav)
-    return out, wav
-
-
-def _write(midi: bytes, path: Path, wav: bool) -> list[Path]:
-    try:
-        return outputs.write_piece(midi, path, wav)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager
@@ -236,7 +220,7 @@ def _infill(args: argparse.Namespace) -> int:
     checks.seed(args.seed)
     for flag, value in (("--start", args.start), ("--end", args.end)):
         checks.require(math.isfinite(value), f"{flag} wants a number of seconds, got {value:g}")
-    out, wav = _out_path(args)
+    out, wav = outputs.out_path("--out", args.out, args.wav)
     seed = outputs.draw_seed(args.seed)
     ids = _read_primer(args.midi, None, what="MIDI file")
     source = Path(args.midi).read_bytes()
@@ -258,7 +242,7 @@ def _infill(args: argparse.Namespace) -> int:
         n_new = int(is_note_on(middle).sum())
         details = (f"{result.start_s:.2f}-{result.end_s:.2f} s rewritten, {n_new} new notes; "
                    f"{ids_to_seconds(piece):.1f} s in all")
-        print(outputs.wrote_line(_write(midi, path, wav), details, seed, n_new,
+        print(outputs.wrote_line(outputs.write_piece(midi, path, wav), details, seed, n_new,
                                  "new notes in the span"))
     return 0
 

@@ -9,11 +9,22 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from . import cli_checks as checks
 from .cli_checks import UserError
 
 MIDI_SUFFIXES = (".mid", ".midi")
 WAV_SUFFIX = ".wav"
 SEED_RANGE = 2**31  # a drawn seed: short enough to retype, as the app's
+
+
+def out_path(flag: str, value: str, wav_flag: bool) -> tuple[Path, bool]:
+    """The output checked (a .mid/.midi, or a .wav, where audio can be made) and whether audio
+    is wanted (`wav_flag`, or a name ending in .wav)."""
+    path = checks.out_file(flag, value)
+    check_out_name(flag, path)
+    wav = wants_wav(path, wav_flag)
+    check_audio(wav)
+    return path, wav
 
 
 def check_out_name(flag: str, path: Path) -> None:
@@ -44,14 +55,18 @@ def draw_seed(seed: int | None) -> int:
 
 def write_piece(midi: bytes, path: Path, wav: bool) -> list[Path]:
     """Write `midi` to `path` (unless `path` names a `.wav`) and, with `wav`, its audio beside it
-    (same name, `.wav`); all or nothing per file. Returns the paths written."""
+    (same name, `.wav`); all or nothing per file. Returns the paths written; a failed write is a
+    one-line UserError."""
     from .midi_io import bytes_to_file
 
     written = []
-    if path.suffix.lower() != WAV_SUFFIX:
-        written.append(bytes_to_file(midi, path))
-    if wav:
-        written.append(bytes_to_file(midi_to_wav_bytes(midi), path.with_suffix(WAV_SUFFIX)))
+    try:
+        if path.suffix.lower() != WAV_SUFFIX:
+            written.append(bytes_to_file(midi, path))
+        if wav:
+            written.append(bytes_to_file(midi_to_wav_bytes(midi), path.with_suffix(WAV_SUFFIX)))
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
     return written
 
 
