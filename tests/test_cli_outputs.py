@@ -125,12 +125,21 @@ def test_a_seed_is_drawn_printed_and_repeats(tiny_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["piece.txt", "piece", "piece.mid.bak"])
-def test_an_output_that_is_not_midi_is_refused_in_one_line(tiny_checkpoint, tmp_path, capsys,
-                                                          name):
-    code, _, err = _run(capsys, "generate", "--checkpoint", tiny_checkpoint, "--out",
-                        tmp_path / name, "--no-progress")
+@pytest.mark.parametrize("command", ["generate", "infill"])
+def test_an_output_that_is_not_midi_is_refused_in_one_line(tiny_checkpoint, song, tmp_path,
+                                                          capsys, name, command):
+    flags = ["--midi", song, "--start", "1", "--end", "2"] if command == "infill" else []
+    code, _, err = _run(capsys, command, "--checkpoint", tiny_checkpoint, "--out",
+                        tmp_path / name, "--no-progress", *flags)
     assert code == 2 and len(err.strip().splitlines()) == 1 and ".mid or .midi" in err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bpm", ["0", "-90", "nan", "7000"])
+def test_a_bad_bpm_is_refused_in_one_line(tiny_checkpoint, tmp_path, capsys, bpm):
+    code, _, err = _run(capsys, "generate", "--checkpoint", tiny_checkpoint, "--out",
+                        tmp_path / "o.mid", "--bpm", bpm, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--bpm" in err
 
 
 @pytest.mark.skipif(NO_AUDIO is not None, reason=f"{NO_AUDIO}")
