@@ -20,6 +20,7 @@ from musicgpt import arcs, audio, player, plots, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
+from musicgpt.pipeline import continuation_to_midi_bytes, infill_to_midi_bytes
 from musicgpt.quantize import sampling_dtype
 from musicgpt.sampling import SamplingSettings, generate_pieces
 
@@ -71,29 +72,34 @@ def pick_model():
     return model, str(found[label])
 
 
-def pick_primer() -> tuple[np.ndarray | None, bool]:
-    """Sidebar primer controls -> (primer ids or None, ok). Bad uploads are reported in the page."""
+def pick_primer() -> tuple[np.ndarray | None, bool, bytes | None]:
+    """Sidebar primer controls -> (primer ids or None, ok, the primer's .mid bytes where it is a
+    file: the pieces written keep its tempo map, meter and tracks). A bad upload's error shows
+    beside the uploader and at the top of the page."""
     kind = st.sidebar.radio("Primer", ["none", "built-in", "upload"], index=1, horizontal=True,
                             key="primer")
     if kind == "none":
-        return None, True
+        return None, True, None
     seconds = st.sidebar.slider("Primer: first N seconds", 1, 30, 8, key="primer_s")
     if kind == "built-in":
         label = st.sidebar.selectbox("Built-in primer", list(studio.example_choices()),
                                      key="example", help="Openings of POP909 songs (MIT), "
                                      "pieces written by code, and the model's own examples")
-        return studio.example_primer(label, seconds), True
-    upload = st.sidebar.file_uploader("Upload a .mid (max 5 MB, 10 min)", type=["mid", "midi"],
-                                      key="upload")
+        return studio.example_primer(label, seconds), True, studio.example_midi_bytes(label)
+    # the size limit is the uploader's own (server.maxUploadSize in .streamlit/config.toml)
+    upload = st.sidebar.file_uploader("Upload a .mid (at most 10 minutes of music)",
+                                      type=["mid", "midi"], key="upload")
     if upload is None:
         st.sidebar.info("Upload a MIDI file to use as the primer.")
-        return None, False
+        return None, False, None
     try:
-        return studio.primer_from_ids(studio.upload_to_ids(upload.getvalue(), upload.name),
-                                      seconds), True
+        data = upload.getvalue()
+        return studio.primer_from_ids(studio.upload_to_ids(data, upload.name), seconds), True, data
     except studio.UploadError as exc:
-        st.error(f"Cannot use the upload: {exc} Pick another file or another primer.")
-        return None, False
+        message = f"Cannot use the upload: {exc} Pick another file or another primer."
+        st.error(message)
+        st.sidebar.error(message)
+        return None, False, None
 
 
 def primer_history(primer: np.ndarray | None) -> tuple[str, studio.History] | None:
@@ -116,8 +122,7 @@ def history_for(key: str, ids: np.ndarray, label: str, view: dict | None = None,
     return histories[key]
 
 
-WEIGHTS = {"auto (int8 on CPU: faster, same NLL within 0.01%)": "auto",
-           "float32 (exact)": "float32"}
+WEIGHTS = {"auto (int8 on a CPU: faster)": "auto", "float32 (exact)": "float32"}
 
 
 def pick_sampling(config: Config) -> dict:
@@ -140,7 +145,8 @@ def pick_sampling(config: Config) -> dict:
                                   disabled=not config.styles,
                                   help="Pushes the music further towards the chosen style "
                                        "(classifier-free guidance); twice the work per step."),
-        dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype")],
+        dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype",
+                                    help="int8 samples with the same NLL within 0.01%")],
     )
 
 
@@ -159,10 +165,13 @@ def sampling_settings(opts: dict) -> SamplingSettings:
                             float(opts["min_p"]), style_guidance=float(opts["style_guidance"]))
 
 
-def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]:
+def run_generation(sampler, primer: np.ndarray | None, opts: dict, source: bytes | None = None,
+                   slot=None) -> list[dict]:
     """Sample with `sampler`, then decode and render each piece once, for every later rerun
-    (the attention analysis follows when a piece is first shown, `with_attention`)."""
-    bar = st.progress(0.0, text="Generating...")
+    (the attention analysis follows when a piece is first shown, `with_attention`). `source`:
+    the primer's .mid, whose own events the written pieces keep; `slot`: where the progress
+    bar goes (default: here)."""
+    bar = (slot or st).progress(0.0, text="Generating...")
     shown = [-1]
 
     def progress(done_s: float, total_s: float | None) -> None:
@@ -177,19 +186,22 @@ def run_generation(sampler, primer: np.ndarray | None, opts: dict) -> list[dict]
                            seed=int(opts["seed"]), progress=progress, style=opts["style"])
     primer_len = studio.generated_primer_len(primer, opts["style"])
     bar.progress(1.0, text="Rendering audio...")
-    results = [dict(render(studio.ids_to_piece(row, primer_len)), stop=stop.message())
+    results = [dict(render(studio.ids_to_piece(row, primer_len),
+                           continuation_to_midi_bytes(row, primer_len, source)),
+                    stop=stop.message())
                for row, stop in zip(made.rows, made.stops, strict=True)]
     bar.empty()
     return results
 
 
-def render(piece: studio.Piece) -> dict:
-    """What the page shows of a piece: the piece, its audio (or why none) and its .mid bytes."""
+def render(piece: studio.Piece, midi: bytes | None = None) -> dict:
+    """What the page shows of a piece: the piece, its audio (or why none) and its .mid bytes
+    (`midi`, else the piece's own one-track file)."""
     wav, problem = None, audio.synth_problem()
     if problem is None and len(piece.notes):
         wav = audio.notes_to_wav_bytes(piece.notes)
     return dict(piece=piece, wav=wav, audio_problem=problem,
-                midi=studio.ids_to_midi_bytes(piece.ids))
+                midi=studio.ids_to_midi_bytes(piece.ids) if midi is None else midi)
 
 
 def with_attention(model, result: dict) -> dict:
@@ -222,6 +234,9 @@ def show_piece(result: dict, tag: str, filename: str, span=None, preview=None) -
         st.warning("This piece has no notes (the model ended it at once). Try another "
                    "seed or a higher temperature.")
     show_player(result, tag, span, preview, names)
+    if preview:
+        st.caption("The dashed box on the roll marks the span chosen under *Regenerate a span* "
+                   "below; a shaded band marks a span already regenerated.")
     with st.expander("Piano roll with note details (hover, zoom)"):
         roll = plots.piano_roll(piece.notes, piece.is_primer, "Piano roll", names)
         if span:
@@ -290,16 +305,22 @@ def regenerate(history: studio.History, sampler, span, opts: dict) -> None:
             shown[0] = percent
             bar.progress(percent / 100, text=f"Regenerating... {done_s:.1f} of {total_s:.1f} s")
 
+    parent = history.versions[history.current]
     try:
-        result = infill(sampler, history.versions[history.current].ids, start, end,
-                        settings=sampling_settings(opts), seed=history.next_seed(opts["seed"]),
-                        style=opts["style"], progress=progress)
+        result = infill(sampler, parent.ids, start, end, settings=sampling_settings(opts),
+                        seed=history.next_seed(opts["seed"]), style=opts["style"],
+                        progress=progress)
     except InfillError as exc:
         st.error(f"Cannot regenerate this span: {exc}.")
         return
     finally:
         bar.empty()
-    history.push(result.pieces[0], (result.start_s, result.end_s), result.note)
+    span = (result.start_s, result.end_s)
+    index = history.push(result.pieces[0], span, result.note)
+    # its .mid is the parent's file edited in place: tracks, tempo map and meter stay
+    midi = infill_to_midi_bytes(version_view(parent)["midi"], parent.ids, result.middles[0],
+                                *span)
+    history.versions[index].view.update(render(studio.span_piece(result.pieces[0], span), midi))
 
 
 def show_pending(history: studio.History, key: str, filename: str) -> None:
@@ -347,29 +368,23 @@ def main() -> None:
     st.set_page_config(page_title="musicgpt", layout="wide")
     st.title("musicgpt")
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
+    hint = st.empty()  # "press Generate" while it can be pressed; the progress bar while it runs
     generate_slot = st.sidebar.container()  # filled last, shown first: visible without scrolling
     model, path = pick_model()
-    primer, primer_ok = pick_primer()
+    primer, primer_ok, source = pick_primer()
     edited = primer_history(primer) if model is not None and primer_ok else None
     if edited is not None:
         primer = edited[1].versions[edited[1].current].ids
+        source = source if edited[1].current == 0 else None  # an edited primer is its tokens
         st.sidebar.caption(f"Generate continues the primer's current version, v"
                            f"{edited[1].current + 1}.")
     opts = pick_sampling(model.config if model is not None else Config())
     show_soundfont()
-    clicked = generate_slot.button("Generate", type="primary", key="generate",
-                                   disabled=model is None or not primer_ok,
-                                   width="stretch")
-    if clicked:
-        results = run_generation(load_sampler(path, opts["dtype"]), primer, opts)
+    ready = model is not None and primer_ok
+    if generate_slot.button("Generate", type="primary", key="generate", disabled=not ready,
+                            width="stretch"):
+        results = run_generation(load_sampler(path, opts["dtype"]), primer, opts, source, hint)
         new_results(results, f"{opts['seconds']} s, seed {opts['seed']}")
-    continued = st.session_state.pop(CONTINUE, None)
-    if continued is not None and model is not None:
-        number, ids = continued
-        results = run_generation(load_sampler(path, opts["dtype"]),
-                                 studio.continuation_primer(ids), opts)
-        new_results(results, f"{result_log().labels[result_log().shown].split(':')[0]} "
-                             f"sample {number + 1} continued by {opts['seconds']} s")
     results = st.session_state.get(RESULTS)
     if edited is not None:
         with st.expander("Primer: regenerate spans before generating", expanded=not results):
@@ -377,7 +392,8 @@ def main() -> None:
     elif primer is not None and model is not None:
         show_primer_preview(model, primer, expanded=not results)
     if not results:
-        st.info("Choose a primer and settings in the sidebar, then press Generate.")
+        if ready:
+            hint.info("Choose a primer and settings in the sidebar, then press Generate.")
         return
     recall_results()
     number = 0
@@ -385,6 +401,20 @@ def main() -> None:
         number = st.radio("Sample", range(len(results)), horizontal=True, key="sample",
                           format_func=lambda i: f"#{i + 1}")
     show_result(model, path, opts, results[number], number)
+
+
+def continue_piece(path: str, opts: dict, number: int) -> None:
+    """After sample `number`'s Continue was pressed: generate, the progress bar beside it."""
+    continued = st.session_state.get(CONTINUE)
+    if continued is None or continued[0] != number:
+        return
+    del st.session_state[CONTINUE]
+    _, ids, midi = continued
+    results = run_generation(load_sampler(path, opts["dtype"]), studio.continuation_primer(ids),
+                             opts, midi, st.empty())
+    new_results(results, f"{result_log().labels[result_log().shown].split(':')[0]} "
+                         f"sample {number + 1} continued by {opts['seconds']} s")
+    st.rerun()
 
 
 def result_log() -> studio.ResultLog:
@@ -454,8 +484,10 @@ def show_result(model, path: str, opts: dict, result: dict, number: int) -> None
     tag = number if history.current == 0 else f"{number}v{history.current + 1}"
     ids = history.versions[history.current].ids
     st.button(f"Continue this piece (+{opts['seconds']} s)", key=f"continue_{number}",
-              type="primary", on_click=st.session_state.__setitem__, args=(CONTINUE, (number, ids)),
+              type="primary", on_click=st.session_state.__setitem__,
+              args=(CONTINUE, (number, ids, current["midi"])),
               help="Generate more music after the current version; this result stays listed")
+    continue_piece(path, opts, number)
     st.header("Surprisal")
     show_surprisal(model, current, tag)
     st.header("Attention arcs")

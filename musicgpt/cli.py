@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import cli_checks as checks
+from . import outputs
 from .cli_checks import UserError
 from .config import PRESETS, add_config_arguments, config_from_arguments
 from .files import WriteError
@@ -158,12 +159,17 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 def _generate(args: argparse.Namespace) -> int:
     from .events import ids_to_seconds
-    from .pipeline import ids_to_midi_file
+    from .pipeline import continuation_to_midi_bytes, generated_primer_len
     from .sampling import generate_pieces
+    from .vocab import is_note_on
 
     _check_lengths(args)
-    out = checks.out_file("--out", args.out)
+    checks.require(math.isfinite(args.bpm) and 0 < args.bpm <= 6000,
+                   f"--bpm wants a tempo above 0 and at most 6000, got {args.bpm:g}")
+    out, wav = outputs.out_path("--out", args.out, args.wav)
+    seed = outputs.draw_seed(args.seed)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
+    source = Path(args.primer).read_bytes() if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
     checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
@@ -174,15 +180,17 @@ def _generate(args: argparse.Namespace) -> int:
     with _music_bar(args.seconds, args.no_progress) as report:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
-                               settings=settings, seed=args.seed, progress=report, style=style)
+                               settings=settings, seed=seed, progress=report, style=style)
+    primer_len = generated_primer_len(primer, style)
     for path, row, stop in zip(_output_paths(out, args.num_samples), made.rows, made.stops,
                                strict=True):
-        try:
-            ids_to_midi_file(row, path)
-        except OSError as exc:
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        early = f"; {stop.message()}" if stop.early else ""
-        print(f"wrote {path} ({ids_to_seconds(row):.1f} s, {len(row)} tokens{early})")
+        midi = continuation_to_midi_bytes(row, primer_len, source, args.bpm)
+        written = outputs.write_piece(midi, path, wav)
+        n_new = int(is_note_on(row[primer_len:]).sum())
+        print(outputs.wrote_line(written, f"{ids_to_seconds(row):.1f} s, {len(row)} tokens, "
+                                          f"{n_new} new notes", seed, n_new,
+                                 "new notes" if primer is not None else "notes",
+                                 stop.message() if stop.early else ""))
     return 0
 
 
@@ -203,32 +211,39 @@ def _music_bar(seconds: float, disabled: bool):
 
 
 def _infill(args: argparse.Namespace) -> int:
+    from .events import ids_to_seconds
     from .infilling import InfillError, infill
-    from .pipeline import ids_to_midi_file
+    from .pipeline import infill_to_midi_bytes
+    from .vocab import is_note_on
 
     checks.at_least("--num-samples", args.num_samples)
     checks.seed(args.seed)
     for flag, value in (("--start", args.start), ("--end", args.end)):
         checks.require(math.isfinite(value), f"{flag} wants a number of seconds, got {value:g}")
-    out = checks.out_file("--out", args.out)
+    out, wav = outputs.out_path("--out", args.out, args.wav)
+    seed = outputs.draw_seed(args.seed)
     ids = _read_primer(args.midi, None, what="MIDI file")
+    source = Path(args.midi).read_bytes()
     model = _load_model(args.checkpoint, args.device, args.dtype)
     checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
     try:
         slot = model.config.style_slot(args.style)
-        result = infill(model, ids, args.start, args.end, num_samples=args.num_samples,
-                        settings=settings, seed=args.seed, style=slot)
+        with _music_bar(max(args.end - args.start, 0.0), args.no_progress) as report:
+            result = infill(model, ids, args.start, args.end, num_samples=args.num_samples,
+                            settings=settings, seed=seed, style=slot, progress=report)
     except (InfillError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
-    for path, piece in zip(_output_paths(out, args.num_samples), result.pieces, strict=True):
-        try:
-            ids_to_midi_file(piece, path)
-        except OSError as exc:
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        print(f"wrote {path} ({result.start_s:.2f}-{result.end_s:.2f} s rewritten)")
+    for path, piece, middle in zip(_output_paths(out, args.num_samples), result.pieces,
+                                   result.middles, strict=True):
+        midi = infill_to_midi_bytes(source, ids, middle, result.start_s, result.end_s)
+        n_new = int(is_note_on(middle).sum())
+        details = (f"{result.start_s:.2f}-{result.end_s:.2f} s rewritten, {n_new} new notes; "
+                   f"{ids_to_seconds(piece):.1f} s in all")
+        print(outputs.wrote_line(outputs.write_piece(midi, path, wav), details, seed, n_new,
+                                 "new notes in the span"))
     return 0
 
 
@@ -268,7 +283,7 @@ def _read_primer(path: str, seconds: float | None, what: str = "primer"):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_midi_folder
+    from .evaluation import evaluate_midi_folder, reference_line
 
     if not Path(args.midi_dir).is_dir():
         raise UserError(f"MIDI folder not found: {args.midi_dir}")
@@ -298,6 +313,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{result.files} file(s), {result.tokens:,} tokens, {result.seconds:.1f} s of music"
           f" ({len(result.skipped)} skipped)")
     print(f"NLL {result.nll_per_token:.4f} nats/token, {result.nll_per_second:.3f} nats/second")
+    print(reference_line())
     return 0
 
 
@@ -337,7 +353,11 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=None,
                         help="keep the values of an event type at least MIN_P times as likely "
                              "as its likeliest; 0 = off; default: the checkpoint's")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="default: drawn at random, and printed on each 'wrote' line")
+    parser.add_argument("--wav", action="store_true",
+                        help="also write the audio (OUT with .wav), rendered as the app does; "
+                             "an --out ending in .wav writes the audio only")
     parser.add_argument("--num-samples", type=int, default=1, help="pieces made in one batch")
     parser.add_argument("--dtype", default="auto",
                         choices=["auto", "float32", "bfloat16", "int8"],
@@ -361,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="write new music to a .mid file")
     gen.add_argument("--out", default="musicgpt.mid", help="output .mid (default musicgpt.mid)")
-    gen.add_argument("--primer", help=".mid file to continue")
+    gen.add_argument("--primer", help=".mid file to continue: the output keeps its first "
+                                      "--primer-seconds as they are in the file (tracks, tempo "
+                                      "map, meter), and the new music follows on a new track")
+    gen.add_argument("--bpm", type=float, default=120.0,
+                     help="tempo written to the file without --primer (default 120)")
     gen.add_argument("--primer-seconds", type=float, default=10.0,
                      help="use the primer's first N seconds (default 10)")
     gen.add_argument("--seconds", type=float, default=30.0, help="seconds of new music (30)")
@@ -380,8 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     fill = commands.add_parser(
         "infill", help="rewrite a span of a .mid file, keeping the rest",
         description="Regenerate the music between --start and --end seconds of a MIDI file. "
-                    "Notes before the span and from its end on are kept exactly; the new middle "
-                    "lasts exactly the span and joins what follows.")
+                    "The output is the file itself, edited: the notes struck in the span are "
+                    "replaced by new ones on a new track; every other event (tracks, tempo map, "
+                    "meter, pedal, velocities) stays as it was. The new middle lasts exactly "
+                    "the span and joins what follows.")
     fill.add_argument("--midi", required=True, help=".mid file to rewrite")
     fill.add_argument("--start", type=float, required=True, help="span start, seconds")
     fill.add_argument("--end", type=float, required=True, help="span end, seconds")
@@ -465,3 +491,7 @@ def _guarded_stdout():
         yield
     finally:
         sys.stdout = real
+
+
+if __name__ == "__main__":  # python -m musicgpt.cli, as the console script does
+    sys.exit(main())

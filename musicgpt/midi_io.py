@@ -118,17 +118,31 @@ def _fold_pedal(end_tick: np.ndarray, pedals: np.ndarray) -> np.ndarray:
     return np.where((idx >= 0) & (end_tick < up), up, end_tick)
 
 
-def _ticks_to_seconds(ticks: np.ndarray, tempos: dict, ticks_per_beat: int) -> np.ndarray:
-    """Seconds of each tick through the tempo map (120 bpm until the first tempo event)."""
-    order = np.argsort(tempos["time"], kind="stable")
-    change_tick = np.concatenate([[0], tempos["time"][order]]).astype(np.int64)
-    us_per_beat = np.concatenate([[500_000], tempos["mspq"][order]]).astype(np.float64)
-    last_at_tick = np.append(change_tick[1:] != change_tick[:-1], True)  # same tick: last wins
-    change_tick, us_per_beat = change_tick[last_at_tick], us_per_beat[last_at_tick]
-    s_per_tick = us_per_beat / 1e6 / ticks_per_beat
-    change_s = np.concatenate([[0.0], np.cumsum(np.diff(change_tick) * s_per_tick[:-1])])
-    idx = np.searchsorted(change_tick, ticks, side="right") - 1
-    return change_s[idx] + (ticks - change_tick[idx]) * s_per_tick[idx]
+class TempoMap:
+    """Ticks <-> seconds through a file's tempo changes (120 bpm until the first; at one tick the
+    last change wins; the last tempo holds past the end). Reading and editing share it, so a
+    tick lands on the same 10 ms step both ways."""
+
+    def __init__(self, change_ticks, us_per_beat, ticks_per_beat: int):
+        order = np.argsort(np.asarray(change_ticks), kind="stable")
+        tick = np.concatenate([[0], np.asarray(change_ticks)[order]]).astype(np.int64)
+        us = np.concatenate([[500_000], np.asarray(us_per_beat)[order]]).astype(np.float64)
+        last_at_tick = np.append(tick[1:] != tick[:-1], True)
+        self.change_tick, us = tick[last_at_tick], us[last_at_tick]
+        self.s_per_tick = us / 1e6 / ticks_per_beat
+        self.change_s = np.concatenate([[0.0], np.cumsum(np.diff(self.change_tick)
+                                                         * self.s_per_tick[:-1])])
+
+    def ticks_to_seconds(self, ticks) -> np.ndarray:
+        idx = np.searchsorted(self.change_tick, ticks, side="right") - 1
+        return self.change_s[idx] + (ticks - self.change_tick[idx]) * self.s_per_tick[idx]
+
+    def seconds_to_ticks(self, seconds) -> np.ndarray:
+        """The nearest whole tick of each time (int64)."""
+        seconds = np.asarray(seconds, dtype=np.float64)
+        idx = np.maximum(np.searchsorted(self.change_s, seconds, side="right") - 1, 0)
+        ticks = self.change_tick[idx] + (seconds - self.change_s[idx]) / self.s_per_tick[idx]
+        return np.rint(ticks).astype(np.int64)
 
 
 def _check_tempos(us_per_beat: np.ndarray) -> None:
@@ -184,8 +198,9 @@ def midi_bytes_to_arrays(data: bytes) -> NoteArrays:
         raise MidiReadError("no notes")
     tempos, tpq = score.tempos.numpy(), score.ticks_per_quarter
     _check_tempos(tempos["mspq"])
-    start_s = _ticks_to_seconds(start[audible], tempos, tpq)
-    end_s = _ticks_to_seconds(end[audible], tempos, tpq)
+    tempo_map = TempoMap(tempos["time"], tempos["mspq"], tpq)
+    start_s = tempo_map.ticks_to_seconds(start[audible])
+    end_s = tempo_map.ticks_to_seconds(end[audible])
     if not (np.isfinite(start_s).all() and np.isfinite(end_s).all()):
         raise MidiReadError("bad timing: note times are not finite")
     return seconds_to_steps(pitch[audible], velocity[audible], start_s, end_s)
@@ -205,30 +220,46 @@ def midi_file_to_arrays(path: str | Path) -> NoteArrays:
 MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can hold (4-byte quantity)
 
 
-def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0) -> Path:
-    """Write notes as a one-track piano `.mid` (120 bpm, 480 ticks per beat, so 1 tick ~ 1 ms).
+def arrays_to_midi_bytes(notes: NoteArrays, program: int = 0, bpm: float = 120.0) -> bytes:
+    """Notes as the bytes of a one-track piano `.mid` at `bpm` (480 ticks per beat; 4/4, so a
+    DAW's bar grid follows the tempo).
 
-    Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours here) is
-    written as several events (empty markers between). All or nothing: a failed write leaves no
-    `.tmp` and raises files.WriteError naming the path.
+    Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours at 120 bpm)
+    is written as several events (empty markers between).
     """
+    import io
+
     import pretty_midi
 
-    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0, resolution=480)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=float(bpm), resolution=480)
+    midi.time_signature_changes.append(pretty_midi.TimeSignature(4, 4, 0.0))
     piano = pretty_midi.Instrument(program=program, name="Piano")
     starts = steps_to_seconds(notes.start_step).tolist()
     ends = steps_to_seconds(notes.end_step).tolist()
     for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(), starts, ends, strict=True):
         piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
     midi.instruments.append(piano)
+    if midi.time_to_tick(max(ends, default=0.0)) >= MAX_DELTA_TICKS:
+        return _split_long_deltas(midi)
+    raw = io.BytesIO()
+    midi.write(raw)  # no delta can be too long
+    return raw.getvalue()
+
+
+def arrays_to_midi_file(notes: NoteArrays, path: str | Path, program: int = 0,
+                        bpm: float = 120.0) -> Path:
+    """Write notes as a one-track piano `.mid` (`arrays_to_midi_bytes`). All or nothing: a failed
+    write leaves no `.tmp` and raises files.WriteError naming the path."""
+    return bytes_to_file(arrays_to_midi_bytes(notes, program, bpm), path)
+
+
+def bytes_to_file(data: bytes, path: str | Path) -> Path:
+    """Write `data` (a `.mid`, a `.wav`) to `path` all or nothing (files.writing)."""
     path = Path(path)
     tmp = tmp_path(path)
     with writing(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if midi.time_to_tick(max(ends, default=0.0)) < MAX_DELTA_TICKS:
-            midi.write(str(tmp))  # no delta can be too long
-        else:
-            tmp.write_bytes(_split_long_deltas(midi))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
 

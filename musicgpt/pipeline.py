@@ -15,11 +15,25 @@ from .events import (
     NoteArrays,
     arrays_to_ids,
     ids_to_arrays,
+    ids_to_arrays_with_positions,
     ids_until_seconds,
     wrap_piece,
 )
-from .midi_io import MidiReadError, arrays_to_midi_file, midi_bytes_to_arrays, midi_file_to_arrays
-from .vocab import quantise_seconds, steps_to_seconds
+from .midi_io import (
+    MidiReadError,
+    arrays_to_midi_bytes,
+    arrays_to_midi_file,
+    midi_bytes_to_arrays,
+    midi_file_to_arrays,
+)
+from .vocab import (
+    START_ID,
+    is_style,
+    quantise_seconds,
+    seconds_to_steps,
+    shift_steps,
+    steps_to_seconds,
+)
 
 # Limits of a corpus (preprocess, evaluate), so that one absurd file cannot swamp it: a longer
 # piece is skipped, a longer note cut to this length, each with its reason in the report. The
@@ -100,15 +114,64 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def ids_to_midi_file(ids, path: str | Path) -> Path:
+def ids_to_midi_file(ids, path: str | Path, bpm: float = 120.0) -> Path:
     """Decode any id sequence (model output included) and write it as a piano `.mid`."""
-    return arrays_to_midi_file(ids_to_arrays(ids), path)
+    return arrays_to_midi_file(ids_to_arrays(ids), path, bpm=bpm)
+
+
+def ids_to_midi_bytes(ids, bpm: float = 120.0) -> bytes:
+    """The piano `.mid` any id sequence decodes to, as bytes."""
+    return arrays_to_midi_bytes(ids_to_arrays(ids), bpm=bpm)
+
+
+def generated_primer_len(primer, style: int | None) -> int:
+    """How many leading ids of a row `generate` returns are the primer: START, the style token
+    (`generate` puts it after START and drops the primer's own), and the primer's events."""
+    body = [int(t) for t in (primer if primer is not None else []) if int(t) != START_ID]
+    if style is not None:
+        body = [t for t in body if not is_style(t)]
+    return 1 + (style is not None) + len(body)
+
+
+def _notes_between(ids, first: int, stop: int) -> NoteArrays:
+    """The notes of `ids` whose NOTE_ON is at a position in [first, stop)."""
+    notes, positions = ids_to_arrays_with_positions(ids)
+    keep = (positions >= first) & (positions < stop)
+    return NoteArrays(notes.pitch[keep], notes.velocity[keep], notes.start_step[keep],
+                      notes.end_step[keep])
+
+
+def continuation_to_midi_bytes(row, primer_len: int, source: bytes | None = None,
+                               bpm: float = 120.0) -> bytes:
+    """A generated `row` as a `.mid`: with the `source` file of its primer, that file's own
+    events up to the primer's end (its tempo map, meter, tracks) and the new notes after them
+    (`midi_edit.continue_midi_bytes`); without one, a piano track at `bpm`."""
+    from .midi_edit import continue_midi_bytes
+
+    if source is None:
+        return ids_to_midi_bytes(row, bpm)
+    row = np.asarray(row, dtype=np.int64)
+    new = _notes_between(row, primer_len, len(row))
+    return continue_midi_bytes(source, new, int(shift_steps(row[:primer_len]).sum()))
+
+
+def infill_to_midi_bytes(source: bytes, ids, middle, start_s: float, end_s: float) -> bytes:
+    """The `source` file with the notes struck in [start_s, end_s) replaced by those `middle`
+    strikes (`infilling.infill` of `ids`, the file's ids); every other event kept
+    (`midi_edit.infill_midi_bytes`)."""
+    from .fim import cut_at_steps
+    from .midi_edit import infill_midi_bytes
+
+    t1, t2 = seconds_to_steps(start_s), seconds_to_steps(end_s)
+    cut = cut_at_steps(ids, t1, t2)
+    head = len(cut.header) + len(cut.prefix)
+    new = _notes_between(np.concatenate([cut.header, cut.prefix, middle, cut.suffix]), head,
+                         head + len(middle))
+    return infill_midi_bytes(source, new, t1, t2)
 
 
 def midi_file_to_primer(path: str | Path, seconds: float | None = None) -> np.ndarray:
     """Primer ids (START + events) from the first `seconds` of a `.mid` file."""
-    from .vocab import START_ID
-
     ids = midi_file_to_ids(path)
     if seconds is not None:
         ids = ids_until_seconds(ids, seconds)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,16 +28,17 @@ from .events import (
 )
 from .infilling import InfillError, check_span
 from .midi_io import MidiReadError
-from .pipeline import ids_to_midi_file, midi_bytes_to_ids
-from .vocab import END_ID, START_ID, is_style, seconds_to_steps, steps_to_seconds
+from .pipeline import generated_primer_len, ids_to_midi_bytes, midi_bytes_to_ids  # noqa: F401
+from .vocab import END_ID, START_ID, seconds_to_steps, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_S = 600.0
 ENV_CHECKPOINT = "MUSICGPT_CHECKPOINT"  # one checkpoint folder, listed first (tests use it)
 ENV_CHECKPOINTS = "MUSICGPT_CHECKPOINTS"  # folders to search, separated by os.pathsep
-BUILTIN_PRIMER = "C-major arpeggio (written by code)"
-BUILTIN_CADENCE = "I-IV-V-I cadence in C (written by code)"
-MODEL_EXAMPLE = " (the model's own output)"  # suffix of the shipped examples' labels
+# Labels short enough for the sidebar's box at 1400 px (about 30 characters show)
+BUILTIN_PRIMER = "C-major arpeggio (by code)"
+BUILTIN_CADENCE = "I-IV-V-I cadence (by code)"
+MODEL_EXAMPLE = " (model's own)"  # suffix of the shipped examples' labels
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,16 +130,36 @@ def primer_titles(folder: Path | None = None) -> dict[str, str]:
     return titles
 
 
+def _song_number(title: str) -> str:
+    """"POP909 019" of a primer's title ("POP909 019, <title in Chinese> (<artist>)"): labels stay
+    readable where no CJK font is installed, and short enough for the sidebar."""
+    return title.split(",")[0].strip()
+
+
+def _example_name(stem: str) -> str:
+    """"classical, seed 2" for example_classical_seed2 ("seed 1" for example_seed1)."""
+    name, found, seed = stem.removeprefix("example_").rpartition("seed")
+    if not found:
+        return stem
+    return ", ".join(filter(None, [name.strip("_"), f"seed {seed}"]))
+
+
 def example_choices() -> dict[str, Path | list[Note]]:
     """Label -> primer source, in the order the page offers them: the openings of real music
     (data/primers), the pieces written by code, then the model's own examples (data/examples)."""
     titles = primer_titles()
     choices: dict[str, Path | list[Note]] = {
-        f"{titles.get(p.stem, p.stem)}: opening": p for p in primer_midi_files()}
+        f"{_song_number(titles.get(p.stem, p.stem))}, opening": p for p in primer_midi_files()}
     choices[BUILTIN_CADENCE] = cadence_notes()
     choices[BUILTIN_PRIMER] = builtin_primer_notes()
-    choices.update({p.stem + MODEL_EXAMPLE: p for p in example_midi_files()})
+    choices.update({_example_name(p.stem) + MODEL_EXAMPLE: p for p in example_midi_files()})
     return choices
+
+
+def example_midi_bytes(label: str) -> bytes | None:
+    """The .mid file a built-in primer comes from, or None for one written by code."""
+    source = example_choices()[label]
+    return None if isinstance(source, list) else source.read_bytes()
 
 
 def primer_from_ids(ids, seconds: float) -> np.ndarray:
@@ -204,22 +224,6 @@ def surprisal_summary(surprisal: np.ndarray, is_primer: np.ndarray) -> str:
             parts.append(f"{name} notes {values.mean():.2f} nats on average "
                          f"(most surprising {values.max():.2f})")
     return "; ".join(parts) if parts else "No notes to score."
-
-
-def ids_to_midi_bytes(ids) -> bytes:
-    """The .mid file (one piano track) the ids decode to, as bytes."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = ids_to_midi_file(ids, Path(folder) / "piece.mid")
-        return path.read_bytes()
-
-
-def generated_primer_len(primer, style: int | None) -> int:
-    """How many leading ids of a row `generate` returns are the primer: START, the style token
-    (`generate` puts it after START and drops the primer's own), and the primer's events."""
-    body = [int(t) for t in (primer if primer is not None else []) if int(t) != START_ID]
-    if style is not None:
-        body = [t for t in body if not is_style(t)]
-    return 1 + (style is not None) + len(body)
 
 
 # --- versions: regenerate a span, keep it or undo ----------------------------------------------

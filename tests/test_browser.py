@@ -1,9 +1,10 @@
 """End to end: `streamlit run app.py` on localhost, driven in Debian's headless Chromium.
 
 Uses a tiny untrained checkpoint (via $MUSICGPT_CHECKPOINT) in a 1400x900 window: Generate and a
-bad upload's error are visible without scrolling; Generate makes a player (roll + audio) whose
-cursor follows the audio, and "Continue this piece" makes a longer one. Saves
-tests/artifacts/app.png for a human look.
+bad upload's error (at the top and beside the uploader) are visible without scrolling, no Deploy
+button shows, the sidebar's choices (every built-in primer's label) fit their boxes; Generate
+makes a player (roll + audio) whose cursor follows the audio, and "Continue this piece" makes a
+longer one. Saves tests/artifacts/app.png for a human look.
 Skips only when no Chromium binary is installed (CI installs it in .ci/run).
 """
 
@@ -86,6 +87,29 @@ def _player_frame(page):
     return frames[-1]
 
 
+_TOO_WIDE = """(input, labels) => {
+    const pen = document.createElement('canvas').getContext('2d');
+    const style = getComputedStyle(input);
+    pen.font = style.font;
+    const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return (labels || [input.value]).filter(label => pen.measureText(label).width > room); }"""
+
+
+def _cut_labels(page) -> list[str]:
+    """Sidebar choices that would not fit their box: every built-in primer's label, and the
+    value each other box shows but the checkpoint's (a path: as long as it is); each label's
+    width in the box's font against its room."""
+    from musicgpt.studio import example_choices
+
+    primer = page.get_by_role("combobox", name="Built-in primer")
+    primer.wait_for(timeout=PAGE_TIMEOUT_MS)
+    cut = primer.evaluate(_TOO_WIDE, list(example_choices()))
+    for box in page.get_by_test_id("stSidebar").get_by_role("combobox").all():
+        if box.get_attribute("aria-label") != "Checkpoint":
+            cut += box.evaluate(_TOO_WIDE, None)
+    return cut
+
+
 def _in_view(page, locator) -> bool:
     """Visible without scrolling: inside the 1400x900 viewport with the page scrolled to the top."""
     box = locator.bounding_box()
@@ -108,6 +132,8 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
             button.wait_for(timeout=PAGE_TIMEOUT_MS)
             page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
             generate_in_view = _in_view(page, button)
+            deploy_buttons = page.get_by_role("button", name="Deploy").count()
+            cut_labels = _cut_labels(page)
             # a bad upload: its error shows without scrolling, then back to a built-in primer
             primer = page.get_by_test_id("stRadio").filter(has_text="built-in")
             primer.get_by_text("upload", exact=True).click()
@@ -116,6 +142,9 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
             error = page.get_by_text("not a usable MIDI file").first
             error.wait_for(timeout=PAGE_TIMEOUT_MS)
             error_in_view = _in_view(page, error)
+            beside = page.get_by_test_id("stSidebar").get_by_text("not a usable MIDI file")
+            beside.wait_for(timeout=PAGE_TIMEOUT_MS)
+            beside_in_view = _in_view(page, beside)
             primer.get_by_text("built-in", exact=True).click()
             page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
             length = page.get_by_test_id("stSlider").filter(has_text="Length of new music")
@@ -147,6 +176,9 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
             browser.close()
     assert generate_in_view, "Generate is not visible without scrolling at 1400x900"
     assert error_in_view, "the upload's error is not visible without scrolling at 1400x900"
+    assert beside_in_view, "the upload's error is not shown beside the uploader"
+    assert deploy_buttons == 0, "Streamlit's Deploy button shows"
+    assert cut_labels == [], f"sidebar labels cut off: {cut_labels}"
     assert audio_src and audio_src.startswith("data:audio/wav"), "the player has no audio"
     assert cursor > 0.0, "the playback cursor did not move"
     assert bars >= 1, "the piano roll drew no notes"

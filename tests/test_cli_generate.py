@@ -99,18 +99,17 @@ def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_tmp(tiny_ch
                                                                          capsys, monkeypatch,
                                                                          error):
     import os
-
-    import pretty_midi
+    import pathlib
 
     out = tmp_path / "o.mid"
     out.write_bytes(b"the previous piece")
 
-    def fail_half_way(self, filename):
-        with open(filename, "wb") as handle:
-            handle.write(b"MThd")
+    def fail_half_way(self, data):
+        with open(self, "wb") as handle:
+            handle.write(data[:4])
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(pretty_midi.PrettyMIDI, "write", fail_half_way)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", fail_half_way)
     code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
                  "--seconds", "1", "--max-tokens", "50", "--no-progress"])
     _one_line_error(capsys, code, f"cannot write {out}", os.strerror(error))

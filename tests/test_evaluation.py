@@ -102,6 +102,7 @@ def test_evaluate_cli_text_and_errors(tiny_checkpoint, tmp_path, capsys):
                  "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "nats/token" in out and "skipped garbage.mid" in out
+    assert "for reference: the shipped model scores 2.1423 nats/token" in out  # MODEL_CARD.md
     assert main(["evaluate", "--checkpoint", str(ckpt), "--midi-dir", str(tmp_path / "nope")]) == 2
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none"), "--midi-dir",
                  str(folder)]) == 2
@@ -111,3 +112,13 @@ def test_evaluate_cli_text_and_errors(tiny_checkpoint, tmp_path, capsys):
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("musicgpt: error:") == 3 and "Traceback" not in err
+
+
+def test_the_reference_point_is_the_model_cards():
+    from conftest import REPO_ROOT
+
+    from musicgpt.evaluation import SHIPPED_VALIDATION_NLL
+
+    card = (REPO_ROOT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    per_token, per_second = SHIPPED_VALIDATION_NLL
+    assert f"| **this model** | **{per_token:.4f} (" in card and f"**{per_second:.1f}**" in card
