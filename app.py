@@ -139,6 +139,9 @@ def pick_sampling(config: Config) -> dict:
         min_p=bar.slider("Min-p (0 = off)", 0.0, 0.5, float(config.min_p), 0.01, key="min_p"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
+        candidates=bar.slider("Candidates per sample", 1, 4, int(config.candidates),
+                              key="candidates", help="Writes this many at once and keeps the "
+                              "one with no dead air, drone or wall (best of N); slower."),
         style=pick_style(config),
         style_guidance=bar.slider("Style guidance (0 = off)", 0.0, 4.0,
                                   float(config.style_guidance), 0.25, key="style_guidance",
@@ -162,7 +165,8 @@ def pick_style(config: Config) -> int | None:
 
 def sampling_settings(opts: dict) -> SamplingSettings:
     return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]),
-                            float(opts["min_p"]), style_guidance=float(opts["style_guidance"]))
+                            float(opts["min_p"]), style_guidance=float(opts["style_guidance"]),
+                            candidates=int(opts["candidates"]))
 
 
 def run_generation(sampler, primer: np.ndarray | None, opts: dict, source: bytes | None = None,

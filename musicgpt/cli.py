@@ -171,8 +171,9 @@ def _generate(args: argparse.Namespace) -> int:
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     source = Path(args.primer).read_bytes() if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
-    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
+    checks.sampling_memory(args.num_samples * settings.candidates, model.config,
+                           model.wte.weight.device)
     try:
         style = model.config.style_slot(args.style)
     except ValueError as exc:
@@ -225,8 +226,9 @@ def _infill(args: argparse.Namespace) -> int:
     ids = _read_primer(args.midi, None, what="MIDI file")
     source = Path(args.midi).read_bytes()
     model = _load_model(args.checkpoint, args.device, args.dtype)
-    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
     settings = _sampling_settings(args, model.config)
+    checks.sampling_memory(args.num_samples * settings.candidates, model.config,
+                           model.wte.weight.device)
     try:
         slot = model.config.style_slot(args.style)
         with _music_bar(max(args.end - args.start, 0.0), args.no_progress) as report:
@@ -257,7 +259,8 @@ def _check_lengths(args: argparse.Namespace) -> None:
 
 
 def _sampling_settings(args: argparse.Namespace, config):
-    """The flags given, else the checkpoint's own temperature, top-k, top-p and min-p."""
+    """The flags given, else the checkpoint's own temperature, top-k, top-p, min-p, style
+    guidance and candidates."""
     from .sampling import SamplingSettings
 
     try:
@@ -266,7 +269,9 @@ def _sampling_settings(args: argparse.Namespace, config):
             min_p=args.min_p, style_guidance=getattr(args, "style_guidance", None),
             grammar=not getattr(args, "no_grammar", False),
             keep_release_mass=not getattr(args, "plain_mask", False),
-            max_note_s=getattr(args, "max_note_seconds", 6.0) or None)
+            max_note_s=getattr(args, "max_note_seconds", 6.0) or None,
+            max_silence_s=args.max_silence_seconds or None,
+            max_lead_in_s=args.max_lead_in_seconds or None, candidates=args.candidates)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -353,6 +358,15 @@ def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=None,
                         help="keep the values of an event type at least MIN_P times as likely "
                              "as its likeliest; 0 = off; default: the checkpoint's")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="write N candidates per piece (or span) in one batch and keep the "
+                             "best by the per-piece checks (no dead air, drone or wall); "
+                             "default: the checkpoint's")
+    parser.add_argument("--max-silence-seconds", type=float, default=2.0,
+                        help="once the music has started, never let nothing sound for longer "
+                             "(default 2; 0 = off)")
+    parser.add_argument("--max-lead-in-seconds", type=float, default=0.5,
+                        help="the first new note comes within this long (default 0.5; 0 = off)")
     parser.add_argument("--seed", type=int, default=None,
                         help="default: drawn at random, and printed on each 'wrote' line")
     parser.add_argument("--wav", action="store_true",

@@ -61,6 +61,7 @@ class Config:
     top_p: float = 1.0  # 1 = off; like top_k and min_p it cuts pitches and velocities only
     min_p: float = 0.0  # 0 = off; see sampling.truncate
     style_guidance: float = 0.0  # 0 = off; see sampling.SamplingSettings
+    candidates: int = 1  # pieces written per piece kept (best of N); see candidates.py
 
     def __post_init__(self) -> None:
         failed = [f"{name} = {getattr(self, name)!r} (want {want})" if hasattr(self, name)
@@ -89,6 +90,7 @@ class Config:
             "style_guidance": (0.0 <= self.style_guidance <= 10.0, "0 <= style_guidance <= 10"),
             "temperature": (self.temperature > 0.0, "> 0"),
             "top_k": (self.top_k >= 0, ">= 0"),
+            "candidates": (1 <= self.candidates <= 16, "1..16"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "grad_accum": (self.grad_accum >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),

@@ -71,6 +71,9 @@ from .vocab import (
 
 MIDDLE_TOKENS_PER_S = 48  # budget for the middle; real piano music averages ~35 tokens/s
 MIDDLE_TOKEN_MARGIN = 16
+MIN_MIDDLE_TOKENS_PER_S = 16
+LOCAL_BUDGET_FACTOR = 1.5
+LOCAL_BUDGET = True
 MIN_CONTEXT_TOKENS = 32  # prefix + suffix the model must at least see
 CONTEXT_S = 8.0  # the music around a span that sets how long its notes may sound
 NOTE_LIMIT_FACTOR = 1.25
@@ -102,9 +105,25 @@ class Infill:
     note: str | None  # why the result is less than a true infill (base-vocabulary model)
 
 
-def middle_budget(gap_steps: int) -> int:
+def middle_budget(gap_steps: int, tokens_per_s: float = MIDDLE_TOKENS_PER_S) -> int:
     """Tokens the middle may take: dense music for the span's length, plus a margin."""
-    return math.ceil(float(steps_to_seconds(gap_steps)) * MIDDLE_TOKENS_PER_S) + MIDDLE_TOKEN_MARGIN
+    return math.ceil(float(steps_to_seconds(gap_steps)) * tokens_per_s) + MIDDLE_TOKEN_MARGIN
+
+
+def local_budget(cut: Cut) -> int:
+    """The middle's budget from the music around it: `LOCAL_BUDGET_FACTOR` times the tokens per
+    second of up to `CONTEXT_S` on each side, within [MIN_MIDDLE_TOKENS_PER_S,
+    MIDDLE_TOKENS_PER_S]. Every token the middle is not given goes to the prefix and suffix the
+    model reads, so sparse music is infilled with more of its surroundings in view."""
+    context = seconds_to_steps(CONTEXT_S)
+    before = np.cumsum(shift_steps(cut.prefix[::-1]))  # steps back from the span's start
+    after = np.cumsum(shift_steps(cut.suffix))
+    tokens = int((before < context).sum() + (after < context).sum())
+    seconds = float(steps_to_seconds(min(int(before[-1]) if len(before) else 0, context)
+                                     + min(int(after[-1]) if len(after) else 0, context)))
+    rate = LOCAL_BUDGET_FACTOR * tokens / seconds if seconds > 0 else MIDDLE_TOKENS_PER_S
+    return middle_budget(cut.gap_steps, min(max(rate, MIN_MIDDLE_TOKENS_PER_S),
+                                            MIDDLE_TOKENS_PER_S))
 
 
 def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int, int]:
@@ -300,7 +319,7 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     piece = with_header(ids, style if config.has_fim else None, config.has_fim)
     t1, t2 = check_span(piece, start_s, end_s, config.block_size)
     cut = cut_at_steps(piece, t1, t2)
-    budget = middle_budget(cut.gap_steps)
+    budget = local_budget(cut) if LOCAL_BUDGET else middle_budget(cut.gap_steps)
     if config.has_fim:
         prompt = fim_prompt(cut, config.block_size, budget, settings.restate_sounding)
         note = None

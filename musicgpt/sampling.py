@@ -271,10 +271,12 @@ class SamplingSettings:
 
     @classmethod
     def from_config(cls, config: Config, **overrides) -> SamplingSettings:
-        """The checkpoint's own temperature, top-k, top-p, min-p and style guidance, and any
-        other field, from `overrides`; one of those five given as None keeps the checkpoint's."""
-        own = {name: getattr(config, name)
-               for name in ("temperature", "top_k", "top_p", "min_p", "style_guidance")}
+        """The checkpoint's own temperature, top-k, top-p, min-p, style guidance and candidates,
+        and any other field, from `overrides`; one of those six given as None keeps the
+        checkpoint's."""
+        own = {name: getattr(config, name, getattr(cls, name))
+               for name in ("temperature", "top_k", "top_p", "min_p", "style_guidance",
+                            "candidates")}
         given = {k: v for k, v in overrides.items() if v is not None or k not in own}
         return cls(**{**own, **given})
 

@@ -248,3 +248,22 @@ def test_best_of_n_infill_keeps_a_candidate_with_the_likeliest_join(make_tiny_mo
              for p in every.pieces]
     scores = list(zip(drone, nll, strict=True))
     assert best.tolist() == every.middles[min(range(3), key=scores.__getitem__)].tolist()
+
+
+def test_cli_candidates_come_from_the_checkpoint_and_a_flag(make_tiny_model, tmp_path, capsys):
+    from musicgpt.checkpoint import save_checkpoint
+    from musicgpt.cli import main
+    from musicgpt.midi_io import midi_file_to_arrays
+
+    ckpt = save_checkpoint(make_tiny_model(candidates=3), tmp_path / "ckpt")
+    common = ["generate", "--checkpoint", str(ckpt), "--seconds", "3", "--seed", "4",
+              "--no-progress"]
+
+    def pitches(name: str, *flags: str) -> list:
+        assert main([*common, "--out", str(tmp_path / name), *flags]) == 0
+        return midi_file_to_arrays(tmp_path / name).pitch.tolist()
+
+    assert pitches("own.mid") == pitches("three.mid", "--candidates", "3")
+    assert pitches("own.mid") != pitches("one.mid", "--candidates", "1")
+    assert main([*common, "--out", str(tmp_path / "x.mid"), "--candidates", "0"]) == 2
+    assert "candidates" in capsys.readouterr().err
