@@ -6,10 +6,13 @@ step is mostly overhead), and the per-piece checks (piece_checks.py) tell the fa
 
 - generate: the candidate whose new music fails fewest checks, then starts soonest, then holds the
   smallest share of its notes to the guard (`piece_score`);
-- infill: the candidate that drones least (a note over most of the span where the original held
-  none), then the one after which the model finds the music that follows most likely: the mean
-  NLL of the suffix's first tokens read left to right after the prefix and the new middle
-  (`join_nll`). A middle in the wrong key or texture makes what follows less likely.
+- infill: a candidate that does not drone (a note over most of the span where the original held
+  none), then the lowest `join_nll` minus pitch-class agreement: how unlikely the model finds
+  the music that follows after the new middle (mean NLL of the suffix's first tokens read left
+  to right), less how well the middle's pitch classes agree with the 8 s on each side (cosine,
+  piece_checks.span_figures). Both spread about 0.15 between candidates of one span. Measured on
+  30 validation spans x 4 candidates (see the model card): picking by `join_nll` alone gave a
+  median agreement of 0.759, the first candidate 0.797, this score 0.842 (the originals 0.820).
 """
 
 from __future__ import annotations
@@ -64,14 +67,19 @@ def join_nll(model, header: np.ndarray, prefix: np.ndarray, middle: np.ndarray,
     return float(F.cross_entropy(logits, tokens[0, -len(head) :]))
 
 
+def middle_score(model, cut, piece: np.ndarray, middle: np.ndarray, original, t1: int,
+                 t2: int) -> tuple[int, float]:
+    """(drones, join NLL - pitch-class agreement with the context) of one infilled candidate
+    `piece` (its new `middle`) of the span [t1, t2) of `original` (notes); lower is better."""
+    check = span_checks(ids_to_arrays(piece), original, t1, t2)
+    nll = join_nll(model, cut.header, cut.prefix, middle, cut.suffix)
+    return int(check["drone"]), (nll if np.isfinite(nll) else 0.0) - check["new"]["pc_agreement"]
+
+
 def choose_middles(model, cut, pieces: list[np.ndarray], middles: list[np.ndarray],
                    original: np.ndarray, t1: int, t2: int, candidates: int) -> list[int]:
-    """The index of the best infilled candidate of each group of `candidates`: no drone first,
-    then the lowest `join_nll`."""
+    """The index of the best infilled candidate of each group of `candidates` (`middle_score`;
+    `original` is the piece's ids)."""
     notes = ids_to_arrays(original)
-    scores = []
-    for piece, middle in zip(pieces, middles, strict=True):
-        drone = span_checks(ids_to_arrays(piece), notes, t1, t2)["drone"]
-        nll = join_nll(model, cut.header, cut.prefix, middle, cut.suffix)
-        scores.append((int(drone), nll if np.isfinite(nll) else 0.0))
-    return best_of_groups(scores, candidates)
+    return best_of_groups([middle_score(model, cut, p, m, notes, t1, t2)
+                           for p, m in zip(pieces, middles, strict=True)], candidates)

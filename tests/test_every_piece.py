@@ -230,7 +230,7 @@ def test_best_of_n_keeps_the_candidate_the_checks_like_best(make_tiny_model):
     assert best.tolist() == every[min(range(4), key=scores.__getitem__)].tolist()
 
 
-def test_best_of_n_infill_keeps_a_candidate_with_the_likeliest_join(make_tiny_model):
+def test_best_of_n_infill_keeps_the_likeliest_join_in_the_key_around(make_tiny_model):
     from musicgpt.candidates import join_nll
     from musicgpt.fim import cut_at_steps
 
@@ -244,9 +244,9 @@ def test_best_of_n_infill_keeps_a_candidate_with_the_likeliest_join(make_tiny_mo
     cut = cut_at_steps(piece, 400, 600)
     nll = [join_nll(model, cut.header, cut.prefix, m, cut.suffix) for m in every.middles]
     assert all(np.isfinite(nll)) and len(set(nll)) == 3
-    drone = [pc.span_checks(ids_to_arrays(p), ids_to_arrays(piece), 400, 600)["drone"]
-             for p in every.pieces]
-    scores = list(zip(drone, nll, strict=True))
+    checks = [pc.span_checks(ids_to_arrays(p), ids_to_arrays(piece), 400, 600)
+              for p in every.pieces]
+    scores = [(c["drone"], n - c["new"]["pc_agreement"]) for c, n in zip(checks, nll, strict=True)]
     assert best.tolist() == every.middles[min(range(3), key=scores.__getitem__)].tolist()
 
 
