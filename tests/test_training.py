@@ -223,22 +223,48 @@ def test_resume_refuses_bad_weights_in_one_line_and_keeps_them(data_dir, tmp_pat
     assert _files(tmp_path / "checkpoint") == before
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(data_dir, tmp_path,
-                                                                        make_tiny_model,
-                                                                        monkeypatch, capsys):
+def _disk_full(kind: str):
+    """What a full disk raises in a checkpoint save: an OSError, or safetensors' own error
+    (not an OSError, issue 23)."""
     import errno
 
+    from safetensors import SafetensorError
+
+    def fail(*args, **kwargs):
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                              'StorageFull, message: "No space left on device" })')
+    return fail
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(data_dir, tmp_path,
+                                                                        make_tiny_model,
+                                                                        monkeypatch, capsys,
+                                                                        kind):
     from musicgpt import checkpoint
 
     before = _trained_checkpoint(tmp_path, make_tiny_model, step=1)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint, "save_model", disk_full)
+    monkeypatch.setattr(checkpoint, "save_model", _disk_full(kind))
     assert _train_cli(tmp_path, data_dir, "--resume") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"musicgpt: error: cannot write {tmp_path / 'checkpoint'}: "
                    "No space left on device"]
     assert _files(tmp_path / "checkpoint") == before
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_a_full_disk_in_a_new_run_and_in_export_is_one_line(data_dir, tmp_path, tiny_checkpoint,
+                                                            monkeypatch, capsys):
+    from musicgpt import checkpoint, hf_export
+    from musicgpt.cli import main
+
+    monkeypatch.setattr(checkpoint, "save_model", _disk_full("safetensors"))
+    monkeypatch.setattr(hf_export, "save_file", _disk_full("safetensors"))
+    assert _train_cli(tmp_path / "run", data_dir) == 2
+    assert main(["export", "--hf", str(tmp_path / "hf"), "--checkpoint",
+                 str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.endswith("No space left on device") for line in err), err
+    assert not list(tmp_path.rglob("*.tmp"))
