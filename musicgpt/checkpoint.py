@@ -278,6 +278,8 @@ def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Ten
         state = json.loads(path.read_text())
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("not a JSON object with a step")
+        if state["step"] < 0:
+            raise ValueError(f"step {state['step']} is negative")
         path = ckpt_dir / "state.safetensors"
         tensors = load_file(str(path))
     except (OSError, ValueError, SafetensorError) as exc:

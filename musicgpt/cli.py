@@ -43,8 +43,11 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with _guarded_stdout():
         try:
-            print(json.dumps(_train(args)))
+            result = _train(args)
+            print(json.dumps(result))
             sys.stdout.flush()
+            if result.get("interrupted_by"):  # saved, but not finished: say so to the caller
+                return 128 + result["interrupted_by"]
         except (UserError, FileNotFoundError, ValueError, WriteError) as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
