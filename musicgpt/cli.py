@@ -18,6 +18,7 @@ from . import cli_checks as checks
 from .cli_checks import UserError
 from .config import PRESETS, add_config_arguments, config_from_arguments
 from .files import WriteError
+from .locks import FolderBusyError
 
 
 def _fail(message: str) -> int:
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = args.run(args)
             sys.stdout.flush()
-        except (UserError, FileNotFoundError, WriteError) as exc:
+        except (UserError, FileNotFoundError, WriteError, FolderBusyError) as exc:
             return _fail(str(exc))
     return code
 

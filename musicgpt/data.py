@@ -34,6 +34,7 @@ import numpy as np
 from .events import ids_to_seconds
 from .files import tmp_path, writing
 from .fim import random_fim
+from .locks import folder_lock
 from .midi_io import CODEC_VERSION
 from .pipeline import MidiPiece, read_midi_piece
 from .vocab import (
@@ -143,9 +144,8 @@ def _commit(out_dir: Path, files: dict[str, bytes]) -> None:
 
 def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int | None = None,
                       progress: bool = True) -> dict:
-    """Encode a MIDI folder to `out_dir`; returns the manifest (with `skipped` and `reused`)."""
-    from tqdm import tqdm
-
+    """Encode a MIDI folder to `out_dir`; returns the manifest (with `skipped` and `reused`).
+    One writer at a time: `out_dir` is locked (locks.FolderBusyError while another holds it)."""
     root, out_dir = Path(midi_dir), Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"MIDI folder not found: {root}")
@@ -154,8 +154,15 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
         raise FileNotFoundError(f"no .mid or .midi files in {root} (searched with its "
                                 f"subfolders, symlinked ones included); give the folder that "
                                 f"holds your MIDI files")
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, "preprocess"):
+        return _preprocess_locked(root, out_dir, files, workers, progress)
+
+
+def _preprocess_locked(root: Path, out_dir: Path, files: list[Path], workers: int | None,
+                       progress: bool) -> dict:
+    """`preprocess_folder` once `out_dir` is locked."""
+    from tqdm import tqdm
+
     previous, old_tokens = _load_previous(out_dir)
     old_by_sha = {p["sha1"]: p for p in previous.values()}
     groups = _group_keys(root)

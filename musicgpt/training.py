@@ -39,6 +39,7 @@ from .data import (
 from .device import pick_device
 from .files import tmp_path, writing
 from .layers import Linear
+from .locks import folder_lock
 from .model import GPT
 from .vocab import N_STYLES, PAD_ID
 
@@ -257,6 +258,23 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
     check_run_folder(out_dir, resume, overwrite)
+    lock = folder_lock(out_dir, "train.py") if _rank() == 0 else nullcontext()
+    with lock:
+        return _train(config, Path(out_dir), midi_dir, data_dir, resume, progress, stop_after,
+                      style_names)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it): rank 0 alone writes the run folder."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, progress: bool,
+           stop_after: int | None, style_names: dict[str, str] | None) -> dict:
+    """`train` once the run folder is checked and locked."""
     run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names)
     config = run.config
     start_step, best_val = _resume(run) if resume else (0, float("inf"))

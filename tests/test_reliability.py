@@ -3,12 +3,40 @@ bounded before work, writers do not clash. (Bad command lines are in test_bad_in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from helpers import write_midi
 
+from musicgpt.cli import main, train_main
+from musicgpt.data import preprocess_folder, split_of
 from musicgpt.events import NoteGrammar, grammar_errors
+from musicgpt.locks import LOCK_NAME
 from musicgpt.sampling import SamplingSettings, draw_scores, generate
 from musicgpt.vocab import PAD_ID, START_ID, VOCAB_SIZE, note_on_id
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def midi_folder(tmp_path_factory) -> Path:
+    """One short training-split piece."""
+    folder = tmp_path_factory.mktemp("midi")
+    name = next(f"piece_{i}.mid" for i in range(100) if split_of(f"piece_{i}.mid") == "train")
+    write_midi(folder / name, [(60 + i % 12, 80, i * 0.25, i * 0.25 + 0.5) for i in range(40)])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(midi_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tokens")
+    preprocess_folder(midi_folder, out, workers=1, progress=False)
+    return out
 
 
 @pytest.mark.parametrize("temperature", [1e-3, 1e-6, 1e-30, 1e30])
@@ -34,3 +62,38 @@ def test_a_tiny_temperature_draws_the_likeliest_allowed_token():
 def test_a_temperature_that_is_not_a_finite_positive_number_is_refused(value):
     with pytest.raises(ValueError, match="temperature"):
         SamplingSettings(temperature=value)
+
+
+# --- one writer per folder ---------------------------------------------------------------------
+
+HOLD = ("import sys, time; from musicgpt.locks import folder_lock\n"
+        "with folder_lock(sys.argv[1], 'holder test'):\n"
+        "    print('held', flush=True); time.sleep(120)")
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], env=CHILD_ENV,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+@pytest.mark.parametrize("command", ["train", "preprocess"])
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_ones_lock_is_taken(
+        tokens_dir, midi_folder, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    argv = (["--preset", "tiny", "--data-dir", str(tokens_dir), "--out", str(out),
+             "--no-progress", "--max-steps", "1"] if command == "train" else
+            ["preprocess", "--midi-dir", str(midi_folder), "--out", str(out), "--no-progress"])
+    run = (lambda: train_main(argv)) if command == "train" else (lambda: main(argv))
+    holder = _holder(out)
+    try:
+        assert run() == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by pid {holder.pid} (holder test" in err[0], err
+    finally:
+        holder.kill()  # as kill -9: the lock file stays, naming a dead process
+        holder.wait()
+    assert (out / LOCK_NAME).is_file()
+    assert run() == 0
+    assert not (out / LOCK_NAME).exists()
