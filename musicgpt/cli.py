@@ -89,8 +89,10 @@ def _check_training_data(args: argparse.Namespace, out: Path) -> None:
 
     if args.midi_dir:
         checks.require(Path(args.midi_dir).is_dir(), f"MIDI folder not found: {args.midi_dir}")
+        checks.not_same_folder("--out", out, "--midi-dir", args.midi_dir)
         if args.data_dir:
             checks.out_folder("--data-dir", args.data_dir)
+            checks.not_same_folder("--data-dir", Path(args.data_dir), "--midi-dir", args.midi_dir)
         return
     if args.data_dir:
         checks.require(has_token_cache(args.data_dir),
@@ -134,6 +136,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     checks.at_least("--workers", args.workers)
     out = checks.out_folder("--out", args.out)
     checks.not_a_checkpoint("--out", out, "give a folder for the token cache")
+    checks.not_same_folder("--out", out, "--midi-dir", args.midi_dir)
     manifest = preprocess_folder(args.midi_dir, out, workers=args.workers,
                                  progress=not args.no_progress)
     pieces = manifest["pieces"]
@@ -170,6 +173,7 @@ def _generate(args: argparse.Namespace) -> int:
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
     checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
+    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     settings = _sampling_settings(args, model.config)
     try:
         style = model.config.style_slot(args.style)
@@ -179,8 +183,7 @@ def _generate(args: argparse.Namespace) -> int:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
                                settings=settings, seed=args.seed, progress=report, style=style)
-    for path, row, stop in zip(_output_paths(out, args.num_samples), made.rows, made.stops,
-                               strict=True):
+    for path, row, stop in zip(paths, made.rows, made.stops, strict=True):
         try:
             ids_to_midi_file(row, path)
         except OSError as exc:
@@ -218,6 +221,7 @@ def _infill(args: argparse.Namespace) -> int:
     ids = _read_primer(args.midi, None, what="MIDI file")
     model = _load_model(args.checkpoint, args.device, args.dtype)
     checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
+    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.midi,))
     settings = _sampling_settings(args, model.config)
     try:
         slot = model.config.style_slot(args.style)
@@ -227,7 +231,7 @@ def _infill(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
-    for path, piece in zip(_output_paths(out, args.num_samples), result.pieces, strict=True):
+    for path, piece in zip(paths, result.pieces, strict=True):
         try:
             ids_to_midi_file(piece, path)
         except OSError as exc:

@@ -7,6 +7,8 @@ says which flag is wrong and what it wants.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from pathlib import Path
 
 MAX_GENERATE_SECONDS = 3 * 3600.0  # what one `generate` may ask for: the reader's piece limit
@@ -52,6 +54,69 @@ def out_file(flag: str, value: str) -> Path:
     require(blocking is None or blocking.is_dir(),
             f"{flag} {value}: {blocking} is a file, not a folder")
     return path
+
+
+MIDI_MAGIC = b"MThd"  # what every Standard MIDI File starts with
+
+
+def out_midi_files(flag: str, paths: list[Path], inputs: tuple[str | None, ...] = ()) -> list[Path]:
+    """The files a command will write as MIDI, each a regular file or new, refused (one line,
+    nothing changed) when it is anything else: a device, a FIFO or a folder; an existing file
+    that is not MIDI (weights, a WAV, a text); or one of the command's `inputs`. A symlink is
+    followed: its target is what gets written (returned in its place)."""
+    return [_out_midi_file(flag, path, inputs) for path in paths]
+
+
+def _out_midi_file(flag: str, path: Path, inputs: tuple[str | None, ...]) -> Path:
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if os.path.lexists(target):
+        kind = _kind(target)
+        require(kind == "file", f"{flag} {path} is {kind}, not a regular file; give a file "
+                                f"name such as piece.mid")
+        require(_starts_with(target, MIDI_MAGIC),
+                f"{flag} {path} exists and is not a MIDI file; it is left as it is (give "
+                f"another name, or remove it first)")
+        for given in filter(None, inputs):
+            require(not _same_file(target, Path(given)),
+                    f"{flag} {path} is also this command's input {given}; give another name")
+    return target
+
+
+def _kind(path: Path) -> str:
+    """'file', or what else `path` is, in words."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(magic))
+    except OSError:
+        return False
+    return head == magic or not head  # an empty file holds nothing to lose
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def not_same_folder(flag: str, out: Path, other_flag: str, other: str | None) -> None:
+    """Refuse an output folder that is an input folder: its files (a manifest.json, say) would
+    be replaced."""
+    require(other is None or not _same_file(out, Path(other)),
+            f"{flag} {out} is the same folder as {other_flag} {other}; give another folder")
 
 
 def out_folder(flag: str, value: str) -> Path:

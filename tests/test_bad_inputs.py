@@ -9,6 +9,7 @@ folder.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ CASES = [
     ("generate --checkpoint {ckpt} --out {dir} --no-progress", "is a folder"),
     ("generate --checkpoint {ckpt} --out {file}/o.mid --no-progress", "is a file"),
     ("generate --checkpoint {bad_ckpt} --out {tmp}/o.mid --no-progress", "truncated"),
+    # outputs never replace what they should not (issue 23)
+    ("generate --checkpoint {ckpt} --out {weights} --no-progress", "is not a MIDI file"),
+    ("generate --checkpoint {ckpt} --out {file} --no-progress", "is not a MIDI file"),
+    (GEN.replace("{tmp}/o.mid", "{mid}") + " --primer {mid}", "is also this command's input"),
+    ("generate --checkpoint {ckpt} --out {fifo} --no-progress", "is a FIFO, not a regular"),
+    ("generate --checkpoint {ckpt} --out {not_midi_1} --num-samples 2 --no-progress "
+     "--seconds 1", "not_midi_2.mid exists and is not a MIDI file"),
     ("generate --checkpoint {tmp}/none --out {tmp}/o.mid --no-progress", "no checkpoint"),
     pytest.param(GEN + " --device cuda", "CUDA", marks=pytest.mark.skipif(
         not NO_CUDA, reason="this machine has CUDA")),
@@ -61,6 +69,10 @@ CASES = [
     (FILL + " --start 0 --end 1 --seed -5", "--seed"),
     (FILL + " --start 0 --end 1 --num-samples 0", "--num-samples"),
     ("infill --checkpoint {ckpt} --midi {mid} --out '' --start 0 --end 1", "--out is empty"),
+    ("infill --checkpoint {ckpt} --midi {mid} --out {mid} --start 0 --end 1",
+     "is also this command's input"),
+    ("infill --checkpoint {ckpt} --midi {mid} --out {weights} --start 0 --end 1",
+     "is not a MIDI file"),
     # evaluate
     (EVAL + " --stride 0", "--stride"),
     (EVAL + " --batch-size 0", "--batch-size"),
@@ -73,6 +85,7 @@ CASES = [
     (PRE + " --out {file}", "is a file"),
     (PRE + " --out {ckpt}", "checkpoint folder"),
     (PRE + " --out {tmp}/t --workers 0", "--workers"),
+    (PRE + " --out {midi}", "is the same folder as --midi-dir"),
     ("preprocess --midi-dir {dir} --out {tmp}/t", "no .mid or .midi files"),
     ("preprocess --midi-dir {tmp}/none --out {tmp}/t", "not found"),
     # train.py
@@ -133,10 +146,18 @@ def places(tiny_checkpoint, make_tiny_model, tmp_path_factory) -> dict[str, str]
     weights.write_bytes(weights.read_bytes()[:500])
     (root / "empty_dir").mkdir()
     (root / "plain_file").write_text("not a folder")
+    (root / "weights").mkdir()
+    (root / "weights" / "model.safetensors").write_bytes(
+        (tiny_checkpoint / "model.safetensors").read_bytes())
+    os.mkfifo(root / "fifo")
+    (root / "not_midi_2.mid").write_text("a text file that happens to end in .mid")
     return {"ckpt": str(tiny_checkpoint), "bad_ckpt": str(bad_run / "checkpoint"),
             "bad_run": str(bad_run), "midi": str(midi), "mid": str(midi / name),
             "tokens": str(root / "tokens"), "dir": str(root / "empty_dir"),
-            "file": str(root / "plain_file"), **_folders_users_pass(root, make_tiny_model)}
+            "file": str(root / "plain_file"), "fifo": str(root / "fifo"),
+            "not_midi_1": str(root / "not_midi.mid"), "root": str(root),
+            "weights": str(root / "weights" / "model.safetensors"),
+            **_folders_users_pass(root, make_tiny_model)}
 
 
 def _folders_users_pass(root: Path, make_tiny_model) -> dict[str, str]:
@@ -165,12 +186,20 @@ def _run(argv: list[str]) -> int:
 
 @pytest.mark.parametrize(("template", "words"), CASES)
 def test_a_bad_input_is_one_line_and_exit_status_2(places, tmp_path, capsys, template, words):
+    before = _snapshot(Path(places["root"]))
     code = _run(_argv(template, places, tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("musicgpt: error: "), err
     assert words.format(**places, tmp=tmp_path) in err[0], err
     assert not list(tmp_path.rglob("*.tmp"))
+    assert _snapshot(Path(places["root"])) == before  # nothing of the inputs changed
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under `root`, the FIFO included, by path."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")
+            if not p.is_dir()}
 
 
 def test_the_installed_commands_print_no_traceback(places, tmp_path):
@@ -183,7 +212,7 @@ def test_the_installed_commands_print_no_traceback(places, tmp_path):
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full device here")
 def test_a_full_disk_under_stdout_is_one_line(places, tmp_path):
     argv = _argv(EVAL + " --json --device cpu", places, tmp_path)
     code = "import sys; from musicgpt.cli import main; sys.exit(main(sys.argv[1:]))"

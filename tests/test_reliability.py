@@ -97,3 +97,25 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_ones_lock_is_
     assert (out / LOCK_NAME).is_file()
     assert run() == 0
     assert not (out / LOCK_NAME).exists()
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="no /dev/null device")
+def test_a_device_is_refused_as_an_output_without_touching_it():
+    from musicgpt.cli_checks import UserError, out_midi_files
+
+    with pytest.raises(UserError, match="/dev/null is a device, not a regular file"):
+        out_midi_files("--out", [Path("/dev/null")])
+
+
+def test_a_symlinked_output_writes_its_target_and_stays_a_link(tiny_checkpoint, tmp_path):
+    target, link = tmp_path / "real" / "piece.mid", tmp_path / "link.mid"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    argv = ["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(link), "--seconds",
+            "1", "--no-progress", "--seed", "1"]
+    assert main(argv) == 0
+    assert link.is_symlink() and target.read_bytes().startswith(b"MThd")
+    assert main(argv) == 0  # an existing MIDI file is replaced, through the link again
+    assert link.is_symlink() and sorted(p.name for p in target.parent.iterdir()) == ["piece.mid"]
