@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_midi
+from helpers import huge_gap_midi_bytes, write_midi
 
 from musicgpt.checkpoint import save_checkpoint
 from musicgpt.cli import main, train_main
@@ -38,6 +38,9 @@ CASES = [
     (GEN + " --primer {mid} --primer-seconds -3", "--primer-seconds"),
     (GEN + " --primer {mid} --primer-seconds nan", "--primer-seconds"),
     (GEN + " --seed -1", "--seed"),
+    pytest.param(GEN + " --primer /dev/zero", "not a regular file", marks=pytest.mark.skipif(
+        not Path("/dev/zero").is_char_device(), reason="no /dev/zero device")),
+    (GEN + " --primer {fifo}", "not a regular file"),
     (GEN + " --num-samples 1000000000", "would need about"),
     (GEN + " --num-samples 0", "--num-samples"),
     (GEN + " --max-tokens 0", "--max-tokens"),
@@ -66,6 +69,7 @@ CASES = [
     (FILL + " --start 0 --end nan", "--end"),
     (FILL + " --start 0 --end inf", "--end"),
     (FILL + " --start 1 --end 0.5", "span"),
+    (FILL.replace("{mid}", "{gaps}") + " --start 0 --end 1", "too long"),
     (FILL + " --start 0 --end 1 --seed -5", "--seed"),
     (FILL + " --start 0 --end 1 --num-samples 0", "--num-samples"),
     ("infill --checkpoint {ckpt} --midi {mid} --out '' --start 0 --end 1", "--out is empty"),
@@ -150,12 +154,14 @@ def places(tiny_checkpoint, make_tiny_model, tmp_path_factory) -> dict[str, str]
     (root / "weights" / "model.safetensors").write_bytes(
         (tiny_checkpoint / "model.safetensors").read_bytes())
     os.mkfifo(root / "fifo")
+    (root / "gaps.mid").write_bytes(huge_gap_midi_bytes())
     (root / "not_midi_2.mid").write_text("a text file that happens to end in .mid")
     return {"ckpt": str(tiny_checkpoint), "bad_ckpt": str(bad_run / "checkpoint"),
             "bad_run": str(bad_run), "midi": str(midi), "mid": str(midi / name),
             "tokens": str(root / "tokens"), "dir": str(root / "empty_dir"),
             "file": str(root / "plain_file"), "fifo": str(root / "fifo"),
             "not_midi_1": str(root / "not_midi.mid"), "root": str(root),
+            "gaps": str(root / "gaps.mid"),
             "weights": str(root / "weights" / "model.safetensors"),
             **_folders_users_pass(root, make_tiny_model)}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_midi
+from helpers import huge_gap_midi_bytes, write_midi
 
 from musicgpt.cli import main, train_main
 from musicgpt.data import preprocess_folder, split_of
@@ -119,3 +119,59 @@ def test_a_symlinked_output_writes_its_target_and_stays_a_link(tiny_checkpoint, 
     assert link.is_symlink() and target.read_bytes().startswith(b"MThd")
     assert main(argv) == 0  # an existing MIDI file is replaced, through the link again
     assert link.is_symlink() and sorted(p.name for p in target.parent.iterdir()) == ["piece.mid"]
+
+
+# --- memory is bounded before work --------------------------------------------------------------
+
+PEAK = ("import resource, sys; from musicgpt.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(code)")
+
+
+def _peak_run(argv: list[str]) -> tuple[int, int, str]:
+    """(exit status, peak bytes, stderr) of the CLI in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", PEAK, *argv], env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=300)
+    peak = next(int(line.split()[1]) for line in done.stdout.splitlines()
+                if line.startswith("peak "))
+    return done.returncode, peak, done.stderr
+
+
+def test_a_few_bytes_of_huge_gaps_cost_little_memory_as_primer_and_as_infill_input(
+        tiny_checkpoint, tmp_path):
+    gaps = tmp_path / "gaps.mid"
+    gaps.write_bytes(huge_gap_midi_bytes())
+    code, peak, err = _peak_run(["generate", "--checkpoint", str(tiny_checkpoint), "--primer",
+                                 str(gaps), "--out", str(tmp_path / "o.mid"), "--seconds", "1",
+                                 "--no-progress"])
+    assert code == 0 and peak < 2**30, (peak, err)  # the primer's first 10 s: C4
+    code, peak, err = _peak_run(["infill", "--checkpoint", str(tiny_checkpoint), "--midi",
+                                 str(gaps), "--start", "0", "--end", "1", "--out",
+                                 str(tmp_path / "f.mid"), "--no-progress"])
+    assert code == 2 and peak < 2**30, (peak, err)
+    assert err.strip().splitlines() == [f"musicgpt: error: bad MIDI file {gaps}: too long: "
+                                        f"{err.split('too long: ')[1].split(' of music')[0]} "
+                                        f"of music (the limit is 3 h)"]
+
+
+def test_an_upload_of_huge_gaps_is_refused_before_it_is_encoded():
+    from musicgpt.studio import UploadError, upload_to_ids
+
+    with pytest.raises(UploadError, match="lasts .* minutes; the limit is 10 minutes"):
+        upload_to_ids(huge_gap_midi_bytes(), "gaps.mid")
+
+
+def test_a_file_over_the_size_limit_is_skipped_and_the_folder_goes_on(midi_folder, tmp_path):
+    from musicgpt.pipeline import MAX_MIDI_BYTES
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for source in midi_folder.iterdir():
+        (folder / source.name).write_bytes(source.read_bytes())
+    with (folder / "huge.mid").open("wb") as huge:  # sparse: 5 GB that take no disk
+        huge.truncate(5 * 2**30)
+    manifest = preprocess_folder(folder, tmp_path / "tokens", workers=1, progress=False)
+    assert len(manifest["pieces"]) == 1
+    assert [s["path"] for s in manifest["skipped"]] == ["huge.mid"]
+    assert manifest["skipped"][0]["reason"] == (f"too large: 5,120.0 MB (the limit is "
+                                                f"{MAX_MIDI_BYTES // 2**20} MB)")
