@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .config import Config
+from .config import Config, loads_json
 from .files import make_readable, remove, writing
 from .model import GPT
 from .vocab import BASE_VOCAB_SIZE, VOCAB_SIZE
@@ -115,7 +115,7 @@ def load_config(ckpt_dir: str | Path) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt_dir} (missing config.json)")
     try:
-        values = json.loads(path.read_text())
+        values = loads_json(path.read_text())
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -221,7 +221,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict]:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw)
+        header = loads_json(raw)
     except ValueError as exc:
         raise CheckpointError(f"{path}: not a safetensors file (bad header: {exc})") from exc
     if not isinstance(header, dict):
@@ -275,7 +275,7 @@ def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Ten
     ckpt_dir = checkpoint_dir(ckpt_dir)
     path = ckpt_dir / "state.json"
     try:
-        state = json.loads(path.read_text())
+        state = loads_json(path.read_text())
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("not a JSON object with a step")
         if state["step"] < 0:

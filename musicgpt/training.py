@@ -28,7 +28,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import Config
+from .config import Config, loads_json
 from .data import (
     TokenWindows,
     load_split,
@@ -443,7 +443,7 @@ def _trim_metrics(path: Path, start_step: int) -> None:
 
 def _line_step(line: str) -> float:
     try:
-        return float(json.loads(line)["step"])
+        return float(loads_json(line)["step"])
     except (ValueError, KeyError, TypeError):
         return float("inf")  # not a record of ours: dropped with the redone steps
 
@@ -529,7 +529,7 @@ def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool 
 def _step_of(ckpt: Path) -> str:
     """' (step N)' from a checkpoint's state.json, or '' when it has none."""
     try:
-        state = json.loads((checkpoint_dir(ckpt) / "state.json").read_text())
+        state = loads_json((checkpoint_dir(ckpt) / "state.json").read_text())
         return f" (step {int(state['step'])})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""

@@ -175,3 +175,28 @@ def test_a_file_over_the_size_limit_is_skipped_and_the_folder_goes_on(midi_folde
     assert [s["path"] for s in manifest["skipped"]] == ["huge.mid"]
     assert manifest["skipped"][0]["reason"] == (f"too large: 5,120.0 MB (the limit is "
                                                 f"{MAX_MIDI_BYTES // 2**20} MB)")
+
+
+NESTED = "[" * 200_000 + "]" * 200_000
+
+
+@pytest.mark.parametrize("where", ["config.json", "header"])
+def test_json_nested_too_deeply_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsys,
+                                                            tokens_dir, where):
+    run = tmp_path / "run"
+    ckpt = run / "checkpoint"
+    ckpt.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (ckpt / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    if where == "config.json":
+        (ckpt / "config.json").write_text(NESTED)
+    else:
+        header = NESTED.encode()
+        (ckpt / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    assert train_main(["--preset", "tiny", "--data-dir", str(tokens_dir), "--out", str(run),
+                       "--resume", "--no-progress"]) == 2
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.mid"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = "config.json" if where == "config.json" else "model.safetensors"
+    assert len(err) == 2 and all(name in line and "nested too deeply" in line for line in err)
