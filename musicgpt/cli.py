@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> dict:
     config = config_from_arguments(args, base)
     if resuming:  # bad weights are refused before the data is read
         check_weights_file(checkpoint_dir(out / "checkpoint") / "model.safetensors", config)
-    checks.device(config.device)
+    checks.training_memory(config, checks.device(config.device))
     _check_training_data(args, out)
     return train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
                  resume=args.resume, progress=not args.no_progress,
@@ -133,11 +133,11 @@ def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
 def _preprocess(args: argparse.Namespace) -> int:
     from .data import preprocess_folder
 
-    checks.at_least("--workers", args.workers)
+    workers = checks.workers(args.workers)
     out = checks.out_folder("--out", args.out)
     checks.not_a_checkpoint("--out", out, "give a folder for the token cache")
     checks.not_same_folder("--out", out, "--midi-dir", args.midi_dir)
-    manifest = preprocess_folder(args.midi_dir, out, workers=args.workers,
+    manifest = preprocess_folder(args.midi_dir, out, workers=workers,
                                  progress=not args.no_progress)
     pieces = manifest["pieces"]
     n_val = sum(p["split"] == "val" for p in pieces)
@@ -172,13 +172,14 @@ def _generate(args: argparse.Namespace) -> int:
     out = checks.out_file("--out", args.out)
     primer = _read_primer(args.primer, args.primer_seconds) if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
-    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device)
-    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     settings = _sampling_settings(args, model.config)
     try:
         style = model.config.style_slot(args.style)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    checks.sampling_memory(args.num_samples, model.config, model.wte.weight.device,
+                           guided=style is not None and settings.style_guidance > 0)
+    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     with _music_bar(args.seconds, args.no_progress) as report:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
@@ -283,6 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     checks.at_least("--batch-size", args.batch_size)
     checks.at_least("--stride", args.stride)
     model = _load_model(args.checkpoint, args.device)
+    checks.forward_memory("--batch-size", args.batch_size, model.config, model.wte.weight.device)
     from tqdm import tqdm
 
     bar = tqdm(unit="window", disable=args.no_progress or args.json)

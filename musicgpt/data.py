@@ -185,7 +185,7 @@ def _preprocess_locked(root: Path, out_dir: Path, files: list[Path], workers: in
         manifest = loads_json((out_dir / "manifest.json").read_text())
         return {**manifest, "skipped": list(old_skipped.values()),
                 "clipped": _clipped(manifest["pieces"]), "reused": len(files)}
-    workers = workers or os.cpu_count() or 1
+    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(to_encode))
     bar = tqdm(total=len(to_encode), desc="preprocess", unit="file", disable=not progress)
     if workers > 1 and len(to_encode) > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -80,6 +80,7 @@ CASES = [
     # evaluate
     (EVAL + " --stride 0", "--stride"),
     (EVAL + " --batch-size 0", "--batch-size"),
+    (EVAL + " --batch-size 1000000000", "--batch-size 1,000,000,000 would need about"),
     ("evaluate --checkpoint {bad_ckpt} --midi-dir {midi}", "truncated"),
     ("evaluate --checkpoint {ckpt} --midi-dir {tmp}/none", "not found"),
     pytest.param(EVAL + " --device cuda", "CUDA", marks=pytest.mark.skipif(
@@ -105,6 +106,10 @@ CASES = [
     (TRAIN + " --seed -1", "seed"),
     (TRAIN + " --n-layer 1000000", "n_layer"),
     (TRAIN + " --block-size 60000", "block_size"),
+    # sizes that pass the config's limits yet cannot be allocated (issue 23)
+    (TRAIN + " --n-embd 16384 --n-layer 6", "would need at least"),
+    (TRAIN + " --batch-size 100000", "would need at least"),
+    (TRAIN + " --block-size 16384 --batch-size 64", "would need at least"),
     pytest.param(TRAIN + " --device cuda", "CUDA", marks=pytest.mark.skipif(
         not NO_CUDA, reason="this machine has CUDA")),
     ("train --preset tiny --data-dir {tokens} --out ''", "--out is empty"),

@@ -200,3 +200,68 @@ def test_json_nested_too_deeply_is_one_line_naming_the_file(tiny_checkpoint, tmp
     err = capsys.readouterr().err.strip().splitlines()
     name = "config.json" if where == "config.json" else "model.safetensors"
     assert len(err) == 2 and all(name in line and "nested too deeply" in line for line in err)
+
+
+def test_style_guidance_counts_in_the_sampling_memory(monkeypatch, make_tiny_model):
+    from musicgpt import cli_checks
+    from musicgpt.cli_checks import UserError, sampling_memory
+
+    config = make_tiny_model().config
+    per_sample = cli_checks._sampling_bytes_per_sample(config)
+    monkeypatch.setattr(cli_checks, "free_memory", lambda device: 100 * per_sample)
+    sampling_memory(90, config, "cpu")
+    with pytest.raises(UserError, match="style guidance counted"):
+        sampling_memory(90, config, "cpu", guided=True)
+
+
+def test_the_cgroup_limit_counts_in_the_free_memory(tmp_path):
+    from musicgpt.cli_checks import cgroup_room
+
+    (tmp_path / "memory.max").write_text("1000000\n")
+    (tmp_path / "memory.current").write_text("400000\n")
+    assert cgroup_room(tmp_path) == 600_000
+    (tmp_path / "memory.max").write_text("max\n")
+    assert cgroup_room(tmp_path) is None
+
+
+ULIMIT = ("import resource, sys\n"
+          "from musicgpt.cli import main\n"
+          "from musicgpt.cli_checks import _status_bytes\n"
+          "limit = _status_bytes('VmSize:') + 2**30\n"
+          "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+          "sys.exit(main(sys.argv[1:]))")
+
+
+def test_the_address_space_ulimit_counts_in_the_sampling_memory(tiny_checkpoint, tmp_path):
+    from musicgpt.cli_checks import _ram_available, _sampling_bytes_per_sample
+    from musicgpt.config import preset
+
+    n = 2 * 2**30 // _sampling_bytes_per_sample(preset("tiny"))  # ~2 GB: over the 1 GB left
+    if (_ram_available() or 0) < 3 * 2**30:
+        pytest.skip("too little RAM here to tell the ulimit from the RAM")
+    done = subprocess.run([sys.executable, "-c", ULIMIT, "generate", "--checkpoint",
+                           str(tiny_checkpoint), "--out", str(tmp_path / "o.mid"),
+                           "--num-samples", str(n), "--no-progress"], env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "would need about" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_preprocess_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
+    import os
+
+    from musicgpt import data
+
+    folder = tmp_path / "midi"
+    for i in range(3):
+        write_midi(folder / f"p{i}.mid", [(60 + i, 80, 0.0, 0.5), (64, 80, 0.5, 1.0)])
+    asked = []
+
+    class Pool(data.ProcessPoolExecutor):
+        def __init__(self, workers):
+            asked.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(data, "ProcessPoolExecutor", Pool)
+    preprocess_folder(folder, tmp_path / "tokens", workers=100_000, progress=False)
+    assert all(workers <= min(os.cpu_count() or 1, 3) for workers in asked)
