@@ -9,6 +9,7 @@ folder.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,8 @@ CASES = [
     ("generate --checkpoint {ckpt} --out {dir} --no-progress", "is a folder"),
     ("generate --checkpoint {ckpt} --out {file}/o.mid --no-progress", "is a file"),
     ("generate --checkpoint {bad_ckpt} --out {tmp}/o.mid --no-progress", "truncated"),
+    ("generate --checkpoint {heads_ckpt} --out {tmp}/o.mid --no-progress",
+     "the weights were saved with n_head = 2, config.json says 4"),
     # outputs never replace what they should not (issue 23)
     ("generate --checkpoint {ckpt} --out {weights} --no-progress", "is not a MIDI file"),
     ("generate --checkpoint {ckpt} --out {file} --no-progress", "is not a MIDI file"),
@@ -182,8 +185,11 @@ def _folders_users_pass(root: Path, make_tiny_model) -> dict[str, str]:
     name = next(f"piece_{i}.mid" for i in range(100) if split_of(f"piece_{i}.mid") == "val")
     write_midi(val / name, [(60 + i % 12, 80, i * 0.25, i * 0.25 + 0.5) for i in range(40)])
     relative = save_checkpoint(make_tiny_model(attention="relative"), root / "relative")
+    heads = save_checkpoint(make_tiny_model(), root / "heads")  # config.json edited after:
+    config = json.loads((heads / "config.json").read_text())  # the same shapes, other maths
+    (heads / "config.json").write_text(json.dumps({**config, "n_head": 4}))
     return {"bad_midi": str(bad.resolve()), "val_midi": str(val.resolve()),
-            "relative_ckpt": str(relative)}
+            "relative_ckpt": str(relative), "heads_ckpt": str(heads)}
 
 
 def _argv(template: str, places: dict[str, str], tmp: Path) -> list[str]:
