@@ -265,3 +265,18 @@ def test_preprocess_workers_are_capped_at_the_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "ProcessPoolExecutor", Pool)
     preprocess_folder(folder, tmp_path / "tokens", workers=100_000, progress=False)
     assert all(workers <= min(os.cpu_count() or 1, 3) for workers in asked)
+
+
+
+@pytest.mark.parametrize(("start", "end", "block_size", "words"), [
+    (1.0, 1.001, 256, "the span 1..1.001 s is shorter than one 10 ms step"),
+    (1.0, 2.0, 64, "this model's context (64 tokens) is too short to infill any span"),
+])
+def test_a_span_that_cannot_be_infilled_says_why_in_plain_words(start, end, block_size, words):
+    from musicgpt.infilling import InfillError, check_span
+    from musicgpt.vocab import gap_to_shift_ids
+
+    ids = gap_to_shift_ids(1000)  # 10 s of silence
+    with pytest.raises(InfillError) as caught:
+        check_span(ids, start, end, block_size)
+    assert str(caught.value) == words
