@@ -47,6 +47,20 @@ def test_any_temperature_keeps_the_grammar(tiny_model, temperature):
     assert [grammar_errors(row) for row in rows] == [[], []]
 
 
+@pytest.mark.parametrize("temperature", [1e-6, 1e30])
+def test_any_temperature_keeps_the_grammar_when_infilling(make_tiny_model, temperature):
+    from musicgpt.infilling import infill
+    from musicgpt.vocab import gap_to_shift_ids, velocity_id
+
+    model = make_tiny_model(block_size=256)
+    notes = [velocity_id(20)]
+    for pitch in range(60, 72):
+        notes += [note_on_id(pitch), *gap_to_shift_ids(50), pitch + 128]
+    result = infill(model, np.array(notes), 1.0, 2.0, num_samples=2,
+                    settings=SamplingSettings(temperature=temperature), seed=3)
+    assert [grammar_errors(piece) for piece in result.pieces] == [[], []]
+
+
 def test_a_tiny_temperature_draws_the_likeliest_allowed_token():
     grammar = NoteGrammar(1, VOCAB_SIZE, styles=False)
     grammar.observe(np.array([START_ID]))
