@@ -12,6 +12,9 @@ recalled. Pieces play in musicgpt.player (a roll with a cursor that follows the 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import streamlit as st
 
@@ -51,6 +54,32 @@ def load_sampler(path: str, dtype: str):
     if sampling_dtype(dtype, device) == "float32":
         return model
     return load_sampling_model(path, device, dtype)
+
+
+@st.cache_resource
+def model_lock(path: str) -> threading.Lock:
+    """One generation or infill at a time on a checkpoint's shared models (every session uses
+    the same cached ones): their KV cache lives on the model, so two sessions decoding at once
+    would write into each other's. Analysis passes use no cache and need no lock."""
+    return threading.Lock()
+
+
+@contextlib.contextmanager
+def sampling_turn(path: str):
+    """Hold `model_lock(path)` for the block, saying so while another session has it."""
+    lock = model_lock(path)
+    if lock.acquire(blocking=False):
+        waiting = None
+    else:
+        waiting = st.info("Another session is generating with this model; yours starts when "
+                          "it is done...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        if waiting is not None:
+            waiting.empty()
 
 
 def pick_model():
@@ -169,12 +198,12 @@ def sampling_settings(opts: dict) -> SamplingSettings:
                             candidates=int(opts["candidates"]))
 
 
-def run_generation(sampler, primer: np.ndarray | None, opts: dict, source: bytes | None = None,
-                   slot=None) -> list[dict]:
-    """Sample with `sampler`, then decode and render each piece once, for every later rerun
-    (the attention analysis follows when a piece is first shown, `with_attention`). `source`:
-    the primer's .mid, whose own events the written pieces keep; `slot`: where the progress
-    bar goes (default: here)."""
+def run_generation(path: str, primer: np.ndarray | None, opts: dict,
+                   source: bytes | None = None, slot=None) -> list[dict]:
+    """Sample with the checkpoint's sampler (one session at a time), then decode and render
+    each piece once, for every later rerun (the attention analysis follows when a piece is
+    first shown, `with_attention`). `source`: the primer's .mid, whose own events the written
+    pieces keep; `slot`: where the progress bar goes (default: here)."""
     bar = (slot or st).progress(0.0, text="Generating...")
     shown = [-1]
 
@@ -185,9 +214,12 @@ def run_generation(sampler, primer: np.ndarray | None, opts: dict, source: bytes
             bar.progress(percent / 100, text=f"Generating... {done_s:.1f} of {total_s or 0:g} s "
                                              "of music")
 
-    made = generate_pieces(sampler, primer, max_seconds=float(opts["seconds"]),
-                           num_samples=int(opts["num_samples"]), settings=sampling_settings(opts),
-                           seed=int(opts["seed"]), progress=progress, style=opts["style"])
+    with sampling_turn(path):
+        made = generate_pieces(load_sampler(path, opts["dtype"]), primer,
+                               max_seconds=float(opts["seconds"]),
+                               num_samples=int(opts["num_samples"]),
+                               settings=sampling_settings(opts), seed=int(opts["seed"]),
+                               progress=progress, style=opts["style"])
     primer_len = studio.generated_primer_len(primer, opts["style"])
     bar.progress(1.0, text="Rendering audio...")
     results = [dict(render(studio.ids_to_piece(row, primer_len),
@@ -292,14 +324,15 @@ def show_versions(history: studio.History, key: str, model, path: str, opts: dic
         span = st.slider(f"Span of v{history.current + 1} to regenerate (seconds)", 0.0, seconds,
                          default, studio.SPAN_STEP_S, format="%.1f", key=span_key)
         if st.button("Regenerate this span", key=f"edit_go_{key}"):
-            regenerate(history, load_sampler(path, opts["dtype"]), span, opts)
+            regenerate(history, path, span, opts)
     show_pending(history, key, filename)
     compare_versions(history, key, filename)
     return version_view(history.versions[history.current])
 
 
-def regenerate(history: studio.History, sampler, span, opts: dict) -> None:
-    """Infill `span` of the current version; the result becomes the pending version."""
+def regenerate(history: studio.History, path: str, span, opts: dict) -> None:
+    """Infill `span` of the current version with the checkpoint's sampler (one session at a
+    time); the result becomes the pending version."""
     start, end = studio.clamp_span(span, float("inf"))
     bar, shown = st.progress(0.0, text="Regenerating the span..."), [-1]
 
@@ -311,9 +344,11 @@ def regenerate(history: studio.History, sampler, span, opts: dict) -> None:
 
     parent = history.versions[history.current]
     try:
-        result = infill(sampler, parent.ids, start, end, settings=sampling_settings(opts),
-                        seed=history.next_seed(opts["seed"]), style=opts["style"],
-                        progress=progress)
+        with sampling_turn(path):
+            result = infill(load_sampler(path, opts["dtype"]), parent.ids, start, end,
+                            settings=sampling_settings(opts),
+                            seed=history.next_seed(opts["seed"]), style=opts["style"],
+                            progress=progress)
     except InfillError as exc:
         st.error(f"Cannot regenerate this span: {exc}.")
         return
@@ -387,7 +422,7 @@ def main() -> None:
     ready = model is not None and primer_ok
     if generate_slot.button("Generate", type="primary", key="generate", disabled=not ready,
                             width="stretch"):
-        results = run_generation(load_sampler(path, opts["dtype"]), primer, opts, source, hint)
+        results = run_generation(path, primer, opts, source, hint)
         new_results(results, f"{opts['seconds']} s, seed {opts['seed']}")
     results = st.session_state.get(RESULTS)
     if edited is not None:
@@ -414,8 +449,7 @@ def continue_piece(path: str, opts: dict, number: int) -> None:
         return
     del st.session_state[CONTINUE]
     _, ids, midi = continued
-    results = run_generation(load_sampler(path, opts["dtype"]), studio.continuation_primer(ids),
-                             opts, midi, st.empty())
+    results = run_generation(path, studio.continuation_primer(ids), opts, midi, st.empty())
     new_results(results, f"{result_log().labels[result_log().shown].split(':')[0]} "
                          f"sample {number + 1} continued by {opts['seconds']} s")
     st.rerun()

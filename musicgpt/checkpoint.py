@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .config import Config
+from .config import Config, loads_json
 from .files import make_readable, remove, writing
 from .model import GPT
 from .vocab import BASE_VOCAB_SIZE, VOCAB_SIZE
@@ -49,7 +49,7 @@ def save_checkpoint(model: GPT, out_dir: str | Path, *, optimizer=None, state: d
         tmp.mkdir(parents=True)
         if optimizer is not None or state is not None:
             _save_state(tmp, optimizer, state, extra_tensors)
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / "model.safetensors"), metadata=_architecture(model.config))
         make_readable(tmp / "model.safetensors")
         (tmp / "config.json").write_text(model.config.to_json())
         _swap_in(tmp, out_dir, old)
@@ -115,7 +115,7 @@ def load_config(ckpt_dir: str | Path) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {ckpt_dir} (missing config.json)")
     try:
-        values = json.loads(path.read_text())
+        values = loads_json(path.read_text())
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -170,12 +170,22 @@ MAX_HEADER_BYTES = 100_000_000  # a safetensors header is JSON of tensor names a
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
+# The fields that decide what the weights compute, stored in model.safetensors' metadata so a
+# config.json edited afterwards (n_head changed, same tensor shapes) is caught at load.
+ARCHITECTURE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "attention")
+
+
+def _architecture(config: Config) -> dict[str, str]:
+    return {f"musicgpt.{name}": str(getattr(config, name)) for name in ARCHITECTURE_FIELDS}
+
+
 def check_weights_file(path: str | Path, config: Config) -> None:
     """Check model.safetensors against `config` from its header alone, without allocating the
     model: a safetensors file, not cut short, holding exactly the tensors (names, shapes, float
-    dtypes) that `config` builds. CheckpointError naming the file otherwise."""
+    dtypes) that `config` builds, saved (where its metadata says) for the same architecture.
+    CheckpointError naming the file otherwise."""
     path = Path(path)
-    header = read_safetensors_header(path)
+    header, metadata = _read_header(path)
     expected = expected_tensors(config)
     unexpected = sorted(set(header) - {name for group in expected for name in group})
     if unexpected:
@@ -190,6 +200,7 @@ def check_weights_file(path: str | Path, config: Config) -> None:
             if found != shape:
                 raise WeightsMismatchError(f"{path}: tensor {name} has shape {list(found)}, "
                                            f"the config ({config.short()}) needs {list(shape)}")
+    _check_architecture(path, metadata, config)
 
 
 def expected_tensors(config: Config) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -203,9 +214,27 @@ def expected_tensors(config: Config) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(names): shape for names, shape in groups.values()}
 
 
+def _check_architecture(path: Path, metadata, config: Config) -> None:
+    """Refuse weights whose metadata names another architecture than `config` (weights saved
+    before the metadata, or by other tools, carry none and pass)."""
+    stored = _architecture(config)
+    if not isinstance(metadata, dict):
+        return
+    for key, value in stored.items():
+        if key in metadata and metadata[key] != value:
+            name = key.split(".", 1)[1]
+            raise WeightsMismatchError(f"{path}: the weights were saved with {name} = "
+                                       f"{metadata[key]}, config.json says {value}")
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, dict]:
     """Tensor name -> {"dtype", "shape", "data_offsets"} of a safetensors file, each entry
     checked to lie inside the file; CheckpointError naming the file otherwise."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: str | Path) -> tuple[dict[str, dict], dict | None]:
+    """(read_safetensors_header, the file's __metadata__ or None)."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -221,15 +250,15 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict]:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(raw)
+        header = loads_json(raw)
     except ValueError as exc:
         raise CheckpointError(f"{path}: not a safetensors file (bad header: {exc})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (its header is not an object)")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
     for name, info in header.items():
         _check_entry(path, name, info, size - 8 - length)
-    return header
+    return header, metadata
 
 
 def _check_entry(path: Path, name: str, info, data_bytes: int) -> None:
@@ -275,9 +304,11 @@ def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Ten
     ckpt_dir = checkpoint_dir(ckpt_dir)
     path = ckpt_dir / "state.json"
     try:
-        state = json.loads(path.read_text())
+        state = loads_json(path.read_text())
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("not a JSON object with a step")
+        if state["step"] < 0:
+            raise ValueError(f"step {state['step']} is negative")
         path = ckpt_dir / "state.safetensors"
         tensors = load_file(str(path))
     except (OSError, ValueError, SafetensorError) as exc:

@@ -19,6 +19,7 @@ from . import outputs
 from .cli_checks import UserError
 from .config import PRESETS, add_config_arguments, config_from_arguments
 from .files import WriteError
+from .locks import FolderBusyError
 
 
 def _fail(message: str) -> int:
@@ -44,8 +45,11 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with _guarded_stdout():
         try:
-            print(json.dumps(_train(args)))
+            result = _train(args)
+            print(json.dumps(result))
             sys.stdout.flush()
+            if result.get("interrupted_by"):  # saved, but not finished: say so to the caller
+                return 128 + result["interrupted_by"]
         except (UserError, FileNotFoundError, ValueError, WriteError) as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:  # before the loop (preprocessing); the loop saves and returns
@@ -66,7 +70,7 @@ def _train(args: argparse.Namespace) -> dict:
     config = config_from_arguments(args, base)
     if resuming:  # bad weights are refused before the data is read
         check_weights_file(checkpoint_dir(out / "checkpoint") / "model.safetensors", config)
-    checks.device(config.device)
+    checks.training_memory(config, checks.device(config.device))
     _check_training_data(args, out)
     return train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
                  resume=args.resume, progress=not args.no_progress,
@@ -86,8 +90,10 @@ def _check_training_data(args: argparse.Namespace, out: Path) -> None:
 
     if args.midi_dir:
         checks.require(Path(args.midi_dir).is_dir(), f"MIDI folder not found: {args.midi_dir}")
+        checks.not_same_folder("--out", out, "--midi-dir", args.midi_dir)
         if args.data_dir:
             checks.out_folder("--data-dir", args.data_dir)
+            checks.not_same_folder("--data-dir", Path(args.data_dir), "--midi-dir", args.midi_dir)
         return
     if args.data_dir:
         checks.require(has_token_cache(args.data_dir),
@@ -128,10 +134,11 @@ def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
 def _preprocess(args: argparse.Namespace) -> int:
     from .data import preprocess_folder
 
-    checks.at_least("--workers", args.workers)
+    workers = checks.workers(args.workers)
     out = checks.out_folder("--out", args.out)
     checks.not_a_checkpoint("--out", out, "give a folder for the token cache")
-    manifest = preprocess_folder(args.midi_dir, out, workers=args.workers,
+    checks.not_same_folder("--out", out, "--midi-dir", args.midi_dir)
+    manifest = preprocess_folder(args.midi_dir, out, workers=workers,
                                  progress=not args.no_progress)
     pieces = manifest["pieces"]
     n_val = sum(p["split"] == "val" for p in pieces)
@@ -172,19 +179,20 @@ def _generate(args: argparse.Namespace) -> int:
     source = Path(args.primer).read_bytes() if args.primer else None
     model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
-    checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device)
     try:
         style = model.config.style_slot(args.style)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    checks.sampling_memory(args.num_samples * settings.candidates, model.config,
+                           model.wte.weight.device,
+                           guided=style is not None and settings.style_guidance > 0)
+    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     with _music_bar(args.seconds, args.no_progress) as report:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
                                settings=settings, seed=seed, progress=report, style=style)
     primer_len = generated_primer_len(primer, style)
-    for path, row, stop in zip(_output_paths(out, args.num_samples), made.rows, made.stops,
-                               strict=True):
+    for path, row, stop in zip(paths, made.rows, made.stops, strict=True):
         midi = continuation_to_midi_bytes(row, primer_len, source, args.bpm)
         written = outputs.write_piece(midi, path, wav)
         n_new = int(is_note_on(row[primer_len:]).sum())
@@ -228,7 +236,9 @@ def _infill(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
     checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device)
+                           model.wte.weight.device,
+                           guided=args.style is not None and settings.style_guidance > 0)
+    paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.midi,))
     try:
         slot = model.config.style_slot(args.style)
         with _music_bar(max(args.end - args.start, 0.0), args.no_progress) as report:
@@ -238,8 +248,7 @@ def _infill(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
-    for path, piece, middle in zip(_output_paths(out, args.num_samples), result.pieces,
-                                   result.middles, strict=True):
+    for path, piece, middle in zip(paths, result.pieces, result.middles, strict=True):
         midi = infill_to_midi_bytes(source, ids, middle, result.start_s, result.end_s)
         n_new = int(is_note_on(middle).sum())
         details = (f"{result.start_s:.2f}-{result.end_s:.2f} s rewritten, {n_new} new notes; "
@@ -295,6 +304,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     checks.at_least("--batch-size", args.batch_size)
     checks.at_least("--stride", args.stride)
     model = _load_model(args.checkpoint, args.device)
+    checks.forward_memory("--batch-size", args.batch_size, model.config, model.wte.weight.device)
     from tqdm import tqdm
 
     bar = tqdm(unit="window", disable=args.no_progress or args.json)
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = args.run(args)
             sys.stdout.flush()
-        except (UserError, FileNotFoundError, WriteError) as exc:
+        except (UserError, FileNotFoundError, WriteError, FolderBusyError) as exc:
             return _fail(str(exc))
     return code
 

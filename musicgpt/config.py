@@ -173,7 +173,16 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(loads_json(Path(path).read_text()))
+
+
+def loads_json(text: str | bytes):
+    """json.loads, where nesting too deep for the parser (a hostile config.json, state.json or
+    safetensors header) is a ValueError like any other bad JSON, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 PRESETS: dict[str, dict] = {

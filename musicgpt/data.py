@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import loads_json
 from .events import ids_to_seconds
 from .files import tmp_path, writing
 from .fim import random_fim
+from .locks import folder_lock
 from .midi_io import CODEC_VERSION
 from .pipeline import MidiPiece, read_midi_piece
 from .vocab import (
@@ -105,7 +107,7 @@ def _load_previous(out_dir: Path) -> tuple[dict[str, dict], np.ndarray | None]:
     """The previous run's pieces and tokens, if its cache is whole and of this codec."""
     manifest_path, tokens_path = out_dir / "manifest.json", out_dir / "tokens.bin"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = loads_json(manifest_path.read_text())
         if (manifest.get("vocab_version"), manifest.get("codec_version")) != (VOCAB_VERSION,
                                                                               CODEC_VERSION):
             return {}, None
@@ -143,9 +145,8 @@ def _commit(out_dir: Path, files: dict[str, bytes]) -> None:
 
 def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int | None = None,
                       progress: bool = True) -> dict:
-    """Encode a MIDI folder to `out_dir`; returns the manifest (with `skipped` and `reused`)."""
-    from tqdm import tqdm
-
+    """Encode a MIDI folder to `out_dir`; returns the manifest (with `skipped` and `reused`).
+    One writer at a time: `out_dir` is locked (locks.FolderBusyError while another holds it)."""
     root, out_dir = Path(midi_dir), Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"MIDI folder not found: {root}")
@@ -154,8 +155,15 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
         raise FileNotFoundError(f"no .mid or .midi files in {root} (searched with its "
                                 f"subfolders, symlinked ones included); give the folder that "
                                 f"holds your MIDI files")
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, "preprocess"):
+        return _preprocess_locked(root, out_dir, files, workers, progress)
+
+
+def _preprocess_locked(root: Path, out_dir: Path, files: list[Path], workers: int | None,
+                       progress: bool) -> dict:
+    """`preprocess_folder` once `out_dir` is locked."""
+    from tqdm import tqdm
+
     previous, old_tokens = _load_previous(out_dir)
     old_by_sha = {p["sha1"]: p for p in previous.values()}
     groups = _group_keys(root)
@@ -174,10 +182,10 @@ def preprocess_folder(midi_dir: str | Path, out_dir: str | Path, *, workers: int
         else:
             to_encode.append(path)
     if not to_encode and previous.keys() | old_skipped.keys() == set(results):
-        manifest = json.loads((out_dir / "manifest.json").read_text())
+        manifest = loads_json((out_dir / "manifest.json").read_text())
         return {**manifest, "skipped": list(old_skipped.values()),
                 "clipped": _clipped(manifest["pieces"]), "reused": len(files)}
-    workers = workers or os.cpu_count() or 1
+    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(to_encode))
     bar = tqdm(total=len(to_encode), desc="preprocess", unit="file", disable=not progress)
     if workers > 1 and len(to_encode) > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -237,7 +245,7 @@ def _clipped(pieces: list[dict]) -> list[dict]:
 
 def _previous_skipped(out_dir: Path) -> dict[str, dict]:
     try:
-        skipped = json.loads((out_dir / "report.json").read_text())["skipped"]
+        skipped = loads_json((out_dir / "report.json").read_text())["skipped"]
         return {s["path"]: s for s in skipped}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -260,7 +268,7 @@ def piece_styles(out_dir: str | Path, split: str) -> list[str]:
     """Style label of each piece of a split ('' for none), in `load_split` order: the `style`
     column of the MIDI folder's `index.csv` where it has one, else the piece's top-level folder
     (a file directly in the MIDI folder has none)."""
-    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    manifest = loads_json((Path(out_dir) / "manifest.json").read_text())
     column = _index_column(Path(manifest.get("midi_dir", "")), "style")
     return [column.get(p["path"]) or (p["path"].split("/")[0] if "/" in p["path"] else "")
             for p in manifest["pieces"] if p["split"] == split]
@@ -287,7 +295,7 @@ def load_split(out_dir: str | Path, split: str) -> list[np.ndarray]:
 
     TokenCacheError when tokens.bin is not the file manifest.json was written with."""
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
+    manifest = loads_json((out_dir / "manifest.json").read_text())
     tokens = (np.memmap(out_dir / "tokens.bin", dtype=np.uint16, mode="r") if manifest["tokens"]
               else np.fromfile(out_dir / "tokens.bin", dtype=np.uint16))  # mmap refuses 0 bytes
     mismatch = cache_mismatch(manifest, tokens)
@@ -302,7 +310,7 @@ def no_training_pieces(out_dir: str | Path) -> str:
     """Why the token cache `out_dir` has no training pieces, naming its MIDI folder and what to
     do: no usable file, or every piece in the validation split."""
     out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
+    manifest = loads_json((out_dir / "manifest.json").read_text())
     source, pieces = manifest.get("midi_dir", str(out_dir)), manifest["pieces"]
     if pieces:
         return (f"every piece of {source} ({len(pieces)}) lands in the validation split "

@@ -9,7 +9,9 @@ library wrote with its own mode (safetensors writes 0600).
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,18 +47,34 @@ def remove(path: Path) -> None:
 
 @contextmanager
 def writing(path: str | Path, *leftovers: Path) -> Iterator[None]:
-    """Turn an OSError inside the block into a WriteError naming `path`, after removing the
+    """Turn an OSError inside the block (or safetensors' own error, which a full disk raises
+    and which is not an OSError) into a WriteError naming `path`, after removing the
     `leftovers` (the `.tmp` files or folders the block was writing)."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except WriteError:
+    except (OSError, SafetensorError) as exc:
         for leftover in leftovers:
             remove(leftover)
-        raise
-    except OSError as exc:
-        for leftover in leftovers:
-            remove(leftover)
-        raise WriteError(path, exc) from exc
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(path, _as_os_error(exc)) from exc
+
+
+_RUST_IO_ERROR = re.compile(r'code: (\d+).*?message: "([^"]*)"')
+
+
+def _as_os_error(exc: Exception) -> OSError:
+    """An OSError for `exc`; safetensors' errors carry the OS error inside their text
+    ('IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')."""
+    if isinstance(exc, OSError):
+        return exc
+    found = _RUST_IO_ERROR.search(str(exc))
+    if found:
+        return OSError(int(found.group(1)), found.group(2))
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return OSError(errno.EIO, lines[0])
 
 
 def umask() -> int:

@@ -132,6 +132,8 @@ def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int,
         raise InfillError(f"the span {start_s}..{end_s} s is not a pair of numbers")
     total = int(shift_steps(ids).sum())
     t1, t2 = seconds_to_steps(start_s), seconds_to_steps(end_s)
+    if t1 >= 0 and t2 <= t1 and end_s > start_s:
+        raise InfillError(f"the span {start_s:g}..{end_s:g} s is shorter than one 10 ms step")
     if t1 < 0 or t2 <= t1:
         raise InfillError(f"the span must start at 0 s or later and end after it starts "
                           f"(got {start_s:g}..{end_s:g} s)")
@@ -141,6 +143,9 @@ def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int,
     needed = middle_budget(t2 - t1) + MIN_CONTEXT_TOKENS + len(gap_to_shift_ids(t2 - t1)) + 6
     if needed > block_size:
         longest = (block_size - MIN_CONTEXT_TOKENS - MIDDLE_TOKEN_MARGIN - 20) / MIDDLE_TOKENS_PER_S
+        if longest < 0.1:
+            raise InfillError(f"this model's context ({block_size} tokens) is too short to "
+                              f"infill any span")
         raise InfillError(f"a span of {end_s - start_s:g} s is longer than this model's context "
                           f"({block_size} tokens) allows; at most about {longest:.1f} s")
     return t1, t2

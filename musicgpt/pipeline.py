@@ -6,6 +6,8 @@ Each stage lives in its own module; this file only composes them.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,7 +26,6 @@ from .midi_io import (
     arrays_to_midi_bytes,
     arrays_to_midi_file,
     midi_bytes_to_arrays,
-    midi_file_to_arrays,
 )
 from .vocab import (
     START_ID,
@@ -40,12 +41,60 @@ from .vocab import (
 # real corpus's longest piece is 30 minutes and its longest note 5.8 minutes.
 MAX_PIECE_SECONDS = 3 * 3600.0
 MAX_NOTE_SECONDS = 600.0
+# The largest MIDI file read (the real corpus's largest is 0.3 MB): a bigger one is refused
+# before it is read, as a device or FIFO is (`/dev/zero` never ends).
+MAX_MIDI_BYTES = 16 * 2**20
+
+
+def read_midi_bytes(path: str | Path) -> bytes:
+    """The bytes of a MIDI file, refused (MidiReadError) before reading when it is not a regular
+    file or is over MAX_MIDI_BYTES; OSError where it cannot be read."""
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a FIFO's open would wait
+        raise MidiReadError("not a regular file (a device, FIFO or socket)")
+    with path.open("rb") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_size > MAX_MIDI_BYTES:
+            raise MidiReadError(f"too large: {info.st_size / 2**20:,.1f} MB (the limit is "
+                                f"{MAX_MIDI_BYTES // 2**20} MB)")
+        data = handle.read(MAX_MIDI_BYTES + 1)
+    if len(data) > MAX_MIDI_BYTES:  # it grew while being read
+        raise MidiReadError(f"too large: over {MAX_MIDI_BYTES // 2**20} MB")
+    if not data:
+        raise MidiReadError("empty file (0 bytes)")
+    return data
 
 
 def midi_file_to_ids(path: str | Path, *, wrap: bool = False) -> np.ndarray:
-    """Token ids (uint16) of a `.mid` file; with `wrap`, framed by START and END."""
-    ids = arrays_to_ids(midi_file_to_arrays(path))
+    """Token ids (uint16) of a `.mid` file; with `wrap`, framed by START and END. A piece over
+    MAX_PIECE_SECONDS is refused before it is encoded (MidiReadError)."""
+    ids = arrays_to_ids(_not_too_long(_file_to_arrays(path)))
     return wrap_piece(ids) if wrap else ids
+
+
+def _file_to_arrays(path: str | Path) -> NoteArrays:
+    try:
+        return midi_bytes_to_arrays(read_midi_bytes(path))
+    except OSError as exc:
+        raise MidiReadError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def _not_too_long(notes: NoteArrays) -> NoteArrays:
+    seconds = float(steps_to_seconds(notes.end_step.max())) if len(notes) else 0.0
+    if seconds > MAX_PIECE_SECONDS:
+        raise MidiReadError(f"too long: {_duration(seconds)} of music (the limit is "
+                            f"{_duration(MAX_PIECE_SECONDS)})")
+    return notes
+
+
+def notes_until_seconds(notes: NoteArrays, seconds: float) -> NoteArrays:
+    """The notes that `ids_until_seconds(ids, seconds)` keeps of their ids, with ends past the
+    cut brought just past it (those NOTE_OFFs are cut anyway): what encoding a primer needs,
+    however long the rest of the file lasts."""
+    cut = int(quantise_seconds(seconds))
+    keep = notes.start_step <= cut
+    return NoteArrays(notes.pitch[keep], notes.velocity[keep], notes.start_step[keep],
+                      np.minimum(notes.end_step[keep], cut + 1))
 
 
 def midi_bytes_to_ids(data: bytes, *, wrap: bool = False) -> np.ndarray:
@@ -67,9 +116,11 @@ def read_midi_piece(path: str | Path) -> MidiPiece:
     empty, not MIDI, or one that crashes the parser) must not stop the whole folder. The corpus
     limits apply (`within_limits`)."""
     try:
-        data = Path(path).read_bytes()
+        data = read_midi_bytes(path)
     except OSError as exc:
         return MidiPiece("", None, f"cannot read file: {exc.strerror or exc}")
+    except MidiReadError as exc:
+        return MidiPiece("", None, str(exc))
     return MidiPiece(hashlib.sha1(data).hexdigest(), *_piece_or_reason(data))
 
 
@@ -98,11 +149,7 @@ def within_limits(notes: NoteArrays) -> tuple[NoteArrays, str | None]:
                 f"{_duration(steps_to_seconds(lengths.max()))})")
         notes = NoteArrays(notes.pitch, notes.velocity, notes.start_step,
                            np.minimum(notes.end_step, notes.start_step + most))
-    seconds = float(steps_to_seconds(notes.end_step.max())) if len(notes) else 0.0
-    if seconds > MAX_PIECE_SECONDS:
-        raise MidiReadError(f"too long: {_duration(seconds)} of music (the limit is "
-                            f"{_duration(MAX_PIECE_SECONDS)})")
-    return notes, note
+    return _not_too_long(notes), note
 
 
 def _duration(seconds: float) -> str:
@@ -172,7 +219,9 @@ def infill_to_midi_bytes(source: bytes, ids, middle, start_s: float, end_s: floa
 
 def midi_file_to_primer(path: str | Path, seconds: float | None = None) -> np.ndarray:
     """Primer ids (START + events) from the first `seconds` of a `.mid` file."""
-    ids = midi_file_to_ids(path)
-    if seconds is not None:
-        ids = ids_until_seconds(ids, seconds)
+    notes = _file_to_arrays(path)
+    if seconds is None:
+        ids = arrays_to_ids(_not_too_long(notes))
+    else:
+        ids = ids_until_seconds(arrays_to_ids(notes_until_seconds(notes, seconds)), seconds)
     return np.concatenate([[START_ID], ids]).astype(np.int64)

@@ -193,12 +193,29 @@ def draw_scores(logits: np.ndarray, allowed: np.ndarray | None,
                 settings: SamplingSettings) -> np.ndarray:
     """(B, V) logits -> the scores to draw from: temperature, the grammar mask `allowed` (None:
     no mask) with the release mass kept, then top-k/top-p/min-p (`truncate`)."""
-    scores = apply_temperature(logits, settings.temperature)
-    if allowed is not None:
-        if settings.keep_release_mass:
-            scores = release_mass_kept(scores, allowed)
-        scores = np.where(allowed, scores, -np.inf)
-    return truncate(scores, settings)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        scores = apply_temperature(logits, settings.temperature)
+        if allowed is not None:
+            if settings.keep_release_mass:
+                scores = release_mass_kept(scores, allowed)
+            scores = np.where(allowed, scores, -np.inf)
+        scores = truncate(scores, settings)
+    return _finite_or_greedy(scores, logits, allowed)
+
+
+def _finite_or_greedy(scores: np.ndarray, logits: np.ndarray,
+                      allowed: np.ndarray | None) -> np.ndarray:
+    """`scores`, except rows a tiny temperature left without a usable score (every allowed one
+    underflowed to -inf, or NaN or +inf appeared): those take the limit of temperature -> 0,
+    the likeliest allowed token, so a draw never leaves the grammar or reads NaN."""
+    bad = np.isnan(scores).any(-1) | np.isposinf(scores).any(-1) | ~np.isfinite(scores).any(-1)
+    if not bad.any():
+        return scores
+    masked = logits if allowed is None else np.where(allowed, logits, -np.inf)
+    masked = np.where(np.isnan(masked), -np.inf, masked)
+    best = np.zeros_like(masked, dtype=bool)
+    best[np.arange(len(masked)), masked.argmax(-1)] = True
+    return np.where(bad[:, None], np.where(best, 0.0, -np.inf), scores)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -258,8 +275,8 @@ class SamplingSettings:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be > 0 or None, got {value}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:

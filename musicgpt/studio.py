@@ -21,13 +21,14 @@ from .evaluation import token_nll
 from .events import (
     Note,
     NoteArrays,
+    arrays_to_ids,
     ids_to_arrays_with_positions,
     ids_to_seconds,
     ids_until_seconds,
     notes_to_ids,
 )
 from .infilling import InfillError, check_span
-from .midi_io import MidiReadError
+from .midi_io import MidiReadError, midi_bytes_to_arrays
 from .pipeline import generated_primer_len, ids_to_midi_bytes, midi_bytes_to_ids  # noqa: F401
 from .vocab import END_ID, START_ID, seconds_to_steps, steps_to_seconds
 
@@ -91,14 +92,18 @@ def upload_to_ids(data: bytes, name: str = "upload") -> np.ndarray:
         raise UploadError(f"{name} is {len(data) / 2**20:.1f} MB; the limit is "
                           f"{MAX_UPLOAD_BYTES // 2**20} MB.")
     try:
-        ids = midi_bytes_to_ids(data)
+        notes = midi_bytes_to_arrays(data)
     except MidiReadError as exc:
         raise UploadError(f"{name} is not a usable MIDI file: {exc}.") from exc
-    seconds = ids_to_seconds(ids)
-    if seconds > MAX_UPLOAD_S:
-        raise UploadError(f"{name} lasts {seconds / 60:.1f} minutes; the limit is "
+    seconds = float(steps_to_seconds(notes.end_step.max()))  # checked before encoding: a
+    if seconds > MAX_UPLOAD_S:  # few bytes can hold hours of silence, millions of tokens
+        raise UploadError(f"{name} lasts {_minutes(seconds)} minutes; the limit is "
                           f"{MAX_UPLOAD_S / 60:.0f} minutes.")
-    return ids.astype(np.int64)
+    return arrays_to_ids(notes).astype(np.int64)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:,.1f}" if seconds < 6e7 else f"{seconds / 60:.3g}"
 
 
 def builtin_primer_notes() -> list[Note]:

@@ -28,7 +28,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import Config
+from .config import Config, loads_json
 from .data import (
     TokenWindows,
     load_split,
@@ -37,8 +37,9 @@ from .data import (
     preprocess_folder,
 )
 from .device import pick_device
-from .files import writing
+from .files import tmp_path, writing
 from .layers import Linear
+from .locks import folder_lock
 from .model import GPT
 from .vocab import N_STYLES, PAD_ID
 
@@ -91,6 +92,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self.signum = 0
         self._old = {}
 
     def __enter__(self):
@@ -103,6 +105,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame) -> None:
         self.raised = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
@@ -255,9 +258,28 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
     check_run_folder(out_dir, resume, overwrite)
+    lock = folder_lock(out_dir, "train.py") if _rank() == 0 else nullcontext()
+    with lock:
+        return _train(config, Path(out_dir), midi_dir, data_dir, resume, progress, stop_after,
+                      style_names)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it): rank 0 alone writes the run folder."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, progress: bool,
+           stop_after: int | None, style_names: dict[str, str] | None) -> dict:
+    """`train` once the run folder is checked and locked."""
     run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names)
     config = run.config
     start_step, best_val = _resume(run) if resume else (0, float("inf"))
+    if run.dist.main:
+        _trim_metrics(run.out_dir / "metrics.jsonl", start_step)
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
     bar = _progress_bar(config, start_step, progress and run.dist.main)
     metrics: dict = {"step": start_step}
@@ -266,6 +288,7 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
         while step < last_step and not _any_rank(stop.raised, run.dist):
             loss = _train_step(run, step)
             step += 1
+            _check_finite(loss, step, run)
             tokens = _tokens_per_step(config, run.dist) * (step - start_step)
             metrics = {"step": step, "loss": round(loss, 4),
                        "lr": learning_rate_at(step - 1, config),
@@ -286,7 +309,28 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
                     _save(run, step, best_val)
     bar.close()
     _finish(run, step, start_step, best_val, interrupted=stop.raised)
-    return {**metrics, "best_val_nll": best_val, "checkpoint": str(run.ckpt)}
+    return {**metrics, "best_val_nll": best_val if math.isfinite(best_val) else None,
+            "checkpoint": str(run.ckpt),
+            **({"interrupted_by": stop.signum} if stop.raised else {})}
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite numbers; nothing of that step is saved."""
+
+
+def _check_finite(loss: float, step: int, run: _Run) -> None:
+    """Stop at the first non-finite loss: the weights are unusable from there on, and the last
+    good checkpoint stays as it was."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged at step {step}: the loss is {loss} (try a lower "
+            f"--learning-rate); {_kept(run)}")
+
+
+def _kept(run: _Run) -> str:
+    if has_weights(run.ckpt):
+        return f"the last good checkpoint is kept in {run.ckpt}"
+    return "nothing was saved"
 
 
 def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
@@ -375,8 +419,33 @@ def _any_rank(flag: bool, dist: _Dist) -> bool:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
+    """One JSON line; a value that is not a finite number is written as null (strict JSON)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+             for k, v in record.items()}
     with writing(path), path.open("a") as log:
-        log.write(json.dumps(record) + "\n")
+        log.write(json.dumps(clean, allow_nan=False) + "\n")
+
+
+def _trim_metrics(path: Path, start_step: int) -> None:
+    """Drop the lines of steps after `start_step` (a resumed run redoes them), all or nothing."""
+    try:
+        lines = path.read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return
+    kept = [line for line in lines if _line_step(line) <= start_step]
+    if len(kept) == len(lines):
+        return
+    tmp = tmp_path(path)
+    with writing(path, tmp):
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
+def _line_step(line: str) -> float:
+    try:
+        return float(loads_json(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # not a record of ours: dropped with the redone steps
 
 
 def _finish(run: _Run, step: int, start_step: int, best_val: float, interrupted: bool) -> None:
@@ -390,6 +459,9 @@ def _finish(run: _Run, step: int, start_step: int, best_val: float, interrupted:
 
 
 def _save(run: _Run, step: int, best_val: float) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise TrainingDiverged(f"training diverged by step {step}: the weights hold NaN or inf "
+                               f"(try a lower --learning-rate); {_kept(run)}")
     rng = {"rng.torch": torch.get_rng_state()}
     if run.device.type == "cuda":
         rng["rng.cuda"] = torch.cuda.get_rng_state(run.device)
@@ -414,6 +486,10 @@ def _resume(run: _Run) -> tuple[int, float]:
         log(f"no usable training state in {ckpt} ({exc}); continuing from its weights with a "
             f"fresh optimizer, counting steps from 0")
         return 0, float("inf")
+    if step >= run.config.max_steps:
+        raise ValueError(f"{ckpt / 'state.json'}: the checkpoint is at step {step:,}, and "
+                         f"--max-steps is {run.config.max_steps:,}: nothing to train; give a "
+                         f"larger --max-steps")
     log(f"resumed from step {step} ({ckpt})")
     return step, best
 
@@ -453,7 +529,7 @@ def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool 
 def _step_of(ckpt: Path) -> str:
     """' (step N)' from a checkpoint's state.json, or '' when it has none."""
     try:
-        state = json.loads((checkpoint_dir(ckpt) / "state.json").read_text())
+        state = loads_json((checkpoint_dir(ckpt) / "state.json").read_text())
         return f" (step {int(state['step'])})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""

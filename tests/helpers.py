@@ -274,3 +274,15 @@ def read_reference(path: str | Path) -> list[tuple[int, int, int, int]]:
             if channel != 9:
                 notes.append((pitch, velocity, to_seconds(start), to_seconds(end)))
     return quantise_reference(notes)
+
+
+def huge_gap_midi_bytes() -> bytes:
+    """A 58-byte MIDI file of two short notes about 140 years apart (tempo at its slowest,
+    one tick per beat, a gap of the largest delta time): a few bytes that would encode to
+    billions of time shifts."""
+    track = bytes([0x00, 0xFF, 0x51, 0x03, 0xFF, 0xFF, 0xFF,  # tempo: 16.8 s per beat
+                   0x00, 0x90, 0x3C, 0x40, 0x01, 0x80, 0x3C, 0x40,  # C4 for one beat
+                   0xFF, 0xFF, 0xFF, 0x7F, 0x90, 0x3E, 0x40,  # D4 after 0x0FFFFFFF beats
+                   0x01, 0x80, 0x3E, 0x40, 0x00, 0xFF, 0x2F, 0x00])
+    header = b"MThd" + (6).to_bytes(4, "big") + bytes([0, 0, 0, 1, 0, 1])
+    return header + b"MTrk" + len(track).to_bytes(4, "big") + track

@@ -102,7 +102,7 @@ def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_tmp(tiny_ch
     import pathlib
 
     out = tmp_path / "o.mid"
-    out.write_bytes(b"the previous piece")
+    out.write_bytes(b"MThd the previous piece")
 
     def fail_half_way(self, data):
         with open(self, "wb") as handle:
@@ -113,7 +113,7 @@ def test_a_failed_write_is_one_line_keeps_the_old_file_and_leaves_no_tmp(tiny_ch
     code = main(["generate", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
                  "--seconds", "1", "--max-tokens", "50", "--no-progress"])
     _one_line_error(capsys, code, f"cannot write {out}", os.strerror(error))
-    assert out.read_bytes() == b"the previous piece"
+    assert out.read_bytes() == b"MThd the previous piece"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mid"]
 
 

@@ -129,7 +129,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_continues(data_dir, tmp_path, si
     _wait_for_steps(tmp_path / "metrics.jsonl", 3, process, timeout_s=120)
     process.send_signal(signum)
     out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out
+    assert process.returncode == 128 + signum, out  # saved, but not finished (issue 23)
     assert "interrupted: checkpoint at step" in out and "Traceback" not in out
     step = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"]
     assert step >= 3
@@ -223,22 +223,96 @@ def test_resume_refuses_bad_weights_in_one_line_and_keeps_them(data_dir, tmp_pat
     assert _files(tmp_path / "checkpoint") == before
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(data_dir, tmp_path,
-                                                                        make_tiny_model,
-                                                                        monkeypatch, capsys):
+def _disk_full(kind: str):
+    """What a full disk raises in a checkpoint save: an OSError, or safetensors' own error
+    (not an OSError, issue 23)."""
     import errno
 
+    from safetensors import SafetensorError
+
+    def fail(*args, **kwargs):
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                              'StorageFull, message: "No space left on device" })')
+    return fail
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous(data_dir, tmp_path,
+                                                                        make_tiny_model,
+                                                                        monkeypatch, capsys,
+                                                                        kind):
     from musicgpt import checkpoint
 
     before = _trained_checkpoint(tmp_path, make_tiny_model, step=1)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint, "save_model", disk_full)
+    monkeypatch.setattr(checkpoint, "save_model", _disk_full(kind))
     assert _train_cli(tmp_path, data_dir, "--resume") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"musicgpt: error: cannot write {tmp_path / 'checkpoint'}: "
                    "No space left on device"]
     assert _files(tmp_path / "checkpoint") == before
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_a_full_disk_in_a_new_run_and_in_export_is_one_line(data_dir, tmp_path, tiny_checkpoint,
+                                                            monkeypatch, capsys):
+    from musicgpt import checkpoint, hf_export
+    from musicgpt.cli import main
+
+    monkeypatch.setattr(checkpoint, "save_model", _disk_full("safetensors"))
+    monkeypatch.setattr(hf_export, "save_file", _disk_full("safetensors"))
+    assert _train_cli(tmp_path / "run", data_dir) == 2
+    assert main(["export", "--hf", str(tmp_path / "hf"), "--checkpoint",
+                 str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.endswith("No space left on device") for line in err), err
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# --- no NaN passed off as a result (issue 23) -------------------------------------------------
+
+def _strict_json_lines(path: Path) -> list[dict]:
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+        data_dir, tmp_path, make_tiny_model, capsys):
+    before = _trained_checkpoint(tmp_path, make_tiny_model, step=1)
+    code = _train_cli(tmp_path, data_dir, "--resume", "--max-steps", "40", "--learning-rate",
+                      "1e30", "--warmup-steps", "0", "--ckpt-interval", "1000",
+                      "--eval-interval", "1000")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "diverged at step" in err[0], err
+    assert "last good checkpoint is kept" in err[0]
+    assert _files(tmp_path / "checkpoint") == before
+    records = _strict_json_lines(tmp_path / "metrics.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_metrics_hold_each_step_once_after_a_resume(data_dir, tmp_path):
+    flags = ["--ckpt-interval", "2", "--eval-interval", "1000"]
+    assert _train_cli(tmp_path, data_dir, *flags, "--max-steps", "3") == 0
+    (tmp_path / "metrics.jsonl").open("a").write('{"step": 4, "loss": NaN}\n')  # redone below
+    # the checkpoint is at step 3 (the last step saves): steps 4, 5 are redone
+    assert _train_cli(tmp_path, data_dir, *flags, "--max-steps", "5", "--resume") == 0
+    steps = [r["step"] for r in _strict_json_lines(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("step", [10**12, 2])
+def test_resume_at_or_past_max_steps_is_refused_naming_the_state(data_dir, tmp_path,
+                                                                 make_tiny_model, capsys, step):
+    _trained_checkpoint(tmp_path, make_tiny_model, step=step)
+    assert _train_cli(tmp_path, data_dir, "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "state.json" in err[0] and "--max-steps" in err[0], err
+
+
+def test_a_negative_step_in_the_state_is_named(data_dir, tmp_path, make_tiny_model, capsys):
+    _trained_checkpoint(tmp_path, make_tiny_model, step=-50)
+    assert _train_cli(tmp_path, data_dir, "--resume", "--learning-rate", "1e-12") == 0
+    out = capsys.readouterr().out
+    assert "state.json: step -50 is negative" in out and "fresh optimizer" in out
