@@ -2,10 +2,11 @@
 
     python benchmarks/piano_rolls.py [--checkpoint DIR] [--out docs/]
 
-Writes `samples.png`: the pieces `musicgpt generate --seconds 30 --seed N` makes for seeds 1-4
-(shipped settings, no primer, none picked or left out), with each piece's per-piece checks in its
-title; and `infills.png`: two spans of the shipped POP909 primers (data/primers) rewritten with
-seeds 1 and 2, the original above the infill, the span shaded. Needs matplotlib (the dev extra).
+Writes `piano_rolls_samples.png`: the pieces `musicgpt generate --seconds 30 --seed N` makes
+for seeds 1-4 (shipped settings, no primer, none picked or left out), with each piece's per-piece
+checks in its title; and `piano_rolls_infills.png`: two spans of the shipped POP909 primers
+(data/primers) rewritten with seeds 1 and 2, the original above the infill, the span shaded.
+Needs matplotlib (the dev extra).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def draw_roll(ax, notes: NoteArrays, title: str, span: tuple[float, float] | Non
 
 
 def check_line(checks: dict) -> str:
-    flags = [f for f in ("sparse", "dead_air", "late_start", "wall", "drone") if checks[f]]
+    flags = [f for f in ("sparse", "dead_air", "late_start", "wall", "drone", "thin")
+             if checks[f]]
     return (f"{checks['onsets_per_s']:.1f} onsets/s, first note {checks['first_onset_s']:.2f} s, "
             f"longest silence {checks['longest_silence_s']:.1f} s, polyphony "
             f"{checks['polyphony']:.1f}, held to the guard {100 * checks['held_share']:.1f}%"
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     axes[-1].set_xlabel("seconds")
     fig.suptitle("musicgpt generate --seconds 30 --seed 1..4 (shipped model and settings)")
     fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=90)
+    fig.savefig(out / "piano_rolls_samples.png", dpi=90)
 
     fig, axes = plt.subplots(4, 1, figsize=(11, 10))
     for k, (name, lo, hi) in enumerate(INFILLS):
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.suptitle("musicgpt infill (shipped model and settings): the original's notes in the span "
                  "in grey, the new ones in orange")
     fig.tight_layout()
-    fig.savefig(out / "infills.png", dpi=90)
-    print(f"wrote {out / 'samples.png'} and {out / 'infills.png'}")
+    fig.savefig(out / "piano_rolls_infills.png", dpi=90)
+    print(f"wrote {out / 'piano_rolls_samples.png'} and {out / 'piano_rolls_infills.png'}")
     return 0
 
 

@@ -4,8 +4,9 @@ A sampler draws one token at a time and cannot take back a piece that drifts int
 drone; a few candidates written in the same batch cost little more than one on a CPU (a decode
 step is mostly overhead), and the per-piece checks (piece_checks.py) tell the failures apart.
 
-- generate: the candidate whose new music fails fewest checks, then starts soonest, then holds the
-  smallest share of its notes to the guard (`piece_score`);
+- generate: a candidate whose new music passes the checks, then the one with fewest flags (a late
+  start and a thin stretch count), then the one holding the smallest share of its notes to the
+  guard (`piece_score`);
 - infill: a candidate that does not drone (a note over most of the span where the original held
   none), then the lowest `join_nll` minus pitch-class agreement: how unlikely the model finds
   the music that follows after the new middle (mean NLL of the suffix's first tokens read left
@@ -30,11 +31,12 @@ SUFFIX_TOKENS = 64  # suffix tokens `join_nll` scores
 
 def piece_score(ids: np.ndarray, start_step: int, max_seconds: float | None) -> tuple:
     """How a generated piece's new music (from `start_step`, `max_seconds` long) fares by the
-    per-piece checks; lower is better: fails, then how many checks it fails (a late start
-    included), then the share of its notes held to the guard."""
+    per-piece checks; lower is better: fails, then how many checks it fails (a late start and a
+    thin stretch included), then the share of its notes held to the guard."""
     end = None if max_seconds is None else start_step + seconds_to_steps(max_seconds)
     checks = piece_checks(ids_to_arrays(ids), start_step, end)
-    flags = sum(bool(checks[f]) for f in ("sparse", "dead_air", "late_start", "wall", "drone"))
+    flags = sum(bool(checks[f]) for f in ("sparse", "dead_air", "late_start", "wall", "drone",
+                                          "thin"))
     return int(checks["fails"]), flags, checks["held_share"]
 
 

@@ -14,8 +14,12 @@ or from 0 without one, for the asked seconds):
 - **held share**: the share of the window's notes held `HELD_NOTE_S` or more (the sampler's note
   guard ends a note at 6 s, so these are the notes it had to end, or dangling ones); a piece
   with more than `HELD_SHARE_FAIL` of them drones.
+- **thin**: some `THIN_WINDOW_S` of the window hold fewer than `THIN_ONSETS_PER_S` onsets per
+  second (a piece can pass the sparse check on average and still open with 20 s of a few held
+  notes).
 A piece **fails** when it is sparse, has dead air, is a wall or drones (late start alone is not
-a failure: a third of real MIDI files open with a lead-in, but it is reported).
+a failure: a third of real MIDI files open with a lead-in, but it is reported; nor is a thin
+stretch, which real music has too, but best of N counts both).
 
 An infilled span is compared with the original music of the same span:
 - notes/s and mean polyphony each within 2x of the original's;
@@ -44,7 +48,9 @@ HELD_NOTE_S = 5.9
 HELD_SHARE_FAIL = 0.05
 DRONE_SPAN_SHARE = 0.8
 CONTEXT_S = 8.0
-PIECE_FLAGS = ("sparse", "dead_air", "late_start", "wall", "drone", "fails")
+THIN_WINDOW_S = 10.0
+THIN_ONSETS_PER_S = 1.0
+PIECE_FLAGS = ("sparse", "dead_air", "late_start", "wall", "drone", "thin", "fails")
 
 
 def _clip(notes: NoteArrays, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +102,28 @@ def piece_checks(notes: NoteArrays, start_step: int = 0,
         "longest_silence_s": longest_silence_steps(profile[air_from - start_step :]) / STEPS_PER_S,
         "polyphony": _polyphony(profile),
         "held_share": held,
+        "thinnest_onsets_per_s": thinnest_onsets_per_s(onsets, start_step, end_step),
     }
     out["sparse"] = out["onsets_per_s"] < SPARSE_ONSETS_PER_S
     out["dead_air"] = out["longest_silence_s"] >= DEAD_AIR_S
     out["late_start"] = out["first_onset_s"] >= LATE_START_S
     out["wall"] = out["polyphony"] > WALL_POLYPHONY
     out["drone"] = held > HELD_SHARE_FAIL
+    out["thin"] = out["thinnest_onsets_per_s"] < THIN_ONSETS_PER_S
     out["fails"] = bool(out["sparse"] or out["dead_air"] or out["wall"] or out["drone"])
     return out
+
+
+def thinnest_onsets_per_s(onsets: np.ndarray, lo: int, hi: int) -> float:
+    """The fewest onsets per second in any `THIN_WINDOW_S` of [lo, hi) (windows every 0.5 s;
+    the whole window's rate when it is shorter)."""
+    width = int(THIN_WINDOW_S * STEPS_PER_S)
+    if hi - lo <= width:
+        return len(onsets) / max(hi - lo, 1) * STEPS_PER_S
+    onsets = np.sort(onsets)
+    starts = np.arange(lo, hi - width + 1, STEPS_PER_S // 2)
+    counts = np.searchsorted(onsets, starts + width) - np.searchsorted(onsets, starts)
+    return float(counts.min()) / THIN_WINDOW_S
 
 
 def summarize_pieces(checks: Sequence[dict]) -> dict[str, float]:

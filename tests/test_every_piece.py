@@ -59,6 +59,8 @@ def test_each_failure_is_named():
     held = [(36 + k, 3.0 * k, 3.0 * k + 6.0) for k in range(8)]
     drone = pc.piece_checks(_notes(*_steady(30), *held), 0, 3000)
     assert drone["drone"] and drone["held_share"] == pytest.approx(8 / 128)
+    thin = pc.piece_checks(_notes(*_steady(10, every=2.0), *_steady(20, start=10.0)), 0, 3000)
+    assert thin["thin"] and not thin["fails"] and thin["thinnest_onsets_per_s"] == 0.5
     summary = pc.summarize_pieces([late, dead, sparse])
     assert summary["fails"] == pytest.approx(2 / 3)
     assert summary["late_start"] == pytest.approx(1 / 3)
