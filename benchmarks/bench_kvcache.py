@@ -31,7 +31,7 @@ from common import (
 )
 
 from musicgpt.model import GPT
-from musicgpt.sampling import sample, top_k_filter
+from musicgpt.scoring import sample, top_k_filter
 from musicgpt.vocab import START_ID
 
 

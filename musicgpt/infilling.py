@@ -32,19 +32,13 @@ import numpy as np
 import torch
 
 from .candidates import choose_middles
+from .decode import decode_steps, guided
 from .events import NoteGrammar, ids_to_arrays
 from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_start
 from .model import GPT
 from .restate import restate_segment
-from .sampling import (
-    SamplingSettings,
-    decode_steps,
-    draw_scores,
-    guided,
-    sample,
-    sampling_threads,
-    torch_threads,
-)
+from .sampling import SamplingSettings, sampling_threads, torch_threads
+from .scoring import draw_scores, sample
 from .vocab import (
     FILL_MIDDLE_ID,
     FILL_SUFFIX_ID,
@@ -73,7 +67,6 @@ MIDDLE_TOKENS_PER_S = 48  # budget for the middle; real piano music averages ~35
 MIDDLE_TOKEN_MARGIN = 16
 MIN_MIDDLE_TOKENS_PER_S = 16
 LOCAL_BUDGET_FACTOR = 1.5
-LOCAL_BUDGET = True
 MIN_CONTEXT_TOKENS = 32  # prefix + suffix the model must at least see
 CONTEXT_S = 8.0  # the music around a span that sets how long its notes may sound
 NOTE_LIMIT_FACTOR = 1.25
@@ -324,7 +317,7 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     piece = with_header(ids, style if config.has_fim else None, config.has_fim)
     t1, t2 = check_span(piece, start_s, end_s, config.block_size)
     cut = cut_at_steps(piece, t1, t2)
-    budget = local_budget(cut) if LOCAL_BUDGET else middle_budget(cut.gap_steps)
+    budget = local_budget(cut)
     if config.has_fim:
         prompt = fim_prompt(cut, config.block_size, budget, settings.restate_sounding)
         note = None
@@ -340,10 +333,10 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     drawn: list[np.ndarray] = []
     n_tokens = min(budget, config.block_size - len(prompt))
     draw, unstyled = state.draw, None
-    styled = is_style(cut.header)
-    if styled.any() and settings.style_guidance > 0:
-        plain = history[:, np.flatnonzero(~np.concatenate([styled, np.zeros(len(prompt) - len(
-            styled), bool)]))]
+    styled = torch.from_numpy(is_style(cut.header))
+    if styled.any() and settings.style_guidance > 0:  # the same prompt without its style token
+        head = len(cut.header)
+        plain = torch.cat([history[:, :head][:, ~styled], history[:, head:]], 1)
         draw, unstyled = guided(model, plain, n_tokens, state.draw, settings)
     steps = decode_steps(model, history, n_tokens, draw)
     with torch_threads(sampling_threads(n_rows, model)), _closing(unstyled):

@@ -1,9 +1,14 @@
-"""logits -> next token, and the prefill/decode loop. Never sees MIDI, only token ids.
+"""The generate sampler: settings, per-row state and rules, and `generate`. Never sees MIDI, only
+token ids. The draw itself is scoring.py (numpy), the decode loop decode.py, best of N
+candidates.py.
 
 Grammar-aware by default: before each draw, events that cannot be right are masked out by
 `events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
-other special mid-piece). Past the model's context
-the loop keeps going with a sliding window: the most recent 3/4 of the context is re-prefilled.
+other special mid-piece). Past the model's context the loop keeps going with a sliding window:
+the most recent 3/4 of the context is re-prefilled. Rules that keep each piece music (see the
+README's "Every piece is music"): no silence past `max_silence_s` nor a lead-in past
+`max_lead_in_s`, long notes pushed to end (`release_ramp_s`) and ended at `max_note_s`, and the
+best of `candidates` pieces kept.
 
 Asked lengths: the token budget follows from the asked seconds (`token_budget`, with headroom for
 dense music), and `generate_pieces` says per row why it stopped (`Stop`: the asked length, END,
@@ -15,7 +20,6 @@ benchmarks/bench_threads.py), and gives the caller's thread count back afterward
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,21 +29,19 @@ import torch
 
 from .candidates import choose_pieces
 from .config import Config
+from .decode import decode_steps, guided
 from .events import NoteGrammar
 from .model import GPT
-from .restate import SoundingTracker, restatements
+from .scoring import draw_scores, sample
 from .vocab import (
     END_ID,
     N_PITCHES,
     PAD_ID,
-    RANGES,
     START_ID,
-    EventType,
     is_note_off,
     is_note_on,
     is_style,
     note_off_id,
-    note_on_id,
     note_pitch,
     seconds_to_steps,
     shift_steps,
@@ -59,168 +61,10 @@ TOKENS_PER_S_BUDGET = 200
 MIN_TOKEN_BUDGET = 256
 # Rows x weights per decode step from which a second torch thread pays (see sampling_threads).
 THREAD_WORK = 32_000_000
-
-
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
-    return logits / max(temperature, 1e-5)
-
-
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest logits per row of (B, V) (k <= 0 keeps all; ties at the k-th stay)."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = np.partition(logits, -k, axis=-1)[:, -k, None]
-    return np.where(logits < kth, -np.inf, logits)
-
-
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep, per row of (B, V), the smallest set of tokens whose probability reaches p."""
-    if p >= 1.0:
-        return logits
-    probs = _softmax(logits)
-    order = np.argsort(-probs, axis=-1, kind="stable")
-    ranked = np.take_along_axis(probs, order, -1)
-    drop_ranked = ranked.cumsum(-1) - ranked >= p  # the mass before this token already reaches p
-    drop = np.empty_like(drop_ranked)
-    np.put_along_axis(drop, order, drop_ranked, -1)
-    return np.where(drop, -np.inf, logits)
-
-
-def min_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep, per row of (B, V), the tokens at least p times as likely as the likeliest one."""
-    if p <= 0.0:
-        return logits
-    return np.where(logits < logits.max(-1, keepdims=True) + math.log(p), -np.inf, logits)
-
-
-# Each event type's ids are one run of columns (vocab.RANGES): its first column and, per column,
-# the index of its type. Only the types in CUT_TYPES are cut (see `truncate`).
-_TYPE_STARTS = np.array([first for _, first, _ in RANGES])
-_COLUMN_TYPE = np.repeat(np.arange(len(RANGES)), [count for _, _, count in RANGES])
-CUT_TYPES = (EventType.NOTE_ON, EventType.VELOCITY)
-_CUT_COLUMNS = np.isin(_COLUMN_TYPE, [i for i, (etype, _, _) in enumerate(RANGES)
-                                      if etype in CUT_TYPES])
-
-
-def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
-    """(B, V) logits with settings' top-k, top-p and min-p applied.
-
-    With `settings.within_type` (the default) they cut only the pitch of a NOTE_ON and the
-    value of a VELOCITY (CUT_TYPES), each measured on that type's own distribution, and a token
-    must pass all three; the probability of each event type, and the time shifts and releases,
-    stay as the model gives them. A stray pitch or a rare velocity is dropped, but the timing is
-    not touched: cutting across the whole vocabulary drops the long time shifts first (their
-    mass is spread over 100 ids), and even cutting within the time shifts drops the rare long
-    ones; both made the music denser than the model meant (benchmarks/music_stats.py, see the
-    model card). Without `within_type`: top-k, then top-p, then min-p, over all ids.
-    """
-    s = settings
-    if not s.truncates:
-        return logits
-    if not s.within_type:
-        return _cut(logits, s)
-    starts = _TYPE_STARTS[_TYPE_STARTS < logits.shape[-1]]
-    column_type = _COLUMN_TYPE[: logits.shape[-1]]
-    cut = _CUT_COLUMNS[: logits.shape[-1]]
-    top = np.maximum.reduceat(logits, starts, axis=-1)  # (B, types); -inf: the type is masked
-    top = np.where(np.isfinite(top), top, 0.0)[:, column_type]
-    weight = np.exp(logits - top)  # 1 for each type's likeliest value, 0 where masked
-    mass = np.add.reduceat(weight, starts, axis=-1)
-    keep = weight >= np.where(cut, s.min_p, 0.0)
-    keep &= weight > 0
-    if s.top_k > 0 or s.top_p < 1:
-        probs = weight / np.maximum(mass, 1e-30)[:, column_type]  # within the type
-        order = np.argsort(column_type - probs, axis=-1, kind="stable")  # by type, likeliest first
-        ranked = np.take_along_axis(probs, order, -1)
-        before = ranked.cumsum(-1) - ranked  # types keep their columns in this order
-        before -= before[:, starts][:, column_type]
-        rank = np.arange(len(column_type)) - starts[column_type]
-        drop = (before >= s.top_p) | ((rank >= s.top_k) if s.top_k > 0 else False)
-        keep &= ~(_unsort(drop, order) & cut)
-    kept = np.add.reduceat(np.where(keep, weight, 0.0), starts, axis=-1)
-    with np.errstate(divide="ignore"):
-        scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
-    return np.where(keep, logits + scale[:, column_type], -np.inf)
-
-
-def _unsort(ranked: np.ndarray, order: np.ndarray) -> np.ndarray:
-    out = np.empty_like(ranked)
-    np.put_along_axis(out, order, ranked, -1)
-    return out
-
-
-def _cut(logits: np.ndarray, s: SamplingSettings) -> np.ndarray:
-    return min_p_filter(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), s.min_p)
-
-
-def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(B, V) logits -> (B,) ids drawn from the softmax (inverse CDF, one uniform per row)."""
-    cdf = _softmax(logits).cumsum(-1, dtype=np.float64)
-    target = rng.random(len(cdf)) * cdf[:, -1]
-    return (cdf > target[:, None]).argmax(-1)
-
-
-_PITCHES = np.arange(N_PITCHES)
-_OFF_IDS = note_off_id(_PITCHES)
+_OFF_IDS = note_off_id(np.arange(N_PITCHES))
 STEPS_PER_S = seconds_to_steps(1.0)
 MAX_CANDIDATES = 16
 RELEASE_RAMP_PER_S = 2.0  # log-odds added to a long note's NOTE_OFF per second past the ramp
-
-
-def release_mass_kept(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """(B, V) logits whose masked note mass is moved to the releases the grammar allows.
-
-    The probability of a NOTE_OFF of a silent pitch goes to the NOTE_OFFs of the sounding
-    pitches, in proportion (the model meant a release and missed the pitch); that of a NOTE_ON of
-    a sounding pitch goes to its NOTE_OFF. Rows with nothing sounding are left as they are.
-    """
-    probs = _softmax(logits)
-    on_ids, off_ids = note_on_id(_PITCHES), note_off_id(_PITCHES)
-    on, off = probs[:, on_ids], probs[:, off_ids]
-    sounding = allowed[:, off_ids]
-    off = off + np.where(sounding & ~allowed[:, on_ids], on, 0.0)
-    lost = np.where(sounding, 0.0, off).sum(1, keepdims=True)
-    kept = np.where(sounding, off, 0.0)
-    total = kept.sum(1, keepdims=True)
-    scale = np.where(total > 0, 1.0 + lost / np.maximum(total, 1e-30), 1.0)
-    probs[:, off_ids] = np.where(sounding, kept * scale, off)
-    with np.errstate(divide="ignore"):
-        return np.log(probs)
-
-
-def draw_scores(logits: np.ndarray, allowed: np.ndarray | None,
-                settings: SamplingSettings) -> np.ndarray:
-    """(B, V) logits -> the scores to draw from: temperature, the grammar mask `allowed` (None:
-    no mask) with the release mass kept, then top-k/top-p/min-p (`truncate`)."""
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        scores = apply_temperature(logits, settings.temperature)
-        if allowed is not None:
-            if settings.keep_release_mass:
-                scores = release_mass_kept(scores, allowed)
-            scores = np.where(allowed, scores, -np.inf)
-        scores = truncate(scores, settings)
-    return _finite_or_greedy(scores, logits, allowed)
-
-
-def _finite_or_greedy(scores: np.ndarray, logits: np.ndarray,
-                      allowed: np.ndarray | None) -> np.ndarray:
-    """`scores`, except rows a tiny temperature left without a usable score (every allowed one
-    underflowed to -inf, or NaN or +inf appeared): those take the limit of temperature -> 0,
-    the likeliest allowed token, so a draw never leaves the grammar or reads NaN."""
-    bad = np.isnan(scores).any(-1) | np.isposinf(scores).any(-1) | ~np.isfinite(scores).any(-1)
-    if not bad.any():
-        return scores
-    masked = logits if allowed is None else np.where(allowed, logits, -np.inf)
-    masked = np.where(np.isnan(masked), -np.inf, masked)
-    best = np.zeros_like(masked, dtype=bool)
-    best[np.arange(len(masked)), masked.argmax(-1)] = True
-    return np.where(bad[:, None], np.where(best, 0.0, -np.inf), scores)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    return weights / weights.sum(-1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -446,7 +290,8 @@ class _SilenceGuard:
             room = np.where(self.started, room, self.lead_in - new_steps)
         if self.gap is not None:
             silent = self.music & ~sounding.any(1)
-            room = np.where(silent & self.started | silent & (self.lead_in is None),
+            after_lead_in = self.started | (self.lead_in is None)
+            room = np.where(silent & after_lead_in,
                             np.minimum(room, self.gap - (new_steps - self.heard)), room)
         limited = room < self._shift.max()
         if not limited.any():
@@ -589,38 +434,6 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     return Generation(pieces, stops)
 
 
-def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
-           settings: SamplingSettings, static: bool = False):
-    """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode):
-    logits = unstyled + (1 + settings.style_guidance) * (styled - unstyled).
-
-    The unstyled decode runs over `plain` (the styled history without its style token) on a copy
-    of the model (its own KV cache), in lockstep: each styled draw first advances it one step
-    for its logits, draws the token from both, and writes that token into the buffer the
-    unstyled decode just yielded, which that decode feeds back at its next step. Past the
-    context each decode slides its own window.
-    """
-    twin = copy.deepcopy(model)
-    mailbox: dict[str, torch.Tensor] = {}
-    weight = 1.0 + settings.style_guidance
-
-    def hold(logits: torch.Tensor) -> torch.Tensor:
-        mailbox["logits"] = logits
-        mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return mailbox["token"]
-
-    unstyled = decode_steps(twin, plain, budget, hold, static, restate=settings.restate_sounding)
-
-    def guided_draw(logits: torch.Tensor) -> torch.Tensor:
-        next(unstyled)
-        base = mailbox["logits"].float()
-        token = draw(base + weight * (logits.float() - base))
-        mailbox["token"].copy_(token)
-        return token
-
-    return guided_draw, unstyled
-
-
 def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[torch.Tensor, int]:
     """(the batch's history (B, T): START, the style token if any, the primer), style tokens."""
     primer_ids = [int(t) for t in (primer if primer is not None else [])]
@@ -662,85 +475,9 @@ def _progress_seconds(progress: ProgressFn | None, rows: SamplerState,
     return report
 
 
-def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
-                 draw: Callable[[torch.Tensor], torch.Tensor],
-                 static_shapes: bool = False,
-                 keep_front: torch.Tensor | None = None,
-                 restate: bool = True) -> Iterator[torch.Tensor]:
-    """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
-
-    `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
-    re-prefilled from position 0 (a sliding window), so any number of tokens can be made;
-    `keep_front` (B, k) tokens, a style token say, go in front of every re-prefilled window, as
-    training windows that start mid-piece carry them. With `restate`, the notes still sounding
-    where the kept tokens start are restated after the front (restate.py), so the model sees
-    every note it may have to release. The cache lives for the iteration only.
-    """
-    block_size = model.config.block_size
-    front = history[:, :0] if keep_front is None else keep_front
-    keep = max(1, block_size * 3 // 4 - front.size(1))
-    window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
-    # a cache no longer than the piece can get: short pieces never hold a full-context buffer
-    capacity = min(block_size, window.size(1) + max_new_tokens)
-    positions = torch.arange(capacity, device=history.device)
-    sequence = _Sequence(history, model.config.vocab_size, restate)
-    model.setup_cache(history.size(0), capacity)
-    try:
-        if window.size(1) < history.size(1):
-            window = sequence.window(front, keep, block_size)
-        logits, pos = _prefill(model, window), window.size(1)
-        for i in range(max_new_tokens):
-            if i > 0 and pos < capacity:  # one step at position pos
-                attend = None if static_shapes else pos + 1
-                logits = model(sequence.last[:, None], positions[pos : pos + 1], attend)[:, -1]
-                pos += 1
-            elif i > 0:  # the context is full: slide
-                window = sequence.window(front, keep, block_size)
-                logits, pos = _prefill(model, window), window.size(1)
-            token = draw(logits)
-            sequence.append(token)
-            yield token
-    finally:
-        model.clear_cache()
-
-
-class _Sequence:
-    """The tokens of a decode so far (history, then each drawn column), and the window to
-    re-prefill when the context is full: front, the restated sounding notes, the recent tokens."""
-
-    def __init__(self, history: torch.Tensor, vocab_size: int, restate: bool):
-        self.columns = list(history.unbind(1))  # (B,) tensors; a drawn one may be filled later
-        self.tracker = SoundingTracker(history.size(0), vocab_size) if restate else None
-        self.scanned = 0
-        self.last = history[:, -1]
-
-    def append(self, token: torch.Tensor) -> None:
-        self.columns.append(token)
-        self.last = token
-
-    def window(self, front: torch.Tensor, keep: int, block_size: int) -> torch.Tensor:
-        cut = len(self.columns) - keep
-        recent = torch.stack(self.columns[cut:], 1)
-        if self.tracker is None:
-            return torch.cat([front, recent], 1)
-        if cut > self.scanned:
-            self.tracker.advance(torch.stack(self.columns[self.scanned : cut], 1).cpu().numpy())
-            self.scanned = cut
-        said = restatements(self.tracker)
-        if said.shape[1] > block_size - keep - front.size(1):  # no room: leave it out
-            said = said[:, :0]
-        return torch.cat([front, torch.from_numpy(said).to(recent.device), recent], 1)
-
-
 def style_token(config, slot: int) -> int:
     """The STYLE id of `slot`, refusing slots the checkpoint did not train."""
     if not 0 <= slot < len(config.styles):
         known = ", ".join(config.styles) or "none"
         raise ValueError(f"style slot {slot} is not one of this checkpoint's styles ({known})")
     return style_id(slot)
-
-
-def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
-    """Fill the cache with `window` (B, T) from position 0; logits (B, V) for what follows."""
-    positions = torch.arange(window.size(1), device=window.device)
-    return model(window, positions, attend_len=window.size(1))[:, -1]

@@ -269,3 +269,13 @@ def test_cli_candidates_come_from_the_checkpoint_and_a_flag(make_tiny_model, tmp
     assert pitches("own.mid") != pitches("one.mid", "--candidates", "1")
     assert main([*common, "--out", str(tmp_path / "x.mid"), "--candidates", "0"]) == 2
     assert "candidates" in capsys.readouterr().err
+
+
+def test_scoring_and_the_checks_need_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, musicgpt.scoring, musicgpt.piece_checks, musicgpt.restate; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

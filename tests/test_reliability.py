@@ -16,7 +16,8 @@ from musicgpt.cli import main, train_main
 from musicgpt.data import preprocess_folder, split_of
 from musicgpt.events import NoteGrammar, grammar_errors
 from musicgpt.locks import LOCK_NAME
-from musicgpt.sampling import SamplingSettings, draw_scores, generate
+from musicgpt.sampling import SamplingSettings, generate
+from musicgpt.scoring import draw_scores
 from musicgpt.vocab import PAD_ID, START_ID, VOCAB_SIZE, note_on_id
 
 REPO = Path(__file__).resolve().parents[1]

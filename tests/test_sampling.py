@@ -20,13 +20,15 @@ from musicgpt.pipeline import (
 from musicgpt.sampling import (
     TOKENS_PER_S_BUDGET,
     SamplingSettings,
-    apply_temperature,
     generate,
     generate_pieces,
-    min_p_filter,
-    sample,
     sampling_threads,
     token_budget,
+)
+from musicgpt.scoring import (
+    apply_temperature,
+    min_p_filter,
+    sample,
     top_k_filter,
     top_p_filter,
     truncate,
@@ -394,7 +396,7 @@ def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(m
 
 
 def test_masked_release_mass_goes_to_the_releases_the_grammar_allows():
-    from musicgpt.sampling import release_mass_kept
+    from musicgpt.scoring import release_mass_kept
     from musicgpt.vocab import note_off_id, note_on_id
 
     probs = np.full((1, VOCAB_SIZE), 1e-6)

@@ -1,0 +1,126 @@
+"""The decode loop: prefill a history, then one cached step per token, sliding the window past
+the model's context; and style guidance's unstyled twin decode in lockstep. Hands each step's
+logits to a `draw` function and never looks at what the tokens mean (restate.py aside).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from .model import GPT
+from .restate import SoundingTracker, restatements
+
+if TYPE_CHECKING:
+    from .sampling import SamplingSettings
+
+
+def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
+           settings: SamplingSettings, static: bool = False):
+    """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode):
+    logits = unstyled + (1 + settings.style_guidance) * (styled - unstyled).
+
+    The unstyled decode runs over `plain` (the styled history without its style token) on a copy
+    of the model (its own KV cache), in lockstep: each styled draw first advances it one step
+    for its logits, draws the token from both, and writes that token into the buffer the
+    unstyled decode just yielded, which that decode feeds back at its next step. Past the
+    context each decode slides its own window.
+    """
+    twin = copy.deepcopy(model)
+    mailbox: dict[str, torch.Tensor] = {}
+    weight = 1.0 + settings.style_guidance
+
+    def hold(logits: torch.Tensor) -> torch.Tensor:
+        mailbox["logits"] = logits
+        mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return mailbox["token"]
+
+    unstyled = decode_steps(twin, plain, budget, hold, static, restate=settings.restate_sounding)
+
+    def guided_draw(logits: torch.Tensor) -> torch.Tensor:
+        next(unstyled)
+        base = mailbox["logits"].float()
+        token = draw(base + weight * (logits.float() - base))
+        mailbox["token"].copy_(token)
+        return token
+
+    return guided_draw, unstyled
+
+
+def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
+                 draw: Callable[[torch.Tensor], torch.Tensor],
+                 static_shapes: bool = False,
+                 keep_front: torch.Tensor | None = None,
+                 restate: bool = False) -> Iterator[torch.Tensor]:
+    """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
+
+    `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
+    re-prefilled from position 0 (a sliding window), so any number of tokens can be made;
+    `keep_front` (B, k) tokens, a style token say, go in front of every re-prefilled window, as
+    training windows that start mid-piece carry them. With `restate`, the notes still sounding
+    where the kept tokens start are restated after the front (restate.py), so the model sees
+    every note it may have to release. The cache lives for the iteration only.
+    """
+    block_size = model.config.block_size
+    front = history[:, :0] if keep_front is None else keep_front
+    keep = max(1, block_size * 3 // 4 - front.size(1))
+    window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
+    # a cache no longer than the piece can get: short pieces never hold a full-context buffer
+    capacity = min(block_size, window.size(1) + max_new_tokens)
+    positions = torch.arange(capacity, device=history.device)
+    sequence = _Sequence(history, model.config.vocab_size, restate)
+    model.setup_cache(history.size(0), capacity)
+    try:
+        if window.size(1) < history.size(1):
+            window = sequence.window(front, keep, block_size)
+        logits, pos = _prefill(model, window), window.size(1)
+        for i in range(max_new_tokens):
+            if i > 0 and pos < capacity:  # one step at position pos
+                attend = None if static_shapes else pos + 1
+                logits = model(sequence.last[:, None], positions[pos : pos + 1], attend)[:, -1]
+                pos += 1
+            elif i > 0:  # the context is full: slide
+                window = sequence.window(front, keep, block_size)
+                logits, pos = _prefill(model, window), window.size(1)
+            token = draw(logits)
+            sequence.append(token)
+            yield token
+    finally:
+        model.clear_cache()
+
+
+class _Sequence:
+    """The tokens of a decode so far (history, then each drawn column), and the window to
+    re-prefill when the context is full: front, the restated sounding notes, the recent tokens."""
+
+    def __init__(self, history: torch.Tensor, vocab_size: int, restate: bool):
+        self.columns = list(history.unbind(1))  # (B,) tensors; a drawn one may be filled later
+        self.tracker = SoundingTracker(history.size(0), vocab_size) if restate else None
+        self.scanned = 0
+        self.last = history[:, -1]
+
+    def append(self, token: torch.Tensor) -> None:
+        self.columns.append(token)
+        self.last = token
+
+    def window(self, front: torch.Tensor, keep: int, block_size: int) -> torch.Tensor:
+        cut = len(self.columns) - keep
+        recent = torch.stack(self.columns[cut:], 1)
+        if self.tracker is None:
+            return torch.cat([front, recent], 1)
+        if cut > self.scanned:
+            self.tracker.advance(torch.stack(self.columns[self.scanned : cut], 1).cpu().numpy())
+            self.scanned = cut
+        said = restatements(self.tracker)
+        if said.shape[1] > block_size - keep - front.size(1):  # no room: leave it out
+            said = said[:, :0]
+        return torch.cat([front, torch.from_numpy(said).to(recent.device), recent], 1)
+
+
+def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
+    """Fill the cache with `window` (B, T) from position 0; logits (B, V) for what follows."""
+    positions = torch.arange(window.size(1), device=window.device)
+    return model(window, positions, attend_len=window.size(1))[:, -1]

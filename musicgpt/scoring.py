@@ -1,0 +1,178 @@
+"""Logits -> the scores a token is drawn from, and the draw: temperature, the grammar mask with
+the release mass kept, top-k/top-p/min-p within event types, and inverse-CDF sampling.
+
+Pure numpy, no torch: the sampler hands a numpy copy of each step's logits here (a few dozen
+small torch ops per draw cost more than the decode step of a small model). Settings are duck-
+typed (`sampling.SamplingSettings`: temperature, top_k, top_p, min_p, within_type,
+keep_release_mass, truncates).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .vocab import N_PITCHES, RANGES, EventType, note_off_id, note_on_id
+
+if TYPE_CHECKING:
+    from .sampling import SamplingSettings
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
+    return logits / max(temperature, 1e-5)
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest logits per row of (B, V) (k <= 0 keeps all; ties at the k-th stay)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k, axis=-1)[:, -k, None]
+    return np.where(logits < kth, -np.inf, logits)
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep, per row of (B, V), the smallest set of tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits
+    probs = _softmax(logits)
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    ranked = np.take_along_axis(probs, order, -1)
+    drop_ranked = ranked.cumsum(-1) - ranked >= p  # the mass before this token already reaches p
+    drop = np.empty_like(drop_ranked)
+    np.put_along_axis(drop, order, drop_ranked, -1)
+    return np.where(drop, -np.inf, logits)
+
+
+def min_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep, per row of (B, V), the tokens at least p times as likely as the likeliest one."""
+    if p <= 0.0:
+        return logits
+    return np.where(logits < logits.max(-1, keepdims=True) + math.log(p), -np.inf, logits)
+
+
+# Each event type's ids are one run of columns (vocab.RANGES): its first column and, per column,
+# the index of its type. Only the types in CUT_TYPES are cut (see `truncate`).
+_TYPE_STARTS = np.array([first for _, first, _ in RANGES])
+_COLUMN_TYPE = np.repeat(np.arange(len(RANGES)), [count for _, _, count in RANGES])
+CUT_TYPES = (EventType.NOTE_ON, EventType.VELOCITY)
+_CUT_COLUMNS = np.isin(_COLUMN_TYPE, [i for i, (etype, _, _) in enumerate(RANGES)
+                                      if etype in CUT_TYPES])
+
+
+def truncate(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
+    """(B, V) logits with settings' top-k, top-p and min-p applied.
+
+    With `settings.within_type` (the default) they cut only the pitch of a NOTE_ON and the
+    value of a VELOCITY (CUT_TYPES), each measured on that type's own distribution, and a token
+    must pass all three; the probability of each event type, and the time shifts and releases,
+    stay as the model gives them. A stray pitch or a rare velocity is dropped, but the timing is
+    not touched: cutting across the whole vocabulary drops the long time shifts first (their
+    mass is spread over 100 ids), and even cutting within the time shifts drops the rare long
+    ones; both made the music denser than the model meant (benchmarks/music_stats.py, see the
+    model card). Without `within_type`: top-k, then top-p, then min-p, over all ids.
+    """
+    s = settings
+    if not s.truncates:
+        return logits
+    if not s.within_type:
+        return _cut(logits, s)
+    starts = _TYPE_STARTS[_TYPE_STARTS < logits.shape[-1]]
+    column_type = _COLUMN_TYPE[: logits.shape[-1]]
+    cut = _CUT_COLUMNS[: logits.shape[-1]]
+    top = np.maximum.reduceat(logits, starts, axis=-1)  # (B, types); -inf: the type is masked
+    top = np.where(np.isfinite(top), top, 0.0)[:, column_type]
+    weight = np.exp(logits - top)  # 1 for each type's likeliest value, 0 where masked
+    mass = np.add.reduceat(weight, starts, axis=-1)
+    keep = weight >= np.where(cut, s.min_p, 0.0)
+    keep &= weight > 0
+    if s.top_k > 0 or s.top_p < 1:
+        probs = weight / np.maximum(mass, 1e-30)[:, column_type]  # within the type
+        order = np.argsort(column_type - probs, axis=-1, kind="stable")  # by type, likeliest first
+        ranked = np.take_along_axis(probs, order, -1)
+        before = ranked.cumsum(-1) - ranked  # types keep their columns in this order
+        before -= before[:, starts][:, column_type]
+        rank = np.arange(len(column_type)) - starts[column_type]
+        drop = (before >= s.top_p) | ((rank >= s.top_k) if s.top_k > 0 else False)
+        keep &= ~(_unsort(drop, order) & cut)
+    kept = np.add.reduceat(np.where(keep, weight, 0.0), starts, axis=-1)
+    with np.errstate(divide="ignore"):
+        scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
+    return np.where(keep, logits + scale[:, column_type], -np.inf)
+
+
+def _unsort(ranked: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(ranked)
+    np.put_along_axis(out, order, ranked, -1)
+    return out
+
+
+def _cut(logits: np.ndarray, s: SamplingSettings) -> np.ndarray:
+    return min_p_filter(top_p_filter(top_k_filter(logits, s.top_k), s.top_p), s.min_p)
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(B, V) logits -> (B,) ids drawn from the softmax (inverse CDF, one uniform per row)."""
+    cdf = _softmax(logits).cumsum(-1, dtype=np.float64)
+    target = rng.random(len(cdf)) * cdf[:, -1]
+    return (cdf > target[:, None]).argmax(-1)
+
+
+_PITCHES = np.arange(N_PITCHES)
+
+
+def release_mass_kept(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(B, V) logits whose masked note mass is moved to the releases the grammar allows.
+
+    The probability of a NOTE_OFF of a silent pitch goes to the NOTE_OFFs of the sounding
+    pitches, in proportion (the model meant a release and missed the pitch); that of a NOTE_ON of
+    a sounding pitch goes to its NOTE_OFF. Rows with nothing sounding are left as they are.
+    """
+    probs = _softmax(logits)
+    on_ids, off_ids = note_on_id(_PITCHES), note_off_id(_PITCHES)
+    on, off = probs[:, on_ids], probs[:, off_ids]
+    sounding = allowed[:, off_ids]
+    off = off + np.where(sounding & ~allowed[:, on_ids], on, 0.0)
+    lost = np.where(sounding, 0.0, off).sum(1, keepdims=True)
+    kept = np.where(sounding, off, 0.0)
+    total = kept.sum(1, keepdims=True)
+    scale = np.where(total > 0, 1.0 + lost / np.maximum(total, 1e-30), 1.0)
+    probs[:, off_ids] = np.where(sounding, kept * scale, off)
+    with np.errstate(divide="ignore"):
+        return np.log(probs)
+
+
+def draw_scores(logits: np.ndarray, allowed: np.ndarray | None,
+                settings: SamplingSettings) -> np.ndarray:
+    """(B, V) logits -> the scores to draw from: temperature, the grammar mask `allowed` (None:
+    no mask) with the release mass kept, then top-k/top-p/min-p (`truncate`)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        scores = apply_temperature(logits, settings.temperature)
+        if allowed is not None:
+            if settings.keep_release_mass:
+                scores = release_mass_kept(scores, allowed)
+            scores = np.where(allowed, scores, -np.inf)
+        scores = truncate(scores, settings)
+    return _finite_or_greedy(scores, logits, allowed)
+
+
+def _finite_or_greedy(scores: np.ndarray, logits: np.ndarray,
+                      allowed: np.ndarray | None) -> np.ndarray:
+    """`scores`, except rows a tiny temperature left without a usable score (every allowed one
+    underflowed to -inf, or NaN or +inf appeared): those take the limit of temperature -> 0,
+    the likeliest allowed token, so a draw never leaves the grammar or reads NaN."""
+    bad = np.isnan(scores).any(-1) | np.isposinf(scores).any(-1) | ~np.isfinite(scores).any(-1)
+    if not bad.any():
+        return scores
+    masked = logits if allowed is None else np.where(allowed, logits, -np.inf)
+    masked = np.where(np.isnan(masked), -np.inf, masked)
+    best = np.zeros_like(masked, dtype=bool)
+    best[np.arange(len(masked)), masked.argmax(-1)] = True
+    return np.where(bad[:, None], np.where(best, 0.0, -np.inf), scores)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
