@@ -1,8 +1,9 @@
 """Best of N: write several candidates for each piece or span and keep the one that fares best.
 
 A sampler draws one token at a time and cannot take back a piece that drifts into silence or a
-drone; a few candidates written in the same batch cost little more than one on a CPU (a decode
-step is mostly overhead), and the per-piece checks (piece_checks.py) tell the failures apart.
+drone. Candidates are written in one batch, and the per-piece checks (piece_checks.py) tell the
+failures apart; they cost about what they write (best of 3: 2.6x the time of one piece at batch
+1 on one CPU thread, 2.2x for a span; BENCHMARKS.md).
 
 - generate: a candidate whose new music passes the checks, then the one with fewest flags (a late
   start and a thin stretch count), then the one holding the smallest share of its notes to the
