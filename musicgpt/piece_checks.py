@@ -87,6 +87,7 @@ def piece_checks(notes: NoteArrays, start_step: int = 0,
     release): figures and flags (see the module docstring)."""
     if end_step is None:
         end_step = int(notes.end_step.max()) if len(notes) else start_step
+    end_step = max(end_step, start_step)
     seconds = max(end_step - start_step, 1) / STEPS_PER_S
     new = (notes.start_step >= start_step) & (notes.start_step < end_step)
     onsets = notes.start_step[new]
