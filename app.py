@@ -50,7 +50,7 @@ def load_sampler(path: str, dtype: str):
     Attention arcs always come from the float32 model (`load_model`).
     """
     model = load_model(path)
-    device = model.wte.weight.device
+    device = model.device
     if sampling_dtype(dtype, device) == "float32":
         return model
     return load_sampling_model(path, device, dtype)

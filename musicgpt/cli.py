@@ -184,7 +184,7 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device,
+                           model.device,
                            guided=style is not None and settings.style_guidance > 0)
     paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     with _music_bar(args.seconds, args.no_progress) as report:
@@ -236,7 +236,7 @@ def _infill(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
     checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device,
+                           model.device,
                            guided=args.style is not None and settings.style_guidance > 0)
     paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.midi,))
     try:
@@ -304,7 +304,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     checks.at_least("--batch-size", args.batch_size)
     checks.at_least("--stride", args.stride)
     model = _load_model(args.checkpoint, args.device)
-    checks.forward_memory("--batch-size", args.batch_size, model.config, model.wte.weight.device)
+    checks.forward_memory("--batch-size", args.batch_size, model.config, model.device)
     from tqdm import tqdm
 
     bar = tqdm(unit="window", disable=args.no_progress or args.json)

@@ -75,7 +75,7 @@ def quantize_for_sampling(model: GPT, dtype: str | torch.dtype | None) -> GPT:
     In place, so a model loaded only to sample from costs no second copy; its fp32 Linear
     weights are dropped. Returns the model for chaining.
     """
-    name = sampling_dtype(dtype, model.wte.weight.device)
+    name = sampling_dtype(dtype, model.device)
     if _as_is(model, name):
         return model
     model.eval()
@@ -91,7 +91,7 @@ def sampling_copy(model: GPT, dtype: str | torch.dtype | None) -> GPT:
     For comparing precisions on one model (benchmarks, tests); to sample, load the model once
     with `checkpoint.load_sampling_model` instead of copying it on every call.
     """
-    name = sampling_dtype(dtype, model.wte.weight.device)
+    name = sampling_dtype(dtype, model.device)
     return model if _as_is(model, name) else quantize_for_sampling(copy.deepcopy(model), name)
 
 

@@ -443,7 +443,7 @@ def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[tor
         style, primer_ids = primer_ids[0] - style_id(0), primer_ids[1:]
     front = [] if style is None else [style_token(model.config, style)]
     primer_ids = [START_ID, *front, *(t for t in primer_ids if not is_style(t) or not front)]
-    history = torch.tensor(primer_ids, device=model.wte.weight.device).repeat(num_samples, 1)
+    history = torch.tensor(primer_ids, device=model.device).repeat(num_samples, 1)
     return history, len(front)
 
 
