@@ -131,7 +131,7 @@ def out_folder(flag: str, value: str) -> Path:
 
 def not_a_checkpoint(flag: str, path: Path, hint: str) -> None:
     """Refuse a checkpoint folder where another kind of folder belongs."""
-    from .checkpoint import has_weights
+    from .checkpoint_paths import has_weights
 
     require(not (path / "config.json").is_file() or not has_weights(path),
             f"{flag} {path} is a checkpoint folder; {hint}")
