@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .engine import fast_step_for
 from .layers import KVCache
 from .model import GPT
 from .restate import SoundingTracker, restatements
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
-           settings: SamplingSettings, static: bool = False):
+           settings: SamplingSettings, static: bool = False, fast: bool = True):
     """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode):
     logits = unstyled + (1 + settings.style_guidance) * (styled - unstyled).
 
@@ -37,7 +38,8 @@ def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
         mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return mailbox["token"]
 
-    unstyled = decode_steps(model, plain, budget, hold, static, restate=settings.restate_sounding)
+    unstyled = decode_steps(model, plain, budget, hold, static, restate=settings.restate_sounding,
+                            fast=fast)
 
     def guided_draw(logits: torch.Tensor) -> torch.Tensor:
         next(unstyled)
@@ -53,7 +55,7 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
                  draw: Callable[[torch.Tensor], torch.Tensor],
                  static_shapes: bool = False,
                  keep_front: torch.Tensor | None = None,
-                 restate: bool = False) -> Iterator[torch.Tensor]:
+                 restate: bool = False, fast: bool = True) -> Iterator[torch.Tensor]:
     """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
 
     `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
@@ -62,7 +64,9 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     training windows that start mid-piece carry them. With `restate`, the notes still sounding
     where the kept tokens start are restated after the front (restate.py), so the model sees
     every note it may have to release. The KV cache is this loop's own value, alive for the
-    iteration only, so decodes on one model never share state.
+    iteration only, so decodes on one model never share state. With `fast` (the default) each
+    step runs `engine.FastStep` where the model allows it (CPU, fp32 or int8 weights, eval mode,
+    no static shapes); `fast=False` keeps every step on `GPT.forward`, the reference.
     """
     block_size = model.config.block_size
     front = history[:, :0] if keep_front is None else keep_front
@@ -73,11 +77,14 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     positions = torch.arange(capacity, device=history.device)
     sequence = _Sequence(history, model.config.vocab_size, restate)
     cache = model.new_cache(history.size(0), capacity)
+    step = fast_step_for(model) if fast and not static_shapes else None
     if window.size(1) < history.size(1):
         window = sequence.window(front, keep, block_size)
     logits, pos = _prefill(model, window, cache), window.size(1)
     for i in range(max_new_tokens):
-        if i > 0 and pos < capacity:  # one step at position pos
+        if i > 0 and pos < capacity and step is not None:  # one step at position pos
+            logits, pos = step(sequence.last, pos, cache), pos + 1
+        elif i > 0 and pos < capacity:
             attend = None if static_shapes else pos + 1
             logits = model(sequence.last[:, None], positions[pos : pos + 1], attend,
                            cache)[:, -1]
