@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .layers import MLP, CausalSelfAttention, KVCache
+from .layers import MLP, CausalSelfAttention, KVCache, init_normal
 from .relative import RelativeSelfAttention
 
 # Config.attention -> the attention layer of every block
@@ -47,27 +47,35 @@ class Block(nn.Module):
         return F.dropout(x, self.dropout) if self.training and self.dropout > 0 else x
 
 
+def _embedding(n: int, width: int) -> nn.Embedding:
+    """nn.Embedding drawn as its own reset would (same random stream), except that on the meta
+    device nothing is drawn: there its reset imports torch._dynamo, 1.5 s of every load."""
+    return nn.Embedding(n, width, _weight=init_normal(torch.empty(n, width), 1.0))
+
+
 class GPT(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = _embedding(config.vocab_size, config.n_embd)
         # relative attention carries positions in each layer, so it has no position table
-        self.wpe = (nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = (_embedding(config.block_size, config.n_embd)
                     if config.attention == "absolute" else None)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
-        self.register_buffer("causal_mask", torch.ones(config.block_size, config.block_size,
-                                                       dtype=torch.bool).tril(), persistent=False)
+        ones = torch.ones(config.block_size, config.block_size, dtype=torch.bool)
+        # on the meta device (shapes only) tril would import torch._dynamo: 1.5 s of every load
+        self.register_buffer("causal_mask", ones if ones.is_meta else ones.tril(),
+                             persistent=False)
         self.apply(self._init_weights)
         for name, param in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, 0.0, 0.02 / math.sqrt(2 * config.n_layer))
+                init_normal(param.data, 0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, 0.0, 0.02)
+            init_normal(module.weight.data, 0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .layers import CausalSelfAttention, LayerKV
+from .layers import CausalSelfAttention, LayerKV, init_normal
 
 
 def skew(rel: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ class RelativeSelfAttention(CausalSelfAttention):
     def __init__(self, config: Config):
         super().__init__(config)
         # rel_emb[r] is the embedding of distance r = query position - key position
-        rel_emb = torch.empty(config.block_size, config.head_dim).normal_(0.0, 0.02)
+        rel_emb = init_normal(torch.empty(config.block_size, config.head_dim), 0.02)
         self.rel_emb = nn.Parameter(rel_emb)
 
     def _relative(self, q_scaled: torch.Tensor, input_pos: torch.Tensor | None,
