@@ -333,6 +333,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.onnx:
+        return _export_onnx(args)
+    if not args.hf:
+        raise UserError("give --hf DIR (a Hugging Face GPT-2 folder) or --onnx DIR")
     from .hf_export import NotGPT2Error, export_hf
 
     out = checks.out_folder("--hf", args.hf)
@@ -346,6 +350,18 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} (GPT2LMHeadModel, "
           f"{model.config.short()}); load with transformers.GPT2LMHeadModel.from_pretrained"
           f"({str(out)!r})")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import OPSET, export_onnx
+
+    out = checks.out_folder("--onnx", args.onnx)
+    checks.not_a_checkpoint("--onnx", out, "give a new folder for the ONNX copy")
+    model = _load_model(args.checkpoint, "cpu")
+    path = export_onnx(model, out)
+    print(f"wrote {path}, {out / 'config.json'} and {out / 'vocab.json'} (ONNX opset {OPSET}, "
+          f"Optimum decoder layout, {model.config.short()}, {model.config.attention} attention)")
     return 0
 
 
@@ -458,11 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
-        "export", help="write a checkpoint as a Hugging Face GPT-2 folder",
+        "export", help="write a checkpoint as a Hugging Face GPT-2 folder or an ONNX decoder",
         description="Write an absolute-attention checkpoint as a transformers GPT2LMHeadModel "
                     "folder (config.json + model.safetensors): the same model, logits equal. "
                     "Relative-attention checkpoints are not expressible as GPT-2.")
-    export.add_argument("--hf", required=True, help="output folder")
+    export.add_argument("--hf", help="output folder for a Hugging Face GPT-2 copy")
+    export.add_argument("--onnx", help="output folder for an ONNX decoder (model.onnx in "
+                                       "Optimum's layout, config.json, vocab.json); absolute "
+                                       "or relative attention")
     export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     export.set_defaults(run=_export)
     return parser
