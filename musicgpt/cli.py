@@ -333,9 +333,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.onnx:
+    if args.onnx is not None:
         return _export_onnx(args)
-    if not args.hf:
+    if args.hf is None:
         raise UserError("give --hf DIR (a Hugging Face GPT-2 folder) or --onnx DIR")
     from .hf_export import NotGPT2Error, export_hf
 
