@@ -166,7 +166,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 def _generate(args: argparse.Namespace) -> int:
     from .events import ids_to_seconds
-    from .pipeline import continuation_to_midi_bytes, generated_primer_len
+    from .pipeline import continuation_to_midi_bytes
     from .sampling import generate_pieces
     from .vocab import is_note_on
 
@@ -191,7 +191,7 @@ def _generate(args: argparse.Namespace) -> int:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
                                settings=settings, seed=seed, progress=report, style=style)
-    primer_len = generated_primer_len(primer, style)
+    primer_len = made.primer_len
     for path, row, stop in zip(paths, made.rows, made.stops, strict=True):
         midi = continuation_to_midi_bytes(row, primer_len, source, args.bpm)
         written = outputs.write_piece(midi, path, wav)

@@ -364,10 +364,12 @@ class Stop:
 
 @dataclass(frozen=True)
 class Generation:
-    """What `generate_pieces` made: per row, its ids (primer + new) and why it stopped."""
+    """What `generate_pieces` made: per row, its ids (primer + new) and why it stopped; and
+    how many ids of each row came before the new ones (START, a style token, the primer)."""
 
     rows: list[np.ndarray]
     stops: list[Stop]
+    primer_len: int = 0
 
 
 def generate(model: GPT, primer: list[int] | np.ndarray | None = None,
@@ -433,7 +435,7 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         chosen = choose_pieces(pieces, settings.candidates, int(shift_steps(start).sum()),
                                max_seconds)
         pieces, stops = [pieces[i] for i in chosen], [stops[i] for i in chosen]
-    return Generation(pieces, stops)
+    return Generation(pieces, stops, len(start))
 
 
 def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[torch.Tensor, int]:

@@ -468,3 +468,13 @@ def test_a_style_token_in_the_primer_acts_as_the_style(make_tiny_model):
     in_primer = generate(model, [START_ID, style_id(1)], max_new_tokens=150, settings=settings,
                          seed=4)  # kept in front past the context, and guided, as style=1
     assert np.array_equal(given[0], in_primer[0])
+
+
+def test_a_generation_says_how_long_its_primer_is(make_tiny_model):
+    model = make_tiny_model(styles=["a", "b"])
+    primer = [START_ID, 60, 300, 188]
+    for given, style, expected in [(primer, None, 4), (primer, 1, 5), (None, 0, 2),
+                                   ([START_ID, style_id(1), 60], None, 3)]:
+        made = generate_pieces(model, given, max_new_tokens=3, seed=0, style=style)
+        assert made.primer_len == expected
+        assert all(row[:expected].tolist()[0] == START_ID for row in made.rows)
