@@ -361,7 +361,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, "cpu")
     path = export_onnx(model, out)
     print(f"wrote {path}, {out / 'config.json'} and {out / 'vocab.json'} (ONNX opset {OPSET}, "
-          f"Optimum decoder layout, {model.config.short()}, {model.config.attention} attention)")
+          f"Optimum decoder layout, {model.config.short()})")
     return 0
 
 
