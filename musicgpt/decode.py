@@ -74,27 +74,33 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
     # a cache no longer than the piece can get: short pieces never hold a full-context buffer
     capacity = min(block_size, window.size(1) + max_new_tokens)
-    positions = torch.arange(capacity, device=history.device)
     sequence = _Sequence(history, model.config.vocab_size, restate)
     cache = model.new_cache(history.size(0), capacity)
-    step = fast_step_for(model) if fast and not static_shapes else None
+    step = (fast_step_for(model) if fast and not static_shapes else None) or _eager_step(
+        model, capacity, static_shapes)
     if window.size(1) < history.size(1):
         window = sequence.window(front, keep, block_size)
     logits, pos = _prefill(model, window, cache), window.size(1)
     for i in range(max_new_tokens):
-        if i > 0 and pos < capacity and step is not None:  # one step at position pos
+        if i > 0 and pos < capacity:  # one step at position pos
             logits, pos = step(sequence.last, pos, cache), pos + 1
-        elif i > 0 and pos < capacity:
-            attend = None if static_shapes else pos + 1
-            logits = model(sequence.last[:, None], positions[pos : pos + 1], attend,
-                           cache)[:, -1]
-            pos += 1
         elif i > 0:  # the context is full: slide
             window = sequence.window(front, keep, block_size)
             logits, pos = _prefill(model, window, cache), window.size(1)
         token = draw(logits)
         sequence.append(token)
         yield token
+
+
+def _eager_step(model: GPT, capacity: int, static_shapes: bool):
+    """`GPT.forward` as a step, (B,) token at an int position -> (B, V) logits: the reference
+    path, and the one for GPUs (static shapes attend over the whole buffer)."""
+    positions = torch.arange(capacity, device=model.device)
+
+    def step(token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        attend = None if static_shapes else pos + 1
+        return model(token[:, None], positions[pos : pos + 1], attend, cache)[:, -1]
+    return step
 
 
 class _Sequence:
