@@ -50,7 +50,7 @@ def load_sampler(path: str, dtype: str):
     Attention arcs always come from the float32 model (`load_model`).
     """
     model = load_model(path)
-    device = model.wte.weight.device
+    device = model.device
     if sampling_dtype(dtype, device) == "float32":
         return model
     return load_sampling_model(path, device, dtype)
@@ -220,7 +220,7 @@ def run_generation(path: str, primer: np.ndarray | None, opts: dict,
                                num_samples=int(opts["num_samples"]),
                                settings=sampling_settings(opts), seed=int(opts["seed"]),
                                progress=progress, style=opts["style"])
-    primer_len = studio.generated_primer_len(primer, opts["style"])
+    primer_len = made.primer_len
     bar.progress(1.0, text="Rendering audio...")
     results = [dict(render(studio.ids_to_piece(row, primer_len),
                            continuation_to_midi_bytes(row, primer_len, source)),

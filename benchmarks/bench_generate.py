@@ -11,6 +11,7 @@ check meaningless).
 
     python benchmarks/bench_generate.py                      # full run (1024 new tokens)
     python benchmarks/bench_generate.py --new-tokens 256 --repeats 2 --threads 1
+    python benchmarks/bench_generate.py --engine --threads 1  # old (eager) vs new (fast) path
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from common import (
     reset_peak_memory,
     side_peak_memory,
 )
+from engine_table import print_engine_table
 
 from musicgpt.assets import default_model_dir
 from musicgpt.checkpoint import has_weights
@@ -148,6 +150,10 @@ def main() -> None:
                         help="preprocessed tokens with a val split (load_split); without it "
                              "the NLL check is skipped")
     parser.add_argument("--nll-windows", type=int, default=32)
+    parser.add_argument("--engine", action="store_true",
+                        help="only the old-vs-new decode path table on --checkpoint "
+                             "(engine_table.py; needs no transformers)")
+    parser.add_argument("--logit-tokens", type=int, default=512)
     add_side_arguments(parser, "float32")
     args = parser.parse_args()
     if args.threads:
@@ -155,6 +161,11 @@ def main() -> None:
     torch.set_grad_enabled(False)
     if args.memory:
         return memory_child(args)
+    if args.engine:
+        print(f"machine: {machine()}; load average {load_average()}; checkpoint "
+              f"{args.checkpoint}; {args.new_tokens} new tokens per row, one thread, "
+              f"median of {args.repeats} after a warm-up")
+        return print_engine_table(args)
 
     print(f"machine: {machine()}; load average {load_average()}")
     print(f"config: {BENCH_CONFIG.short()}, vocab {BENCH_CONFIG.vocab_size}; "

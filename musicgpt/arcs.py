@@ -48,18 +48,17 @@ def attention_maps(model: torch.nn.Module, ids) -> tuple[np.ndarray, int]:
     """Per-layer, per-head attention over the last (up to block_size) tokens.
 
     Returns (weights, offset): weights (n_layer, n_head, T, T) float32, rows = queries, where
-    token t of the window is ids[offset + t]. One uncached forward; the model's cache is left off.
+    token t of the window is ids[offset + t]. One uncached forward.
     """
     ids = np.asarray(ids, dtype=np.int64)
     offset = max(0, len(ids) - model.config.block_size)
-    window = torch.as_tensor(ids[offset:], device=model.wte.weight.device).unsqueeze(0)
+    window = torch.as_tensor(ids[offset:], device=model.device).unsqueeze(0)
     collected: list[torch.Tensor] = []
 
     def _hook(module, args, kwargs):
         x = args[0] if args else kwargs["x"]
         collected.append(module.attention_weights(x)[0].float().cpu())
 
-    model.clear_cache()
     handles = [block.attn.register_forward_pre_hook(_hook, with_kwargs=True)
                for block in model.blocks]
     try:

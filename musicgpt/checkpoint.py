@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from .checkpoint_paths import checkpoint_dir, has_training_state, has_weights  # noqa: F401 (re-exported)
 from .config import Config, loads_json
 from .files import make_readable, remove, writing
 from .model import GPT
@@ -77,26 +78,6 @@ def _swap_in(tmp: Path, out_dir: Path, old: Path) -> None:
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """`path`, or `path.old` when a save was cut off between its two renames."""
-    path = Path(path)
-    old = path.with_name(path.name + ".old")
-    if not (path / "config.json").is_file() and (old / "config.json").is_file():
-        return old
-    return path
-
-
-def has_weights(path: str | Path) -> bool:
-    """Whether `path` (or the `.old` a cut-off save left) holds a config and weights to load."""
-    folder = checkpoint_dir(path)
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def has_training_state(path: str | Path) -> bool:
-    """Whether `path` (or its `.old`) holds a training state that `--resume` can continue from."""
-    return (checkpoint_dir(path) / "state.json").is_file()
 
 
 class CheckpointError(ValueError):

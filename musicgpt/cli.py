@@ -166,7 +166,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 def _generate(args: argparse.Namespace) -> int:
     from .events import ids_to_seconds
-    from .pipeline import continuation_to_midi_bytes, generated_primer_len
+    from .pipeline import continuation_to_midi_bytes
     from .sampling import generate_pieces
     from .vocab import is_note_on
 
@@ -184,14 +184,14 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device,
+                           model.device,
                            guided=style is not None and settings.style_guidance > 0)
     paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.primer,))
     with _music_bar(args.seconds, args.no_progress) as report:
         made = generate_pieces(model, primer, max_new_tokens=args.max_tokens,
                                max_seconds=args.seconds, num_samples=args.num_samples,
                                settings=settings, seed=seed, progress=report, style=style)
-    primer_len = generated_primer_len(primer, style)
+    primer_len = made.primer_len
     for path, row, stop in zip(paths, made.rows, made.stops, strict=True):
         midi = continuation_to_midi_bytes(row, primer_len, source, args.bpm)
         written = outputs.write_piece(midi, path, wav)
@@ -236,7 +236,7 @@ def _infill(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.device, args.dtype)
     settings = _sampling_settings(args, model.config)
     checks.sampling_memory(args.num_samples * settings.candidates, model.config,
-                           model.wte.weight.device,
+                           model.device,
                            guided=args.style is not None and settings.style_guidance > 0)
     paths = checks.out_midi_files("--out", _output_paths(out, args.num_samples), (args.midi,))
     try:
@@ -304,7 +304,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     checks.at_least("--batch-size", args.batch_size)
     checks.at_least("--stride", args.stride)
     model = _load_model(args.checkpoint, args.device)
-    checks.forward_memory("--batch-size", args.batch_size, model.config, model.wte.weight.device)
+    checks.forward_memory("--batch-size", args.batch_size, model.config, model.device)
     from tqdm import tqdm
 
     bar = tqdm(unit="window", disable=args.no_progress or args.json)
@@ -333,6 +333,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        return _export_onnx(args)
+    if args.hf is None:
+        raise UserError("give --hf DIR (a Hugging Face GPT-2 folder) or --onnx DIR")
     from .hf_export import NotGPT2Error, export_hf
 
     out = checks.out_folder("--hf", args.hf)
@@ -346,6 +350,18 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} (GPT2LMHeadModel, "
           f"{model.config.short()}); load with transformers.GPT2LMHeadModel.from_pretrained"
           f"({str(out)!r})")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import OPSET, export_onnx
+
+    out = checks.out_folder("--onnx", args.onnx)
+    checks.not_a_checkpoint("--onnx", out, "give a new folder for the ONNX copy")
+    model = _load_model(args.checkpoint, "cpu")
+    path = export_onnx(model, out)
+    print(f"wrote {path}, {out / 'config.json'} and {out / 'vocab.json'} (ONNX opset {OPSET}, "
+          f"Optimum decoder layout, {model.config.short()})")
     return 0
 
 
@@ -458,11 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
-        "export", help="write a checkpoint as a Hugging Face GPT-2 folder",
+        "export", help="write a checkpoint as a Hugging Face GPT-2 folder or an ONNX decoder",
         description="Write an absolute-attention checkpoint as a transformers GPT2LMHeadModel "
                     "folder (config.json + model.safetensors): the same model, logits equal. "
                     "Relative-attention checkpoints are not expressible as GPT-2.")
-    export.add_argument("--hf", required=True, help="output folder")
+    export.add_argument("--hf", help="output folder for a Hugging Face GPT-2 copy")
+    export.add_argument("--onnx", help="output folder for an ONNX decoder (model.onnx in "
+                                       "Optimum's layout, config.json, vocab.json); absolute "
+                                       "or relative attention")
     export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     export.set_defaults(run=_export)
     return parser

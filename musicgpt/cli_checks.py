@@ -131,7 +131,7 @@ def out_folder(flag: str, value: str) -> Path:
 
 def not_a_checkpoint(flag: str, path: Path, hint: str) -> None:
     """Refuse a checkpoint folder where another kind of folder belongs."""
-    from .checkpoint import has_weights
+    from .checkpoint_paths import has_weights
 
     require(not (path / "config.json").is_file() or not has_weights(path),
             f"{flag} {path} is a checkpoint folder; {hint}")
@@ -149,9 +149,9 @@ def device(name: str):
 
 def sampling_memory(num_samples: int, config, torch_device, guided: bool = False) -> None:
     """Refuse a batch whose KV cache, logits and attention scores cannot fit in the memory this
-    process can get; style guidance decodes every row twice, on a copy of the model."""
+    process can get; style guidance decodes every row twice (two caches, one set of weights)."""
     per_sample = _sampling_bytes_per_sample(config) * (2 if guided else 1)
-    need = num_samples * per_sample + (4 * config.approx_params() if guided else 0)
+    need = num_samples * per_sample
     free = free_memory(torch_device)
     require(free is None or need <= free,
             f"--num-samples {num_samples:,} would need about {_size(need)} of memory "

@@ -84,8 +84,9 @@ def find_midi_files(midi_dir: str | Path) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        found += [Path(folder) / n for n in names if Path(n).suffix.lower() in MIDI_SUFFIXES]
-    return sorted(p for p in found if p.is_file())
+        found += [os.path.join(folder, n) for n in names
+                  if os.path.splitext(n)[1].lower() in MIDI_SUFFIXES]
+    return sorted(Path(p) for p in found if os.path.isfile(p))  # Path order: by parts
 
 
 def has_token_cache(out_dir: str | Path) -> bool:

@@ -5,12 +5,13 @@ logits to a `draw` function and never looks at what the tokens mean (restate.py 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
+from .engine import fast_step_for
+from .layers import KVCache
 from .model import GPT
 from .restate import SoundingTracker, restatements
 
@@ -19,17 +20,16 @@ if TYPE_CHECKING:
 
 
 def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
-           settings: SamplingSettings, static: bool = False):
+           settings: SamplingSettings, static: bool = False, fast: bool = True):
     """(a draw for the styled decode that mixes in the unstyled logits, the unstyled decode):
     logits = unstyled + (1 + settings.style_guidance) * (styled - unstyled).
 
-    The unstyled decode runs over `plain` (the styled history without its style token) on a copy
-    of the model (its own KV cache), in lockstep: each styled draw first advances it one step
-    for its logits, draws the token from both, and writes that token into the buffer the
-    unstyled decode just yielded, which that decode feeds back at its next step. Past the
-    context each decode slides its own window.
+    The unstyled decode runs over `plain` (the styled history without its style token) on the
+    same weights with its own KV cache (a value of its decode loop, so no copy), in lockstep:
+    each styled draw first advances it one step for its logits, draws the token from both, and
+    writes that token into the buffer the unstyled decode just yielded, which that decode feeds
+    back at its next step. Past the context each decode slides its own window.
     """
-    twin = copy.deepcopy(model)
     mailbox: dict[str, torch.Tensor] = {}
     weight = 1.0 + settings.style_guidance
 
@@ -38,7 +38,8 @@ def guided(model: GPT, plain: torch.Tensor, budget: int, draw,
         mailbox["token"] = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return mailbox["token"]
 
-    unstyled = decode_steps(twin, plain, budget, hold, static, restate=settings.restate_sounding)
+    unstyled = decode_steps(model, plain, budget, hold, static, restate=settings.restate_sounding,
+                            fast=fast)
 
     def guided_draw(logits: torch.Tensor) -> torch.Tensor:
         next(unstyled)
@@ -54,7 +55,7 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
                  draw: Callable[[torch.Tensor], torch.Tensor],
                  static_shapes: bool = False,
                  keep_front: torch.Tensor | None = None,
-                 restate: bool = False) -> Iterator[torch.Tensor]:
+                 restate: bool = False, fast: bool = True) -> Iterator[torch.Tensor]:
     """Prefill `history` (B, T), then yield up to `max_new_tokens` (B,) tokens from `draw`.
 
     `draw` turns (B, V) logits into (B,) ids. Past the context the most recent 3/4 of it is
@@ -62,7 +63,10 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     `keep_front` (B, k) tokens, a style token say, go in front of every re-prefilled window, as
     training windows that start mid-piece carry them. With `restate`, the notes still sounding
     where the kept tokens start are restated after the front (restate.py), so the model sees
-    every note it may have to release. The cache lives for the iteration only.
+    every note it may have to release. The KV cache is this loop's own value, alive for the
+    iteration only, so decodes on one model never share state. With `fast` (the default) each
+    step runs `engine.FastStep` where the model allows it (CPU, fp32 or int8 weights, eval mode,
+    no static shapes); `fast=False` keeps every step on `GPT.forward`, the reference.
     """
     block_size = model.config.block_size
     front = history[:, :0] if keep_front is None else keep_front
@@ -70,26 +74,33 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
     # a cache no longer than the piece can get: short pieces never hold a full-context buffer
     capacity = min(block_size, window.size(1) + max_new_tokens)
-    positions = torch.arange(capacity, device=history.device)
     sequence = _Sequence(history, model.config.vocab_size, restate)
-    model.setup_cache(history.size(0), capacity)
-    try:
-        if window.size(1) < history.size(1):
+    cache = model.new_cache(history.size(0), capacity)
+    step = (fast_step_for(model) if fast and not static_shapes else None) or _eager_step(
+        model, capacity, static_shapes)
+    if window.size(1) < history.size(1):
+        window = sequence.window(front, keep, block_size)
+    logits, pos = _prefill(model, window, cache), window.size(1)
+    for i in range(max_new_tokens):
+        if i > 0 and pos < capacity:  # one step at position pos
+            logits, pos = step(sequence.last, pos, cache), pos + 1
+        elif i > 0:  # the context is full: slide
             window = sequence.window(front, keep, block_size)
-        logits, pos = _prefill(model, window), window.size(1)
-        for i in range(max_new_tokens):
-            if i > 0 and pos < capacity:  # one step at position pos
-                attend = None if static_shapes else pos + 1
-                logits = model(sequence.last[:, None], positions[pos : pos + 1], attend)[:, -1]
-                pos += 1
-            elif i > 0:  # the context is full: slide
-                window = sequence.window(front, keep, block_size)
-                logits, pos = _prefill(model, window), window.size(1)
-            token = draw(logits)
-            sequence.append(token)
-            yield token
-    finally:
-        model.clear_cache()
+            logits, pos = _prefill(model, window, cache), window.size(1)
+        token = draw(logits)
+        sequence.append(token)
+        yield token
+
+
+def _eager_step(model: GPT, capacity: int, static_shapes: bool):
+    """`GPT.forward` as a step, (B,) token at an int position -> (B, V) logits: the reference
+    path, and the one for GPUs (static shapes attend over the whole buffer)."""
+    positions = torch.arange(capacity, device=model.device)
+
+    def step(token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        attend = None if static_shapes else pos + 1
+        return model(token[:, None], positions[pos : pos + 1], attend, cache)[:, -1]
+    return step
 
 
 class _Sequence:
@@ -120,7 +131,7 @@ class _Sequence:
         return torch.cat([front, torch.from_numpy(said).to(recent.device), recent], 1)
 
 
-def _prefill(model: GPT, window: torch.Tensor) -> torch.Tensor:
-    """Fill the cache with `window` (B, T) from position 0; logits (B, V) for what follows."""
+def _prefill(model: GPT, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Fill `cache` with `window` (B, T) from position 0; logits (B, V) for what follows."""
     positions = torch.arange(window.size(1), device=window.device)
-    return model(window, positions, attend_len=window.size(1))[:, -1]
+    return model(window, positions, attend_len=window.size(1), cache=cache)[:, -1]

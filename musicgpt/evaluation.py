@@ -73,7 +73,7 @@ def score_pieces(model: GPT, pieces: Sequence[np.ndarray], *, batch_size: int = 
     block_size = model.config.block_size
     windows = [w for i, p in enumerate(pieces) for w in plan_windows(len(p), block_size, stride, i)]
     windows.sort(key=lambda w: w.length, reverse=True)
-    device = model.wte.weight.device
+    device = model.device
     totals = np.zeros(len(pieces), dtype=np.float64)
     was_training = model.training
     model.eval()
@@ -100,7 +100,7 @@ def token_nll(model: GPT, ids, stride: int | None = None) -> np.ndarray:
     block_size - stride tokens of context)."""
     ids = np.asarray(ids, dtype=np.int64)
     out = np.full(len(ids), np.nan)
-    device = model.wte.weight.device
+    device = model.device
     was_training = model.training
     model.eval()
     try:

@@ -328,7 +328,7 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     n_rows = num_samples * settings.candidates
     state = MiddleState(cut, n_rows, config.vocab_size, budget, settings, seed,
                         note_limit_around(piece, t1, t2, settings))
-    device = model.wte.weight.device
+    device = model.device
     history = torch.tensor(prompt, device=device).repeat(n_rows, 1)
     drawn: list[np.ndarray] = []
     n_tokens = min(budget, config.block_size - len(prompt))

@@ -15,12 +15,18 @@ import torch.nn.functional as F
 from .config import Config
 
 
+def init_normal(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """`tensor` filled from N(0, std) in place; a meta tensor (shapes only) is left as is, since
+    random init on the meta device goes through slow reference kernels (~1.5 s per model)."""
+    return tensor if tensor.is_meta else tensor.normal_(0.0, std)
+
+
 class Linear(nn.Module):
     """y = x @ W + b with W stored (in, out): ~20% faster than nn.Linear for batch-1 CPU decode."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0.0, 0.02))
+        self.weight = nn.Parameter(init_normal(torch.empty(n_in, n_out), 0.02))
         self.bias = nn.Parameter(torch.zeros(n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -28,15 +34,13 @@ class Linear(nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-class KVCache(nn.Module):
-    """Key/value buffers (B, H, max_len, D) filled in place at explicit positions."""
+class LayerKV:
+    """One layer's key/value buffers (B, H, max_len, D), filled in place at explicit positions."""
 
-    def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        super().__init__()
-        shape = (batch_size, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype,
+                 device: torch.device):
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k.index_copy_(2, input_pos, k)
@@ -44,11 +48,25 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+class KVCache:
+    """A generation's KV cache: a value the decode loop owns and passes to each forward.
+
+    The model holds only weights, so one loaded model serves any number of concurrent decodes,
+    each with its own cache (`GPT.new_cache`), and another runtime can take the same buffers.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.layers = [LayerKV(shape, dtype, device) for _ in range(n_layer)]
+        self.batch_size, self.max_len = batch_size, max_len
+
+
 class CausalSelfAttention(nn.Module):
     """GPT-2 attention through the fused SDPA kernel; the base that relative attention extends.
 
-    Holds its layer's KV cache (set by `GPT.setup_cache`), so one forward serves training,
-    prefill and decode steps.
+    Holds weights only; a forward given its layer's `LayerKV` (from the caller's `KVCache`) writes
+    there and attends over it, so one forward serves training, prefill and decode steps.
     """
 
     def __init__(self, config: Config):
@@ -56,7 +74,6 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = Linear(config.n_embd, config.n_embd)
-        self.kv_cache: KVCache | None = None
 
     def qkv(self, x: torch.Tensor):
         """(B, T, C) -> q, k, v each (B, H, T, D); also used by arcs.py for the weights."""
@@ -75,14 +92,14 @@ class CausalSelfAttention(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return scores.masked_fill(~causal, -math.inf).softmax(-1)
 
-    def forward(self, x, input_pos=None, mask=None, attend_len=None):
+    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None):
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
-        if self.kv_cache is None or input_pos is None:  # uncached pass, even with a cache set
+        if kv is None or input_pos is None:  # uncached pass
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            k, v = self.kv_cache.update(input_pos, k, v)
+            k, v = kv.update(input_pos, k, v)
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

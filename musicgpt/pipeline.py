@@ -29,7 +29,6 @@ from .midi_io import (
 )
 from .vocab import (
     START_ID,
-    is_style,
     quantise_seconds,
     seconds_to_steps,
     shift_steps,
@@ -169,15 +168,6 @@ def ids_to_midi_file(ids, path: str | Path, bpm: float = 120.0) -> Path:
 def ids_to_midi_bytes(ids, bpm: float = 120.0) -> bytes:
     """The piano `.mid` any id sequence decodes to, as bytes."""
     return arrays_to_midi_bytes(ids_to_arrays(ids), bpm=bpm)
-
-
-def generated_primer_len(primer, style: int | None) -> int:
-    """How many leading ids of a row `generate` returns are the primer: START, the style token
-    (`generate` puts it after START and drops the primer's own), and the primer's events."""
-    body = [int(t) for t in (primer if primer is not None else []) if int(t) != START_ID]
-    if style is not None:
-        body = [t for t in body if not is_style(t)]
-    return 1 + (style is not None) + len(body)
 
 
 def _notes_between(ids, first: int, stop: int) -> NoteArrays:

@@ -1,6 +1,6 @@
 """Relative-position self-attention (Shaw et al. 2018) with Music Transformer's skewing.
 
-A subclass of `layers.CausalSelfAttention` (same projections, `qkv` and `kv_cache`; its own
+A subclass of `layers.CausalSelfAttention` (same projections and `qkv`; its own
 `forward` and `attention_weights`), chosen by `Config.attention == "relative"` through
 `model.ATTENTION`. Nothing about MIDI or sampling; imports torch and layers.py only.
 
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .layers import CausalSelfAttention
+from .layers import CausalSelfAttention, LayerKV, init_normal
 
 
 def skew(rel: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ class RelativeSelfAttention(CausalSelfAttention):
     def __init__(self, config: Config):
         super().__init__(config)
         # rel_emb[r] is the embedding of distance r = query position - key position
-        rel_emb = torch.empty(config.block_size, config.head_dim).normal_(0.0, 0.02)
+        rel_emb = init_normal(torch.empty(config.block_size, config.head_dim), 0.02)
         self.rel_emb = nn.Parameter(rel_emb)
 
     def _relative(self, q_scaled: torch.Tensor, input_pos: torch.Tensor | None,
@@ -118,16 +118,16 @@ class RelativeSelfAttention(CausalSelfAttention):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return self._scores(q, k, self._relative(q, None, T), causal).softmax(-1)
 
-    def forward(self, x, input_pos=None, mask=None, attend_len=None):
+    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None):
         """Same contract as CausalSelfAttention.forward; `mask` (T, cache_len) bool or None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         q = q * (1.0 / math.sqrt(self.head_dim))  # scaling (T, D) is cheaper than (T, n_keys)
-        cached = self.kv_cache is not None and input_pos is not None  # no positions: uncached
+        cached = kv is not None and input_pos is not None  # no positions: uncached
         if not cached:
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         else:
-            k, v = self.kv_cache.update(input_pos, k, v)
+            k, v = kv.update(input_pos, k, v)
             if attend_len is not None:
                 k, v = k[:, :, :attend_len], v[:, :, :attend_len]
                 mask = None if mask is None else mask[..., :attend_len]

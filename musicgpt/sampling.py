@@ -364,10 +364,12 @@ class Stop:
 
 @dataclass(frozen=True)
 class Generation:
-    """What `generate_pieces` made: per row, its ids (primer + new) and why it stopped."""
+    """What `generate_pieces` made: per row, its ids (primer + new) and why it stopped; and
+    how many ids of each row came before the new ones (START, a style token, the primer)."""
 
     rows: list[np.ndarray]
     stops: list[Stop]
+    primer_len: int = 0
 
 
 def generate(model: GPT, primer: list[int] | np.ndarray | None = None,
@@ -388,7 +390,7 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
                     num_samples: int = 1, settings: SamplingSettings = SamplingSettings(),
                     seed: int | None = None, progress: ProgressFn | None = None,
                     static_shapes: bool | None = None, style: int | None = None,
-                    threads: int | None = None) -> Generation:
+                    threads: int | None = None, fast: bool = True) -> Generation:
     """Continue `primer` (ids, START prepended if missing) into `num_samples` pieces at once.
 
     `style` (a STYLE slot of the model's config, see `Config.style_slot`) puts that style token
@@ -400,6 +402,8 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
     `threads` torch threads decode (default: `sampling_threads`); the caller's count is restored.
+    `fast` (default) decodes each step with `engine.FastStep` on a CPU; False keeps every step
+    on `GPT.forward` (the reference the fast path is tested and benchmarked against).
     Samples from `model` as given: for int8 weights (1.3-2x faster on CPU, NLL within 0.01%; see
     quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
@@ -413,10 +417,10 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         draw, unstyled = rows.draw, None
         if n_front and settings.style_guidance > 0:
             plain = torch.cat([history[:, :1], history[:, 1 + n_front :]], 1)
-            draw, unstyled = guided(model, plain, budget, rows.draw, settings, static)
+            draw, unstyled = guided(model, plain, budget, rows.draw, settings, static, fast)
         steps = decode_steps(model, history, budget, draw, static,
                              keep_front=history[:, 1 : 1 + n_front],
-                             restate=settings.restate_sounding)
+                             restate=settings.restate_sounding, fast=fast)
         try:
             generated = _run(steps, rows, history,
                              _progress_seconds(progress, rows, max_seconds))
@@ -431,7 +435,7 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         chosen = choose_pieces(pieces, settings.candidates, int(shift_steps(start).sum()),
                                max_seconds)
         pieces, stops = [pieces[i] for i in chosen], [stops[i] for i in chosen]
-    return Generation(pieces, stops)
+    return Generation(pieces, stops, len(start))
 
 
 def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[torch.Tensor, int]:
@@ -443,7 +447,7 @@ def _start(model: GPT, primer, num_samples: int, style: int | None) -> tuple[tor
         style, primer_ids = primer_ids[0] - style_id(0), primer_ids[1:]
     front = [] if style is None else [style_token(model.config, style)]
     primer_ids = [START_ID, *front, *(t for t in primer_ids if not is_style(t) or not front)]
-    history = torch.tensor(primer_ids, device=model.wte.weight.device).repeat(num_samples, 1)
+    history = torch.tensor(primer_ids, device=model.device).repeat(num_samples, 1)
     return history, len(front)
 
 

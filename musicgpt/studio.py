@@ -29,7 +29,7 @@ from .events import (
 )
 from .infilling import InfillError, check_span
 from .midi_io import MidiReadError, midi_bytes_to_arrays
-from .pipeline import generated_primer_len, ids_to_midi_bytes, midi_bytes_to_ids  # noqa: F401
+from .pipeline import ids_to_midi_bytes, midi_bytes_to_ids  # noqa: F401
 from .vocab import END_ID, START_ID, seconds_to_steps, steps_to_seconds
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024

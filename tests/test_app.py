@@ -313,13 +313,6 @@ def test_span_piece_marks_the_notes_inside_the_span_as_new():
     assert piece.is_primer.tolist() == [True, False, False, True, True]
 
 
-def test_generated_primer_len_counts_start_and_style():
-    primer = np.array([START_ID, 60, 300, 188])
-    assert studio.generated_primer_len(primer, None) == 4
-    assert studio.generated_primer_len(primer, 1) == 5
-    assert studio.generated_primer_len(None, 0) == 2
-
-
 # --- the page: regenerate a span, styles ---------------------------------------------------------
 
 def _note_set(ids, keep) -> set[tuple[int, int, int]]:

@@ -41,3 +41,16 @@ def test_bench_threads_reports_both_policies_idle_and_loaded(tiny_checkpoint, tm
     for r in rows:
         assert r["idle_ms"] > 0 and r["slowdown"] == r["loaded_ms"] / r["idle_ms"]
         assert f"| {r['batch']} | {r['policy']} | {r['threads']} |" in done.stdout
+
+
+def test_bench_generate_engine_prints_old_vs_new_in_one_run(tiny_checkpoint):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_generate.py"),
+                           "--engine", "--checkpoint", str(tiny_checkpoint), "--new-tokens", "20",
+                           "--repeats", "1", "--batch-sizes", "1", "2", "--logit-tokens", "30",
+                           "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| int8 |")]
+    assert len(rows) == 3  # batches 1 and 2, and batch 1 with 3 candidates
+    assert "512-token primer to first new token" in done.stdout
+    difference = float(done.stdout.split("eager vs fast over 30 steps: ")[1].split()[0])
+    assert difference < 1e-4

@@ -466,3 +466,21 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     (root / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
     found = [p.relative_to(root).as_posix() for p in find_midi_files(root)]
     assert found == ["a.mid", "linked/x.mid"]
+
+
+@pytest.mark.parametrize("argv", [["preprocess", "--midi-dir", "{midi}", "--out", "{out}"],
+                                  ["preprocess", "--help"], ["generate", "--help"]],
+                         ids=["preprocess", "preprocess_help", "generate_help"])
+def test_commands_that_need_no_model_leave_torch_out(tmp_path, argv):
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    write_midi(midi / "a.mid", [(60, 80, 0.0, 0.5), (64, 80, 0.5, 1.0)])
+    args = [a.format(midi=midi, out=tmp_path / "out") for a in argv] + ["--no-progress"] * (
+        "--help" not in argv)
+    code = ("import sys; from musicgpt.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    for _ in range(2 if "--help" not in argv else 1):  # a first run and a rerun on the cache
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr or "torch was imported"

@@ -50,14 +50,13 @@ def test_cached_decoding_matches_full_forward_at_every_position(tiny_model, atte
     ids = _ids(3, 40)
     with torch.no_grad():
         full = model(ids)  # (B, T, V)
-        model.setup_cache(3, model.config.block_size)
+        cache = model.new_cache(3, model.config.block_size)
         prefill = 7
         steps = [model(ids[:, :prefill], torch.arange(prefill),
-                       attend_len=prefill if attend else None)]
+                       attend_len=prefill if attend else None, cache=cache)]
         for pos in range(prefill, ids.size(1)):
             steps.append(model(ids[:, pos : pos + 1], torch.tensor([pos]),
-                               attend_len=pos + 1 if attend else None))
-        model.clear_cache()
+                               attend_len=pos + 1 if attend else None, cache=cache))
     cached = torch.cat(steps, dim=1)
     assert cached.shape == full.shape
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
@@ -68,28 +67,25 @@ def test_chunked_prefill_matches_full_forward(tiny_model):
     ids = _ids(2, 30)
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(2, 48)  # a cache shorter than block_size is allowed
-        first = model(ids[:, :12], torch.arange(12), attend_len=12)
-        second = model(ids[:, 12:], torch.arange(12, 30), attend_len=30)
-        model.clear_cache()
+        cache = model.new_cache(2, 48)  # a cache shorter than block_size is allowed
+        first = model(ids[:, :12], torch.arange(12), attend_len=12, cache=cache)
+        second = model(ids[:, 12:], torch.arange(12, 30), attend_len=30, cache=cache)
     torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-4, rtol=0)
 
 
 def test_cache_is_preallocated_and_written_in_place(tiny_model):
     model = tiny_model
-    model.setup_cache(2, 16)
-    buffers = [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
-               for b in model.blocks]
+    cache = model.new_cache(2, 16)
+    buffers = [(kv.k.data_ptr(), kv.v.data_ptr()) for kv in cache.layers]
     with torch.no_grad():
-        model(_ids(2, 5), torch.arange(5), attend_len=5)
-        model(_ids(2, 1), torch.tensor([5]), attend_len=6)
-    assert [(b.attn.kv_cache.k.data_ptr(), b.attn.kv_cache.v.data_ptr())
-            for b in model.blocks] == buffers
-    assert model.blocks[0].attn.kv_cache.k.shape == (2, 2, 16, 16)  # (B, H, max_len, D)
-    assert model.cache_len == 16  # kept by the GPT, not read off a layer's buffer
-    assert model.blocks[0].attn.kv_cache.k[:, :, 6:].abs().sum() == 0
-    model.clear_cache()
-    assert all(b.attn.kv_cache is None for b in model.blocks) and model.cache_len == 0
+        model(_ids(2, 5), torch.arange(5), attend_len=5, cache=cache)
+        model(_ids(2, 1), torch.tensor([5]), attend_len=6, cache=cache)
+    assert [(kv.k.data_ptr(), kv.v.data_ptr()) for kv in cache.layers] == buffers
+    assert len(cache.layers) == model.config.n_layer
+    assert cache.layers[0].k.shape == (2, 2, 16, 16)  # (B, H, max_len, D)
+    assert cache.max_len == 16 and cache.batch_size == 2
+    assert cache.layers[0].k[:, :, 6:].abs().sum() == 0
+    assert not any("cache" in name for name, _ in model.named_buffers())  # weights only
 
 
 def test_bad_lengths_and_missing_cache_are_refused(tiny_model):
@@ -97,8 +93,8 @@ def test_bad_lengths_and_missing_cache_are_refused(tiny_model):
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(_ids(1, 65))
     with pytest.raises(ValueError, match="exceeds block_size"):
-        model.setup_cache(1, 65)
-    with pytest.raises(ValueError, match="setup_cache"):
+        model.new_cache(1, 65)
+    with pytest.raises(ValueError, match="new_cache"):
         model(_ids(1, 3), torch.arange(3))
 
 

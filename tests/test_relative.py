@@ -112,16 +112,13 @@ def test_absolute_attention_weights_still_reproduce_output(make_tiny_model):
 def _decode_like_sampler(model, ids, prefill_len, attend):
     """Logits (B, T, V) the way sampling.generate gets them: prefill, then one token per step."""
     B, T = ids.shape
-    model.setup_cache(B, model.config.block_size)
-    try:
-        positions = torch.arange(prefill_len)
-        steps = [model(ids[:, :prefill_len], positions,
-                       attend_len=prefill_len if attend else None)]
-        for pos in range(prefill_len, T):
-            steps.append(model(ids[:, pos : pos + 1], torch.tensor([pos]),
-                               attend_len=pos + 1 if attend else None))
-    finally:
-        model.clear_cache()
+    cache = model.new_cache(B, model.config.block_size)
+    positions = torch.arange(prefill_len)
+    steps = [model(ids[:, :prefill_len], positions,
+                   attend_len=prefill_len if attend else None, cache=cache)]
+    for pos in range(prefill_len, T):
+        steps.append(model(ids[:, pos : pos + 1], torch.tensor([pos]),
+                           attend_len=pos + 1 if attend else None, cache=cache))
     return torch.cat(steps, 1)
 
 
@@ -142,10 +139,9 @@ def test_prefill_at_later_positions_matches_full_pass(make_relative_model):
     ids = torch.randint(0, 388, (2, 30), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(2, model.config.block_size)
-        model(ids[:, :12], torch.arange(12), attend_len=12)
-        chunk = model(ids[:, 12:30], torch.arange(12, 30), attend_len=30)
-        model.clear_cache()
+        cache = model.new_cache(2, model.config.block_size)
+        model(ids[:, :12], torch.arange(12), attend_len=12, cache=cache)
+        chunk = model(ids[:, 12:30], torch.arange(12, 30), attend_len=30, cache=cache)
     torch.testing.assert_close(chunk, full[:, 12:30], atol=TOL, rtol=0)
 
 
@@ -154,18 +150,16 @@ def test_forward_without_positions_stays_causal_with_a_cache(make_relative_model
     ids = torch.randint(0, 388, (2, 20))
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(2, model.config.block_size)
-        cached = model(ids)  # no input_pos: the model fills positions 0..T-1
-        model.clear_cache()
+        cache = model.new_cache(2, model.config.block_size)
+        cached = model(ids, cache=cache)  # no input_pos: the model fills positions 0..T-1
     torch.testing.assert_close(cached, full, atol=TOL, rtol=0)
 
 
 def test_non_contiguous_positions_are_refused(make_relative_model):
     model = make_relative_model(7)
-    model.setup_cache(1, model.config.block_size)
+    cache = model.new_cache(1, model.config.block_size)
     with pytest.raises(ValueError, match="contiguous"):
-        model(torch.zeros(1, 3, dtype=torch.long), torch.tensor([0, 2, 5]))
-    model.clear_cache()
+        model(torch.zeros(1, 3, dtype=torch.long), torch.tensor([0, 2, 5]), cache=cache)
 
 
 def test_generation_runs_past_the_context(make_relative_model):

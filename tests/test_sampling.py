@@ -339,10 +339,11 @@ def test_reduced_precision_sampling_stays_close_and_leaves_the_model_alone(tiny_
         sampling_copy(model, "float8")
 
 
-def test_cache_is_released_after_generation(tiny_model):
+def test_generation_leaves_no_state_on_the_model(tiny_model):
     model = _pin_end(tiny_model)
+    before = {name for name, _ in model.named_buffers()} | set(vars(model))
     generate(model, None, max_new_tokens=3, seed=0)
-    assert all(block.attn.kv_cache is None for block in model.blocks)
+    assert {name for name, _ in model.named_buffers()} | set(vars(model)) == before
     with torch.no_grad():  # an uncached forward works again
         assert math.isfinite(float(model(torch.tensor([[START_ID]])).sum()))
 
@@ -381,10 +382,10 @@ def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(m
     seen: list = []
     real_forward = model.forward
 
-    def spy(idx, input_pos=None, attend_len=None):
+    def spy(idx, input_pos=None, attend_len=None, cache=None):
         if idx.size(1) > 1:
             seen.append(idx[0, :2].tolist())
-        return real_forward(idx, input_pos, attend_len)
+        return real_forward(idx, input_pos, attend_len, cache)
 
     model.forward = spy
     rows = generate(model, [START_ID, 60], max_new_tokens=200, seed=0, style=1)
@@ -467,3 +468,13 @@ def test_a_style_token_in_the_primer_acts_as_the_style(make_tiny_model):
     in_primer = generate(model, [START_ID, style_id(1)], max_new_tokens=150, settings=settings,
                          seed=4)  # kept in front past the context, and guided, as style=1
     assert np.array_equal(given[0], in_primer[0])
+
+
+def test_a_generation_says_how_long_its_primer_is(make_tiny_model):
+    model = make_tiny_model(styles=["a", "b"])
+    primer = [START_ID, 60, 300, 188]
+    for given, style, expected in [(primer, None, 4), (primer, 1, 5), (None, 0, 2),
+                                   ([START_ID, style_id(1), 60], None, 3)]:
+        made = generate_pieces(model, given, max_new_tokens=3, seed=0, style=style)
+        assert made.primer_len == expected
+        assert all(row[:expected].tolist()[0] == START_ID for row in made.rows)

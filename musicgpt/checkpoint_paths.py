@@ -1,0 +1,29 @@
+"""Where a checkpoint's files are, asked without loading anything: no torch, no safetensors.
+
+Commands that only need to know whether a folder is a checkpoint (`preprocess` refusing one as
+`--out`, say) import this, so they start without paying for torch. checkpoint.py re-exports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """`path`, or `path.old` when a save was cut off between its two renames."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not (path / "config.json").is_file() and (old / "config.json").is_file():
+        return old
+    return path
+
+
+def has_weights(path: str | Path) -> bool:
+    """Whether `path` (or the `.old` a cut-off save left) holds a config and weights to load."""
+    folder = checkpoint_dir(path)
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def has_training_state(path: str | Path) -> bool:
+    """Whether `path` (or its `.old`) holds a training state that `--resume` can continue from."""
+    return (checkpoint_dir(path) / "state.json").is_file()

@@ -1,0 +1,70 @@
+"""The fast decode step (engine.FastStep) computes what GPT.forward computes, step by step,
+for absolute and relative attention, fp32 and int8; the sampler uses it by default on a CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from musicgpt.engine import FastStep, fast_step_for
+from musicgpt.quantize import sampling_copy
+from musicgpt.sampling import SamplingSettings, generate, generate_pieces
+from musicgpt.vocab import START_ID
+
+
+def _steps(model, ids: torch.Tensor, prefill: int, fast: bool) -> torch.Tensor:
+    """Logits (B, T - prefill, V) for each position after a prefill, one cached step at a time."""
+    B, T = ids.shape
+    cache = model.new_cache(B, model.config.block_size)
+    step = FastStep(model)
+    out = [model(ids[:, :prefill], torch.arange(prefill), prefill, cache)[:, -1]]
+    for pos in range(prefill, T - 1):
+        if fast:
+            out.append(step(ids[:, pos], pos, cache))
+        else:
+            out.append(model(ids[:, pos : pos + 1], torch.tensor([pos]), pos + 1, cache)[:, -1])
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fast_steps_equal_the_eager_forward(make_tiny_model, attention, batch):
+    model = make_tiny_model(seed=2, attention=attention)
+    ids = torch.randint(0, 380, (batch, model.config.block_size),
+                        generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        eager, fast = _steps(model, ids, 5, False), _steps(model, ids, 5, True)
+        full = model(ids)[:, 4:-1]  # the uncached pass, the ground truth for both
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_fast_int8_steps_stay_near_the_eager_int8_forward(make_tiny_model, attention):
+    model = sampling_copy(make_tiny_model(seed=3, attention=attention), "int8")
+    ids = torch.randint(0, 380, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        eager, fast = _steps(model, ids, 8, False), _steps(model, ids, 8, True)
+    # bf16 activations into the int8 kernel: the same rounding either way, up to fp32 order
+    assert (fast - eager).abs().max() < 2e-2
+    assert torch.equal(fast.argmax(-1), eager.argmax(-1))
+
+
+def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_tiny_model):
+    model = make_tiny_model(seed=4, styles=["a", "b"])
+    guided = SamplingSettings(style_guidance=1.0)
+    for options in [dict(num_samples=3, max_new_tokens=150, seed=5),  # slides past 64
+                    dict(settings=guided, style=1, max_new_tokens=80, seed=6)]:
+        fast = generate(model, [START_ID], **options)
+        eager = generate_pieces(model, [START_ID], fast=False, **options).rows
+        assert all(np.array_equal(a, b) for a, b in zip(fast, eager, strict=True))
+
+
+def test_models_the_fast_step_cannot_serve_decode_through_forward(make_tiny_model):
+    model = make_tiny_model()
+    assert fast_step_for(model) is not None
+    assert fast_step_for(sampling_copy(model, "bfloat16")) is None
+    model.train()
+    assert fast_step_for(model) is None
+    model.eval()
+    model.forward = model.forward  # a wrapper on the instance sees every step
+    assert fast_step_for(model) is None
