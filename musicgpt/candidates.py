@@ -2,8 +2,9 @@
 
 A sampler draws one token at a time and cannot take back a piece that drifts into silence or a
 drone. Candidates are written in one batch, and the per-piece checks (piece_checks.py) tell the
-failures apart; they cost about what they write (best of 3: 2.6x the time of one piece at batch
-1 on one CPU thread, 2.2x for a span; BENCHMARKS.md).
+failures apart. They cost more than their share of rows: a batch runs until its densest
+candidate has its seconds (best of 3: 2.6-4x the time of one piece at batch 1 on one CPU
+thread, 2-2.2x for a span; BENCHMARKS.md).
 
 - generate: a candidate whose new music passes the checks, then the one with fewest flags (a late
   start and a thin stretch count), then the one holding the smallest share of its notes to the

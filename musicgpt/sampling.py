@@ -100,7 +100,7 @@ class SamplingSettings:
     release_ramp_s: float | None = 3.0
     # Write this many candidates per piece (in one batch) and keep the best (candidates.py): a
     # piece that fails the per-piece checks is kept only when every candidate does. Best of 3
-    # took pieces that fail from 8% to 0% and costs 2.6x the time at batch 1 on a CPU.
+    # took pieces that fail from 8% to 0% and costs 2.6-4x the time at batch 1 on a CPU.
     candidates: int = 1
     # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
     # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding
