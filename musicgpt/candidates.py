@@ -10,7 +10,8 @@ thread, 2-2.2x for a span; BENCHMARKS.md).
   start and a thin stretch count), then the one holding the smallest share of its notes to the
   guard (`piece_score`);
 - infill: a candidate that does not drone (a note over most of the span where the original held
-  none), then the lowest `join_nll` minus pitch-class agreement: how unlikely the model finds
+  none), then one whose notes/s are within 2x of the music around the span, then the lowest
+  `join_nll` minus pitch-class agreement: how unlikely the model finds
   the music that follows after the new middle (mean NLL of the suffix's first tokens read left
   to right), less how well the middle's pitch classes agree with the 8 s on each side (cosine,
   piece_checks.span_figures). Both spread about 0.15 between candidates of one span. Measured on
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .events import ids_to_arrays
-from .piece_checks import piece_checks, span_checks
+from .piece_checks import piece_checks, span_checks, within_2x
 from .vocab import END_ID, seconds_to_steps
 
 SUFFIX_TOKENS = 64  # suffix tokens `join_nll` scores
@@ -72,12 +73,16 @@ def join_nll(model, header: np.ndarray, prefix: np.ndarray, middle: np.ndarray,
 
 
 def middle_score(model, cut, piece: np.ndarray, middle: np.ndarray, original, t1: int,
-                 t2: int) -> tuple[int, float]:
-    """(drones, join NLL - pitch-class agreement with the context) of one infilled candidate
-    `piece` (its new `middle`) of the span [t1, t2) of `original` (notes); lower is better."""
+                 t2: int) -> tuple[int, int, float]:
+    """(drones, notes/s not within 2x of the music around, join NLL - pitch-class agreement with
+    the music around) of one infilled candidate `piece` (its new `middle`) of the span [t1, t2)
+    of `original` (notes); lower is better."""
     check = span_checks(ids_to_arrays(piece), original, t1, t2)
+    new = check["new"]
+    off_density = not within_2x(new["onsets_per_s"], new["context_onsets_per_s"])
     nll = join_nll(model, cut.header, cut.prefix, middle, cut.suffix)
-    return int(check["drone"]), (nll if np.isfinite(nll) else 0.0) - check["new"]["pc_agreement"]
+    return (int(check["drone"]), int(off_density),
+            (nll if np.isfinite(nll) else 0.0) - new["pc_agreement"])
 
 
 def choose_middles(model, cut, pieces: list[np.ndarray], middles: list[np.ndarray],

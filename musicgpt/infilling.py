@@ -103,11 +103,13 @@ def middle_budget(gap_steps: int, tokens_per_s: float = MIDDLE_TOKENS_PER_S) -> 
     return math.ceil(float(steps_to_seconds(gap_steps)) * tokens_per_s) + MIDDLE_TOKEN_MARGIN
 
 
-def local_budget(cut: Cut) -> int:
+def local_budget(cut: Cut, block_size: int) -> int:
     """The middle's budget from the music around it: `LOCAL_BUDGET_FACTOR` times the tokens per
-    second of up to `CONTEXT_S` on each side, within [MIN_MIDDLE_TOKENS_PER_S,
-    MIDDLE_TOKENS_PER_S]. Every token the middle is not given goes to the prefix and suffix the
-    model reads, so sparse music is infilled with more of its surroundings in view."""
+    second of up to `CONTEXT_S` on each side, at least MIN_MIDDLE_TOKENS_PER_S, and at most what
+    leaves the model `MIN_CONTEXT_TOKENS` of context. Every token the middle is not given goes to
+    the prefix and suffix the model reads, so sparse music is infilled with more of its
+    surroundings in view, and dense music gets the tokens it needs (at a fixed 48 per second, a
+    middle in a passage of 20 notes/s was squeezed to half its density)."""
     context = seconds_to_steps(CONTEXT_S)
     before = np.cumsum(shift_steps(cut.prefix[::-1]))  # steps back from the span's start
     after = np.cumsum(shift_steps(cut.suffix))
@@ -115,8 +117,10 @@ def local_budget(cut: Cut) -> int:
     seconds = float(steps_to_seconds(min(int(before[-1]) if len(before) else 0, context)
                                      + min(int(after[-1]) if len(after) else 0, context)))
     rate = LOCAL_BUDGET_FACTOR * tokens / seconds if seconds > 0 else MIDDLE_TOKENS_PER_S
-    return middle_budget(cut.gap_steps, min(max(rate, MIN_MIDDLE_TOKENS_PER_S),
-                                            MIDDLE_TOKENS_PER_S))
+    room = (block_size - len(cut.header) - len(gap_to_shift_ids(cut.gap_steps))
+            - MIN_CONTEXT_TOKENS - 4)
+    # check_span made sure the room holds at least MIDDLE_TOKENS_PER_S for the span
+    return min(middle_budget(cut.gap_steps, max(rate, MIN_MIDDLE_TOKENS_PER_S)), room)
 
 
 def check_span(ids, start_s: float, end_s: float, block_size: int) -> tuple[int, int]:
@@ -317,7 +321,7 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     piece = with_header(ids, style if config.has_fim else None, config.has_fim)
     t1, t2 = check_span(piece, start_s, end_s, config.block_size)
     cut = cut_at_steps(piece, t1, t2)
-    budget = local_budget(cut)
+    budget = local_budget(cut, config.block_size)
     if config.has_fim:
         prompt = fim_prompt(cut, config.block_size, budget, settings.restate_sounding)
         note = None

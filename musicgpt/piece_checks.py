@@ -150,20 +150,26 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def span_figures(notes: NoteArrays, lo: int, hi: int) -> dict[str, float]:
     """Notes/s, polyphony, the longest share of the span one note sounds, and pitch-class
-    agreement with `CONTEXT_S` on each side, of the music in [lo, hi)."""
+    agreement with `CONTEXT_S` on each side, of the music in [lo, hi); and the notes/s of those
+    `CONTEXT_S` on each side."""
     span = max(hi - lo, 1)
     starts, ends = _clip(notes, lo, hi)
     context = int(CONTEXT_S * STEPS_PER_S)
     around = (pitch_class_weights(notes, max(lo - context, 0), lo)
               + pitch_class_weights(notes, hi, hi + context))
     onsets = ((notes.start_step >= lo) & (notes.start_step < hi)).sum()
+    before, after = max(lo - context, 0), min(hi + context, int(notes.end_step.max(initial=hi)))
+    around_onsets = (((notes.start_step >= before) & (notes.start_step < lo))
+                     | ((notes.start_step >= hi) & (notes.start_step < after))).sum()
+    around_s = max(lo - before + after - hi, 1) / STEPS_PER_S
     return {"onsets": int(onsets), "onsets_per_s": onsets / (span / STEPS_PER_S),
+            "context_onsets_per_s": around_onsets / around_s,
             "polyphony": _polyphony(sounding_profile(notes, lo, hi)),
             "longest_note_share": float((ends - starts).max() / span) if len(starts) else 0.0,
             "pc_agreement": cosine(pitch_class_weights(notes, lo, hi), around)}
 
 
-def _within_2x(new: float, old: float) -> bool:
+def within_2x(new: float, old: float) -> bool:
     if old <= 0 or new <= 0:
         return old <= 0 and new <= 0
     return 0.5 <= new / old <= 2.0
@@ -173,8 +179,8 @@ def span_checks(infilled: NoteArrays, original: NoteArrays, lo: int, hi: int) ->
     """One infilled span [lo, hi) against the original music of the same span."""
     new, old = span_figures(infilled, lo, hi), span_figures(original, lo, hi)
     return {"new": new, "original": old,
-            "density_ok": _within_2x(new["onsets_per_s"], old["onsets_per_s"]),
-            "polyphony_ok": _within_2x(new["polyphony"], old["polyphony"]),
+            "density_ok": within_2x(new["onsets_per_s"], old["onsets_per_s"]),
+            "polyphony_ok": within_2x(new["polyphony"], old["polyphony"]),
             "drone": (new["longest_note_share"] >= DRONE_SPAN_SHARE
                       and old["longest_note_share"] < DRONE_SPAN_SHARE),
             "empty": new["onsets"] == 0 and old["onsets"] > 0,

@@ -84,6 +84,7 @@ def test_span_checks_find_a_drone_and_an_empty_span():
     same = pc.span_checks(original, original, a, b)
     assert same["density_ok"] and same["polyphony_ok"] and not same["drone"]
     assert same["pc_delta"] == 0.0
+    assert same["new"]["context_onsets_per_s"] == pytest.approx(4.0, rel=0.01)  # 4/s around
     summary = pc.summarize_spans([drone, same])
     assert summary["drone"] == 0.5 and summary["density_within_2x"] == 0.5
 
@@ -248,7 +249,9 @@ def test_best_of_n_infill_keeps_the_likeliest_join_in_the_key_around(make_tiny_m
     assert all(np.isfinite(nll)) and len(set(nll)) == 3
     checks = [pc.span_checks(ids_to_arrays(p), ids_to_arrays(piece), 400, 600)
               for p in every.pieces]
-    scores = [(c["drone"], n - c["new"]["pc_agreement"]) for c, n in zip(checks, nll, strict=True)]
+    scores = [(c["drone"], not pc.within_2x(c["new"]["onsets_per_s"],
+                                            c["new"]["context_onsets_per_s"]),
+               n - c["new"]["pc_agreement"]) for c, n in zip(checks, nll, strict=True)]
     assert best.tolist() == every.middles[min(range(3), key=scores.__getitem__)].tolist()
 
 
