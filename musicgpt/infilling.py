@@ -37,7 +37,7 @@ from .events import NoteGrammar, ids_to_arrays
 from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_start
 from .model import GPT
 from .restate import restate_segment
-from .sampling import SamplingSettings, sampling_threads, torch_threads
+from .sampling import SamplingSettings, release_overdue, sampling_threads, torch_threads
 from .scoring import draw_scores, sample
 from .vocab import (
     FILL_MIDDLE_ID,
@@ -292,9 +292,7 @@ class MiddleState:
             return token
         now = (self.gap_steps - self.left)[:, None]
         held = np.where(self.grammar.sounding, now - self.onset, -1)
-        oldest = held.argmax(1)
-        overdue = (held[np.arange(len(token)), oldest] >= self.note_limit) & ~self.fixing
-        return np.where(overdue & ~self.done, note_off_id(oldest), token)
+        return release_overdue(token, held, self.note_limit, self.fixing | self.done)
 
     def _update_done(self) -> None:
         matches = (self.grammar.sounding == self.required[None]).all(1)

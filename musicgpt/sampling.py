@@ -152,8 +152,8 @@ class SamplingSettings:
 
 class SamplerState:
     """The state of a batch being sampled, in numpy: the grammar (`events.NoteGrammar`), the music
-    each row has written, the rows that are done, and each sounding note's onset (for the
-    `max_note_s` guard).
+    each row has written, the rows that are done, each sounding note's onset (for the release
+    ramp and the `max_note_s` guard) and the silence guard.
 
     A batch-1 CPU decode step of the default model takes 1-2 ms; drawing the next token with a
     few dozen small torch ops cost another 0.5 ms, so the draw works on a numpy copy of the
@@ -214,16 +214,19 @@ class SamplerState:
             logits = self._release_ramp(logits)
         return sample(draw_scores(logits, allowed, self.settings), self.rng)
 
+    def _held(self) -> np.ndarray:
+        """(B, 128) steps each sounding note has sounded (-1 where the pitch is silent)."""
+        return np.where(self.grammar.sounding, self.new_steps[:, None] - self.onset_step, -1)
+
     def _release_ramp(self, logits: np.ndarray) -> np.ndarray:
         """`logits` with the NOTE_OFF of each note held past `release_ramp_s` raised."""
         if self.ramp_steps is None:
             return logits
-        held = self.new_steps[:, None] - self.onset_step - self.ramp_steps
-        late = self.grammar.sounding & (held > 0)
-        if not late.any():
+        late = self._held() - self.ramp_steps
+        if not (late > 0).any():
             return logits
         logits = logits.copy()
-        logits[:, _OFF_IDS] += np.where(late, held * (RELEASE_RAMP_PER_S / STEPS_PER_S), 0.0)
+        logits[:, _OFF_IDS] += np.maximum(late, 0) * (RELEASE_RAMP_PER_S / STEPS_PER_S)
         return logits
 
     def _observe(self, tokens: np.ndarray) -> None:
@@ -241,10 +244,19 @@ class SamplerState:
         """Replace a row's draw by the NOTE_OFF of its longest-held note once that is overdue."""
         if self.max_note_steps is None:
             return token
-        held = np.where(self.grammar.sounding, self.new_steps[:, None] - self.onset_step, -1)
-        oldest = held.argmax(1)
-        overdue = held[np.arange(len(token)), oldest] >= self.max_note_steps
-        return np.where(overdue, note_off_id(oldest), token)
+        return release_overdue(token, self._held(), self.max_note_steps)
+
+
+def release_overdue(token: np.ndarray, held: np.ndarray, limit: int,
+                    spare: np.ndarray | None = None) -> np.ndarray:
+    """`token` (B,) with each row whose longest-held note has sounded `limit` steps or more
+    (`held` (B, 128): steps sounded, -1 where silent) drawing that note's NOTE_OFF instead;
+    rows in `spare` keep their draw."""
+    oldest = held.argmax(1)
+    overdue = held[np.arange(len(token)), oldest] >= limit
+    if spare is not None:
+        overdue &= ~spare
+    return np.where(overdue, note_off_id(oldest), token)
 
 
 class _SilenceGuard:
