@@ -123,13 +123,19 @@ def test_the_span_box_is_explained_under_the_roll(app):
     assert any("dashed box" in c.value for c in app.caption)
 
 
-def test_an_uploaded_primer_keeps_its_clock_in_generate_and_continue(app, tmp_path):
+def _generate_from_upload(at, tmp_path, seconds: int) -> bytes:
+    """Upload a test song as the primer (its first 3 s), generate `seconds` more; the song."""
     song = _song_bytes(tmp_path)
-    app.sidebar.radio(key="primer").set_value("upload").run()
-    app.sidebar.file_uploader(key="upload").upload("song.mid", song).run()
-    app.sidebar.slider(key="primer_s").set_value(3)
-    app.sidebar.slider(key="seconds").set_value(2)
-    app.sidebar.button(key="generate").click().run()
+    at.sidebar.radio(key="primer").set_value("upload").run()
+    at.sidebar.file_uploader(key="upload").upload("song.mid", song).run()
+    at.sidebar.slider(key="primer_s").set_value(3)
+    at.sidebar.slider(key="seconds").set_value(seconds)
+    at.sidebar.button(key="generate").click().run()
+    return song
+
+
+def test_an_uploaded_primer_keeps_its_clock_in_generate_and_continue(app, tmp_path):
+    song = _generate_from_upload(app, tmp_path, seconds=2)
     assert not app.exception
     generated = app.session_state["results"][0]["midi"]
     assert _clock(generated) == (4, _clock(song)[1])  # tempo track, 2 tracks, the new one
@@ -146,12 +152,7 @@ def test_a_regenerated_span_edits_the_pieces_own_file(make_tiny_model, tmp_path,
     monkeypatch.setenv(studio.ENV_CHECKPOINT, str(ckpt))
     monkeypatch.setenv(studio.ENV_CHECKPOINTS, "")
     at = AppTest.from_file(APP, default_timeout=60).run()
-    song = _song_bytes(tmp_path)
-    at.sidebar.radio(key="primer").set_value("upload").run()
-    at.sidebar.file_uploader(key="upload").upload("song.mid", song).run()
-    at.sidebar.slider(key="primer_s").set_value(3)
-    at.sidebar.slider(key="seconds").set_value(3)
-    at.sidebar.button(key="generate").click().run()
+    song = _generate_from_upload(at, tmp_path, seconds=3)
     at.slider(key="edit_span_s0").set_value((1.0, 2.0)).run()
     at.button(key="edit_go_s0").click().run()
     assert not at.exception, [e.value for e in at.exception]
