@@ -19,7 +19,7 @@ import numpy as np
 import streamlit as st
 
 from app_views import show_arcs, show_heatmap, show_surprisal
-from musicgpt import arcs, audio, player, plots, studio
+from musicgpt import arcs, audio, player, plots, settings, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
@@ -155,31 +155,49 @@ WEIGHTS = {"auto (int8 on a CPU: faster)": "auto", "float32 (exact)": "float32"}
 
 
 def pick_sampling(config: Config) -> dict:
-    """Sidebar sampling controls, starting from the checkpoint's own settings."""
+    """Sidebar sampling controls: the run's own (length, seed, samples, style, weights), then one
+    widget per setting that has one (settings.py), starting from the checkpoint's values."""
     bar = st.sidebar
     bar.subheader("Sampling")
-    return dict(
+    opts = dict(
         seconds=bar.slider("Length of new music (s)", 2, 120, 20, key="seconds"),
-        temperature=bar.slider("Temperature", 0.1, 2.0, float(config.temperature), 0.05,
-                               key="temperature"),
-        top_k=bar.number_input("Top-k (0 = off)", 0, config.vocab_size, int(config.top_k),
-                               key="top_k"),
-        top_p=bar.slider("Top-p (1 = off)", 0.05, 1.0, float(config.top_p), 0.01, key="top_p"),
-        min_p=bar.slider("Min-p (0 = off)", 0.0, 0.5, float(config.min_p), 0.01, key="min_p"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
         num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
-        candidates=bar.slider("Candidates per sample", 1, 4, int(config.candidates),
-                              key="candidates", help="Writes this many at once and keeps the "
-                              "one with no dead air, drone or wall (best of N); slower."),
         style=pick_style(config),
-        style_guidance=bar.slider("Style guidance (0 = off)", 0.0, 4.0,
-                                  float(config.style_guidance), 0.25, key="style_guidance",
-                                  disabled=not config.styles,
-                                  help="Pushes the music further towards the chosen style "
-                                       "(classifier-free guidance); twice the work per step."),
         dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype",
                                     help="int8 samples with the same NLL within 0.01%")],
     )
+    defaults = SamplingSettings.from_config(config)
+    for setting in settings.widget_options():
+        opts[setting.name] = setting_widget(bar, setting, getattr(defaults, setting.name),
+                                            disabled=setting.option.widget.needs_styles
+                                            and not config.styles)
+    return opts
+
+
+def setting_widget(bar, setting, default, disabled: bool = False):
+    """One sampling setting's widget (its `settings.Widget`), keyed by the setting's name; returns
+    the setting's value (None where the widget shows "off")."""
+    w, name, help = setting.option.widget, setting.name, setting.option.help
+    shown = w.off if default is None else default
+    if w.kind in ("slider", "number"):
+        shown = min(max(shown, w.low), w.high)
+    if w.kind == "select":
+        value = bar.selectbox(w.label, w.choices, w.choices.index(shown), key=name, help=help,
+                              format_func=w.format or str, disabled=disabled)
+    elif w.kind == "number":
+        value = bar.number_input(w.label, int(w.low), int(w.high), int(shown), int(w.step),
+                                 key=name, help=help, disabled=disabled)
+    elif w.kind == "range":
+        low, high = (int(v) for v in shown)
+        value = bar.slider(w.label, int(w.low), int(w.high), (low, high), int(w.step), key=name,
+                           help=help, disabled=disabled)
+        value = tuple(int(v) for v in value)
+    else:
+        kind = int if isinstance(w.step, int) else float
+        value = bar.slider(w.label, kind(w.low), kind(w.high), kind(shown), kind(w.step),
+                           key=name, help=help, disabled=disabled)
+    return None if w.off is not None and value == w.off else value
 
 
 def pick_style(config: Config) -> int | None:
@@ -193,9 +211,8 @@ def pick_style(config: Config) -> int | None:
 
 
 def sampling_settings(opts: dict) -> SamplingSettings:
-    return SamplingSettings(float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]),
-                            float(opts["min_p"]), style_guidance=float(opts["style_guidance"]),
-                            candidates=int(opts["candidates"]))
+    """The settings the sidebar's widgets ask for."""
+    return SamplingSettings(**{s.name: opts[s.name] for s in settings.widget_options()})
 
 
 def run_generation(path: str, primer: np.ndarray | None, opts: dict,

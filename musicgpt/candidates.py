@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .controls import estimate_key, relative_key
 from .events import ids_to_arrays
 from .piece_checks import piece_checks, span_checks, within_2x
 from .vocab import END_ID, seconds_to_steps
@@ -32,15 +33,42 @@ from .vocab import END_ID, seconds_to_steps
 SUFFIX_TOKENS = 64  # suffix tokens `join_nll` scores
 
 
-def piece_score(ids: np.ndarray, start_step: int, max_seconds: float | None) -> tuple:
+def piece_score(ids: np.ndarray, start_step: int, max_seconds: float | None,
+                settings=None) -> tuple:
     """How a generated piece's new music (from `start_step`, `max_seconds` long) fares by the
-    per-piece checks; lower is better: fails, then how many checks it fails (a late start and a
+    per-piece checks and the controls `settings` asks for; lower is better: fails, then how far
+    it misses the controls (`control_miss`), then how many checks it fails (a late start and a
     thin stretch included), then the share of its notes held to the guard."""
     end = None if max_seconds is None else start_step + seconds_to_steps(max_seconds)
-    checks = piece_checks(ids_to_arrays(ids), start_step, end)
+    notes = ids_to_arrays(ids)
+    checks = piece_checks(notes, start_step, end)
     flags = sum(bool(checks[f]) for f in ("sparse", "dead_air", "late_start", "wall", "drone",
                                           "thin"))
-    return int(checks["fails"]), flags, checks["held_share"]
+    miss = 0.0 if settings is None else control_miss(notes, start_step, end, settings)
+    return int(checks["fails"]), miss, flags, checks["held_share"]
+
+
+def control_miss(notes, start_step: int, end_step: int | None, settings) -> float:
+    """How far the new notes (struck from `start_step` to `end_step`) are from the key and
+    density `settings` asks for: a key other than the asked one counts 1 (its relative 0.5);
+    notes/s off by more than 25% count |log2(found / asked)|. 0 when neither is asked."""
+    if settings.key is None and settings.density is None:
+        return 0.0
+    new = notes.start_step >= start_step
+    if end_step is not None:
+        new &= notes.start_step < end_step
+    miss = 0.0
+    if settings.key is not None:
+        found = (estimate_key(notes.pitch[new], (notes.end_step - notes.start_step)[new])
+                 if new.any() else None)
+        miss += (0.0 if found == settings.key else 0.5 if found == relative_key(settings.key)
+                 else 1.0)
+    if settings.density is not None:
+        last = end_step if end_step is not None else int(notes.end_step.max(initial=start_step))
+        seconds = max(last - start_step, 1) / seconds_to_steps(1.0)
+        ratio = max(int(new.sum()), 1) / seconds / settings.density
+        miss += 0.0 if abs(ratio - 1) <= 0.25 else abs(float(np.log2(ratio)))
+    return miss
 
 
 def best_of_groups(scores: list, candidates: int) -> list[int]:
@@ -50,9 +78,10 @@ def best_of_groups(scores: list, candidates: int) -> list[int]:
 
 
 def choose_pieces(pieces: list[np.ndarray], candidates: int, start_step: int,
-                  max_seconds: float | None) -> list[int]:
+                  max_seconds: float | None, settings=None) -> list[int]:
     """The index of the best generated piece of each group of `candidates` (`piece_score`)."""
-    return best_of_groups([piece_score(p, start_step, max_seconds) for p in pieces], candidates)
+    return best_of_groups([piece_score(p, start_step, max_seconds, settings) for p in pieces],
+                          candidates)
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import cli_checks as checks
-from . import outputs
+from . import outputs, settings
 from .cli_checks import UserError
 from .config import PRESETS, add_config_arguments, config_from_arguments
 from .files import WriteError
@@ -263,24 +263,13 @@ def _check_lengths(args: argparse.Namespace) -> None:
     checks.at_least("--num-samples", args.num_samples)
     checks.seconds("--seconds", args.seconds)
     checks.seconds("--primer-seconds", args.primer_seconds)
-    checks.seconds("--max-note-seconds", args.max_note_seconds, zero_ok=True)
     checks.seed(args.seed)
 
 
 def _sampling_settings(args: argparse.Namespace, config):
-    """The flags given, else the checkpoint's own temperature, top-k, top-p, min-p, style
-    guidance and candidates."""
-    from .sampling import SamplingSettings
-
+    """The settings the flags ask for, else the checkpoint's own (settings.from_flags)."""
     try:
-        return SamplingSettings.from_config(
-            config, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            min_p=args.min_p, style_guidance=getattr(args, "style_guidance", None),
-            grammar=not getattr(args, "no_grammar", False),
-            keep_release_mass=not getattr(args, "plain_mask", False),
-            max_note_s=getattr(args, "max_note_seconds", 6.0) or None,
-            max_silence_s=args.max_silence_seconds or None,
-            max_lead_in_s=args.max_lead_in_seconds or None, candidates=args.candidates)
+        return settings.from_flags(args, config)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -365,34 +354,14 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by generate and infill: checkpoint, sampling settings, style, device."""
+def _add_sampling_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Flags shared by generate and infill: checkpoint, style, device, and the sampling settings
+    (settings.py) that `command` has."""
     parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     parser.add_argument("--style", default=None,
                         help="style token to condition on (names in the checkpoint's config.json; "
                              "default: none)")
-    parser.add_argument("--style-guidance", type=float, default=None,
-                        help="generate with --style: how much further than the style token "
-                             "alone to push towards the style (classifier-free guidance; 0 = "
-                             "off, costs a second decode per step; default: the checkpoint's)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="default: the checkpoint's (1.0 for the shipped model)")
-    parser.add_argument("--top-k", type=int, default=None,
-                        help="0 = off; default: the checkpoint's (off for the shipped model)")
-    parser.add_argument("--top-p", type=float, default=None,
-                        help="1 = off; default: the checkpoint's")
-    parser.add_argument("--min-p", type=float, default=None,
-                        help="keep the values of an event type at least MIN_P times as likely "
-                             "as its likeliest; 0 = off; default: the checkpoint's")
-    parser.add_argument("--candidates", type=int, default=None,
-                        help="write N candidates per piece (or span) in one batch and keep the "
-                             "best by the per-piece checks (no dead air, drone or wall); "
-                             "default: the checkpoint's")
-    parser.add_argument("--max-silence-seconds", type=float, default=2.0,
-                        help="once the music has started, never let nothing sound for longer "
-                             "(default 2; 0 = off)")
-    parser.add_argument("--max-lead-in-seconds", type=float, default=0.5,
-                        help="the first new note comes within this long (default 0.5; 0 = off)")
+    settings.add_flags(parser.add_argument_group("sampling settings and controls"), command)
     parser.add_argument("--seed", type=int, default=None,
                         help="default: drawn at random, and printed on each 'wrote' line")
     parser.add_argument("--wav", action="store_true",
@@ -432,13 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=int, default=None,
                      help="token budget per sample (default: 200 per second asked, room for "
                           "music far denser than real piano music)")
-    gen.add_argument("--no-grammar", action="store_true", help="do not mask impossible events")
-    gen.add_argument("--plain-mask", action="store_true",
-                     help="mask impossible events without handing their release mass to the "
-                          "sounding notes (the sampler before 2026-12; samples hold more notes)")
-    gen.add_argument("--max-note-seconds", type=float, default=6.0,
-                     help="release a note held this long (default 6; 0 = never)")
-    _add_sampling_flags(gen)
+    _add_sampling_flags(gen, "generate")
     gen.set_defaults(run=_generate)
 
     fill = commands.add_parser(
@@ -452,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--start", type=float, required=True, help="span start, seconds")
     fill.add_argument("--end", type=float, required=True, help="span end, seconds")
     fill.add_argument("--out", default="infilled.mid", help="output .mid (default infilled.mid)")
-    _add_sampling_flags(fill)
+    _add_sampling_flags(fill, "infill")
     fill.set_defaults(run=_infill)
 
     ev = commands.add_parser(

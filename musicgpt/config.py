@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .settings import CHECKPOINT_FIELDS, rule
 from .vocab import BASE_VOCAB_SIZE, N_STYLES, VOCAB_SIZE
 
 # Sizes beyond these are typos, not models: refused before any memory is spent on them.
@@ -85,12 +86,7 @@ class Config:
                      f"at most {MAX_PARAMS:,} parameters, not about {self.approx_params():,}"),
             "dropout": (0.0 <= self.dropout < 1.0, "0 <= dropout < 1"),
             "attention": (self.attention in ("absolute", "relative"), "absolute or relative"),
-            "top_p": (0.0 < self.top_p <= 1.0, "0 < top_p <= 1"),
-            "min_p": (0.0 <= self.min_p < 1.0, "0 <= min_p < 1"),
-            "style_guidance": (0.0 <= self.style_guidance <= 10.0, "0 <= style_guidance <= 10"),
-            "temperature": (self.temperature > 0.0, "> 0"),
-            "top_k": (self.top_k >= 0, ">= 0"),
-            "candidates": (1 <= self.candidates <= 16, "1..16"),
+            **{name: rule(name, getattr(self, name)) for name in CHECKPOINT_FIELDS},
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "grad_accum": (self.grad_accum >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),

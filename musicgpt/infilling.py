@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .candidates import choose_middles
+from .controls import Controls
 from .decode import decode_steps, guided
 from .events import NoteGrammar, ids_to_arrays
 from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_start
@@ -245,6 +246,8 @@ class MiddleState:
         self._steps = shift_steps(ids)
         self._shift, self._velocity = is_shift(ids), is_velocity(ids)
         self._on, self._off = is_note_on(ids), is_note_off(ids)
+        prefix = np.concatenate([cut.header, cut.prefix])
+        self.controls = Controls(settings, batch, vocab_size, np.repeat(prefix[None], batch, 0))
         self._update_done()
 
     def mask(self) -> np.ndarray:
@@ -272,8 +275,11 @@ class MiddleState:
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids; finished rows get PAD."""
-        scores = draw_scores(logits.detach().float().cpu().numpy(), self.mask(), self.settings)
-        token = self._release_overdue(sample(scores, self.rng))
+        allowed = self.mask()  # also says which rows are only closing the join (`fixing`)
+        steered, allowed = self.controls.steer(logits.detach().float().cpu().numpy(), allowed,
+                                               rows=~(self.fixing | self.done))
+        token = self._release_overdue(sample(draw_scores(steered, allowed, self.settings),
+                                             self.rng))
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self.left -= np.where(self.done, 0, self._steps[token])
@@ -282,6 +288,7 @@ class MiddleState:
         self.onset[struck, note_pitch(token[struck])] = now[struck]
         self.last_velocity = self._velocity[token]
         self.grammar.observe(np.where(self.done, PAD_ID, token))
+        self.controls.observe(np.where(self.done, PAD_ID, token))
         self._update_done()
         return torch.from_numpy(token).to(logits.device)
 

@@ -29,10 +29,12 @@ import torch
 
 from .candidates import choose_pieces
 from .config import Config
+from .controls import Controls
 from .decode import decode_steps, guided
 from .events import NoteGrammar
 from .model import GPT
 from .scoring import draw_scores, sample
+from .settings import SamplingSettings
 from .vocab import (
     END_ID,
     N_PITCHES,
@@ -63,91 +65,7 @@ MIN_TOKEN_BUDGET = 256
 THREAD_WORK = 32_000_000
 _OFF_IDS = note_off_id(np.arange(N_PITCHES))
 STEPS_PER_S = seconds_to_steps(1.0)
-MAX_CANDIDATES = 16
 RELEASE_RAMP_PER_S = 2.0  # log-odds added to a long note's NOTE_OFF per second past the ramp
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off; see Config.top_p
-    min_p: float = 0.0  # 0 = off: drop tokens less than min_p times as likely as the likeliest
-    within_type: bool = True  # top-k/top-p/min-p cut only pitches and velocities (`truncate`)
-    # With a style: logits = unstyled + (1 + style_guidance) * (styled - unstyled), the
-    # unstyled ones from the same model without the style token (classifier-free guidance; the
-    # model learnt both, style_drop in training). 0 = off; it costs a second decode per step.
-    style_guidance: float = 0.0
-    grammar: bool = True  # mask events that cannot be right
-    # Release a note that has sounded this long (None = never). The default model forgets to end
-    # notes (12% of its notes reach 6 s, even before the window first slides), and past the
-    # context it cannot see old NOTE_ONs at all: without this guard it left ~13 notes per 30 s
-    # sample sounding for 10 s. Real piano music holds 0.36% of its notes this long (ASAP +
-    # POP909 validation split).
-    max_note_s: float | None = 6.0
-    # Time shifts that would leave nothing sounding for longer than this, once the music has
-    # started, are masked (None = never): the model then strikes a note (or ends the piece).
-    # Samples had 3 s or more of dead air in 5% of pieces; real music has none that long.
-    max_silence_s: float | None = 2.0
-    # The same before the first new note: at most this long before the music starts (None =
-    # never). A third of the training files open with a lead-in (MIDI files' count-in
-    # silence), and the model learnt to open with up to 20 s of nothing.
-    max_lead_in_s: float | None = 0.5
-    # A note that has sounded this long gets RELEASE_RAMP_PER_S more log-odds of its NOTE_OFF
-    # per second held past it (None = never), so a long note ends on its own before the
-    # max_note_s guard has to end it: the mean share of a piece's notes held to the guard went
-    # from 1.8% to 1.0% (real music: 0.6%; 1% of its notes last 3 s or more).
-    release_ramp_s: float | None = 3.0
-    # Write this many candidates per piece (in one batch) and keep the best (candidates.py): a
-    # piece that fails the per-piece checks is kept only when every candidate does. Best of 3
-    # took pieces that fail from 8% to 0% and costs 2.6-4x the time at batch 1 on a CPU.
-    candidates: int = 1
-    # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
-    # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding
-    # pitch for that pitch's NOTE_OFF (a re-strike starts with the release). Plain masking hands
-    # that mass (~5% per step for the default model) to every other event, so samples under-
-    # release and pile up notes.
-    keep_release_mass: bool = True
-    # When the window slides past the context (or an infill keeps only the prefix's tail),
-    # restate the notes still sounding at its new start (restate.py), so the model sees every
-    # note it may have to release. Off: measured, it did not help (generate: notes held to the
-    # guard 1.9% vs 2.0% of a piece's notes; infill: drones 37% vs 13% of spans).
-    restate_sounding: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("max_note_s", "max_silence_s", "max_lead_in_s", "release_ramp_s"):
-            value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
-        if not 1 <= self.candidates <= MAX_CANDIDATES:
-            raise ValueError(f"candidates must be in 1..{MAX_CANDIDATES}, got {self.candidates}")
-        if not 0 <= self.style_guidance <= 10:
-            raise ValueError(f"style_guidance must be in [0, 10] (0 = off), "
-                             f"got {self.style_guidance}")
-
-    @classmethod
-    def from_config(cls, config: Config, **overrides) -> SamplingSettings:
-        """The checkpoint's own temperature, top-k, top-p, min-p, style guidance and candidates,
-        and any other field, from `overrides`; one of those six given as None keeps the
-        checkpoint's."""
-        own = {name: getattr(config, name, getattr(cls, name))
-               for name in ("temperature", "top_k", "top_p", "min_p", "style_guidance",
-                            "candidates")}
-        given = {k: v for k, v in overrides.items() if v is not None or k not in own}
-        return cls(**{**own, **given})
-
-    @property
-    def truncates(self) -> bool:
-        """Whether top-k, top-p or min-p is on."""
-        return self.top_k > 0 or self.top_p < 1 or self.min_p > 0
 
 
 class SamplerState:
@@ -182,6 +100,7 @@ class SamplerState:
         self.silence = _SilenceGuard(B, settings, vocab_size)
         for column in history.T:
             self._observe(column)
+        self.controls = Controls(settings, B, vocab_size, history)
         self.silence.new_music(self.new_steps)
         self.new_steps[:] = 0
         self.onset_step[:] = 0
@@ -192,6 +111,7 @@ class SamplerState:
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self._observe(token)
+        self.controls.observe(token)
         self.ended |= token == END_ID
         self.done |= self.ended
         if self.max_steps is not None:
@@ -212,6 +132,7 @@ class SamplerState:
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
             logits = self._release_ramp(logits)
+        logits, allowed = self.controls.steer(logits, allowed)
         return sample(draw_scores(logits, allowed, self.settings), self.rng)
 
     def _held(self) -> np.ndarray:
@@ -445,7 +366,7 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     stops = rows.stops(max_seconds)
     if settings.candidates > 1:
         chosen = choose_pieces(pieces, settings.candidates, int(shift_steps(start).sum()),
-                               max_seconds)
+                               max_seconds, settings)
         pieces, stops = [pieces[i] for i in chosen], [stops[i] for i in chosen]
     return Generation(pieces, stops, len(start))
 
