@@ -172,6 +172,12 @@ class _Piece:
     def pitches(self, owner: str) -> list[int]:
         return [p for p, (who, _, _) in self.sounding.items() if who == owner]
 
+    def close(self, pitch: int, opened: tuple[str, int, int], end: int) -> None:
+        """A note ends at wall step `end` (one of no length is dropped, as the decoder does)."""
+        who, start, velocity = opened
+        if end > start:
+            self.notes[who].append((pitch, velocity, start, end))
+
     def apply(self, token: int, owner: str, offset: int, velocity: int | None) -> KeyEvent | None:
         """Advance by one played token; the key event it plays, if any."""
         if _SHIFT[token]:
@@ -186,8 +192,7 @@ class _Piece:
         now = self.step + offset
         opened = self.sounding.pop(pitch, None)
         if opened is not None:
-            who, start, vel = opened
-            self.notes[who].append((pitch, vel, start, max(now, start + 1)))
+            self.close(pitch, opened, now)
         if not _IS_ON[token]:
             return None if opened is None else KeyEvent(NOTE_OFF, pitch)
         if velocity is None:
@@ -279,8 +284,8 @@ class Duet:
             self._drop_draft()
             self._end_answer(step, cut=True)
         now = self._context_step(time_s, round) + self.offset
-        for pitch, (who, start, vel) in sorted(self.piece.sounding.items()):
-            self.piece.notes[who].append((pitch, vel, start, max(now, start + 1)))
+        for pitch, opened in sorted(self.piece.sounding.items()):
+            self.piece.close(pitch, opened, now)
         self.piece.sounding.clear()
         return self._hand_out()
 
