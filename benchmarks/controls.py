@@ -6,7 +6,7 @@
 For each setting (none; four keys; density 3 and 10; pitch range C4-C6; dynamics 30-60 and
 90-120) it writes `--pieces` pieces of `--seconds` s from nothing with the shipped sampler plus
 that control, and prints per setting:
-- key: the share of pieces whose Krumhansl-Kessler key (controls.estimate_key over the new
+- key: the share of pieces whose Krumhansl-Kessler key (stats.estimate_key over the new
   notes, weighted by duration) is the asked one, and the asked one or its relative;
 - density: the mean notes/s and the share of pieces within 50% of the asked rate;
 - pitch range and dynamics: the share of new notes inside, and the mean velocity;
@@ -52,9 +52,8 @@ def measure(rows: list[np.ndarray], primer_len: int, seconds: float, asked: dict
     out = {"fails": float(np.mean([c["fails"] for c in checks])),
            "notes_per_s": [len(n) / seconds for n in notes]}
     if "key" in asked:
-        found = [controls.estimate_key(n.pitch, n.end_step - n.start_step) if len(n) else ""
-                 for n in notes]
-        relative = controls.relative_key(asked["key"])
+        found = [controls.key_of(n) for n in notes]
+        relative = controls.relative_key_name(asked["key"])
         out["keys_found"] = found
         out["key_exact"] = float(np.mean([k == asked["key"] for k in found]))
         out["key_or_relative"] = float(np.mean([k in (asked["key"], relative) for k in found]))

@@ -21,12 +21,14 @@ thread, 2-2.2x for a span; BENCHMARKS.md).
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .controls import estimate_key, relative_key
-from .events import ids_to_arrays
+from .controls import key_of, relative_key_name
+from .events import NoteArrays, ids_to_arrays
 from .piece_checks import piece_checks, span_checks, within_2x
 from .vocab import END_ID, seconds_to_steps
 
@@ -59,9 +61,8 @@ def control_miss(notes, start_step: int, end_step: int | None, settings) -> floa
         new &= notes.start_step < end_step
     miss = 0.0
     if settings.key is not None:
-        found = (estimate_key(notes.pitch[new], (notes.end_step - notes.start_step)[new])
-                 if new.any() else None)
-        miss += (0.0 if found == settings.key else 0.5 if found == relative_key(settings.key)
+        found = key_of(NoteArrays(*(getattr(notes, f.name)[new] for f in fields(notes))))
+        miss += (0.0 if found == settings.key else 0.5 if found == relative_key_name(settings.key)
                  else 1.0)
     if settings.density is not None:
         last = end_step if end_step is not None else int(notes.end_step.max(initial=start_step))

@@ -447,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or relative attention")
     export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
     export.set_defaults(run=_export)
+
+    from .duet_cli import add_duet_command
+
+    add_duet_command(commands, _add_sampling_flags)
     return parser
 
 

@@ -22,6 +22,8 @@ import re
 
 import numpy as np
 
+from .events import NoteArrays
+from .stats import estimate_key
 from .vocab import (
     N_PITCHES,
     N_VELOCITY_BINS,
@@ -29,16 +31,12 @@ from .vocab import (
     is_note_on,
     is_velocity,
     note_on_id,
-    note_pitch,
     seconds_to_steps,
     shift_steps,
     velocity_bin_of,
     velocity_to_bin,
 )
 
-# Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 MODES = ("major", "minor")
 _TONICS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _NAMES = {"major": ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"),
@@ -79,7 +77,7 @@ def key_name(tonic: int, mode: str) -> str:
     return KEY_NAMES[MODES.index(mode) * 12 + tonic % 12]
 
 
-def relative_key(name: str) -> str:
+def relative_key_name(name: str) -> str:
     """'A minor' -> 'C major' and back: the key with the same scale."""
     tonic, mode = key_parts(name)
     return key_name(tonic + 3, "major") if mode == "minor" else key_name(tonic - 3, "minor")
@@ -135,25 +133,10 @@ def parse_velocity_range(text: str) -> tuple[int, int]:
 
 # -- measuring ----------------------------------------------------------------------------------
 
-def key_profiles() -> np.ndarray:
-    """(24, 12): each key of KEY_NAMES' profile over pitch classes C..B."""
-    return np.stack([np.roll(profile, tonic) for profile in (MAJOR_PROFILE, MINOR_PROFILE)
-                     for tonic in range(12)])
-
-
-def estimate_key(pitches, weights=None) -> str:
-    """The key (a name of KEY_NAMES) whose Krumhansl-Kessler profile correlates best with the
-    pitch-class histogram of `pitches`, each weighted by `weights` (e.g. durations; default 1)."""
-    pitches = np.asarray(pitches, dtype=np.int64)
-    if len(pitches) == 0:
-        raise ValueError("no notes to find a key in")
-    histogram = np.bincount(pitches % 12, weights=weights, minlength=12).astype(float)
-    profiles = key_profiles()
-    h = histogram - histogram.mean()
-    p = profiles - profiles.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (p @ h) / (np.linalg.norm(p, axis=1) * np.linalg.norm(h))
-    return KEY_NAMES[int(np.nanargmax(r)) if np.isfinite(r).any() else 0]
+def key_of(notes: NoteArrays) -> str | None:
+    """The key of `notes` by name (stats.estimate_key, Krumhansl-Schmuckler); None for none."""
+    key = estimate_key(notes)
+    return None if key is None else key_name(*key)
 
 
 # -- steering -----------------------------------------------------------------------------------
@@ -245,6 +228,13 @@ class Controls:
             mask[stuck] = True if allowed is None else allowed[stuck]
         return steered, mask if allowed is not None or not mask.all() else None
 
+    def new_music(self) -> None:
+        """What was observed so far is the primer: density counts from here."""
+        if self.density is not None:
+            self.now[:] = 0
+            for onsets in self.onsets:
+                onsets.clear()
+
     def observe(self, tokens) -> None:
         if not self.active:
             return
@@ -286,9 +276,3 @@ def _share_out(logits: np.ndarray, mask: np.ndarray, columns: np.ndarray,
         shift = np.where(np.isfinite(before) & np.isfinite(after), before - after, 0.0)
     logits[:, columns] = logits[:, columns] + bias + shift[:, None]
     mask[:, columns] &= np.isfinite(bias)
-
-
-def note_pitches(ids) -> np.ndarray:
-    """The pitches of the NOTE_ONs in `ids`."""
-    ids = np.asarray(ids)
-    return note_pitch(ids[is_note_on(ids)])

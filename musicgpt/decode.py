@@ -70,26 +70,38 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     """
     block_size = model.config.block_size
     front = history[:, :0] if keep_front is None else keep_front
-    keep = max(1, block_size * 3 // 4 - front.size(1))
+    keep = kept_tokens(block_size, front.size(1))
     window = torch.cat([front, history[:, -keep:]], 1) if history.size(1) > block_size else history
     # a cache no longer than the piece can get: short pieces never hold a full-context buffer
     capacity = min(block_size, window.size(1) + max_new_tokens)
     sequence = _Sequence(history, model.config.vocab_size, restate)
     cache = model.new_cache(history.size(0), capacity)
-    step = (fast_step_for(model) if fast and not static_shapes else None) or _eager_step(
-        model, capacity, static_shapes)
+    step = step_for(model, capacity, static_shapes, fast)
     if window.size(1) < history.size(1):
         window = sequence.window(front, keep, block_size)
-    logits, pos = _prefill(model, window, cache), window.size(1)
+    logits, pos = prefill(model, window, cache), window.size(1)
     for i in range(max_new_tokens):
         if i > 0 and pos < capacity:  # one step at position pos
             logits, pos = step(sequence.last, pos, cache), pos + 1
         elif i > 0:  # the context is full: slide
             window = sequence.window(front, keep, block_size)
-            logits, pos = _prefill(model, window, cache), window.size(1)
+            logits, pos = prefill(model, window, cache), window.size(1)
         token = draw(logits)
         sequence.append(token)
         yield token
+
+
+def kept_tokens(block_size: int, n_front: int) -> int:
+    """Recent tokens a window re-prefilled past the context keeps: 3/4 of the context, less the
+    `n_front` tokens (START, a style) that go in front of it."""
+    return max(1, block_size * 3 // 4 - n_front)
+
+
+def step_for(model: GPT, capacity: int, static_shapes: bool = False, fast: bool = True):
+    """The one-token cached step, `step(token (B,), pos, cache) -> (B, V) logits`: `FastStep`
+    where the model allows it (and `fast`), else `GPT.forward` over a cache of `capacity`."""
+    fast_step = fast_step_for(model) if fast and not static_shapes else None
+    return fast_step or _eager_step(model, capacity, static_shapes)
 
 
 def _eager_step(model: GPT, capacity: int, static_shapes: bool):
@@ -131,7 +143,7 @@ class _Sequence:
         return torch.cat([front, torch.from_numpy(said).to(recent.device), recent], 1)
 
 
-def _prefill(model: GPT, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def prefill(model: GPT, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Fill `cache` with `window` (B, T) from position 0; logits (B, V) for what follows."""
     positions = torch.arange(window.size(1), device=window.device)
     return model(window, positions, attend_len=window.size(1), cache=cache)[:, -1]

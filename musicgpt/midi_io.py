@@ -217,6 +217,36 @@ def midi_file_to_arrays(path: str | Path) -> NoteArrays:
     return midi_bytes_to_arrays(data)
 
 
+def midi_file_to_performance(path: str | Path) -> list[tuple[float, str, int, int]]:
+    """A `.mid` as the key events a player made, to replay it as if live: (time_s, kind, pitch,
+    value) by time, kind "note_on" (value: velocity 1-127), "note_off" or "pedal" (value: the
+    sustain controller, CC64); every channel but drums (10) merged, the tempo map applied.
+    Nothing is folded or paired: the pedal is left to the listener. MidiReadError with a
+    reason for a file that cannot be read or holds no notes."""
+    import mido
+
+    try:
+        midi = mido.MidiFile(str(path))
+    except OSError as exc:
+        raise MidiReadError(f"cannot read file: {exc.strerror or exc}") from exc
+    except (ValueError, EOFError, KeyError, IndexError) as exc:
+        raise MidiReadError(f"unreadable MIDI: {exc}") from exc
+    now, out = 0.0, []
+    for message in midi:  # all tracks merged, delta times in seconds
+        now += message.time
+        if message.is_meta or getattr(message, "channel", 9) == 9:
+            continue
+        if message.type == "note_on" and message.velocity > 0:
+            out.append((now, "note_on", message.note, message.velocity))
+        elif message.type in ("note_on", "note_off"):
+            out.append((now, "note_off", message.note, 0))
+        elif message.type == "control_change" and message.control == 64:
+            out.append((now, "pedal", 0, message.value))
+    if not any(kind == "note_on" for _, kind, _, _ in out):
+        raise MidiReadError("no notes")
+    return out
+
+
 MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can hold (4-byte quantity)
 
 
@@ -227,19 +257,30 @@ def arrays_to_midi_bytes(notes: NoteArrays, program: int = 0, bpm: float = 120.0
     Any length is valid MIDI: a gap longer than the largest delta time (~77.7 hours at 120 bpm)
     is written as several events (empty markers between).
     """
+    return tracks_to_midi_bytes([("Piano", notes)], program, bpm)
+
+
+def tracks_to_midi_bytes(tracks: list[tuple[str, NoteArrays]], program: int = 0,
+                         bpm: float = 120.0) -> bytes:
+    """Named tracks of notes as the bytes of a `.mid` at `bpm`, as `arrays_to_midi_bytes`
+    writes one; each track on its own MIDI channel, 0, 1, ... in order (9, drums, skipped)."""
     import io
 
     import pretty_midi
 
     midi = pretty_midi.PrettyMIDI(initial_tempo=float(bpm), resolution=480)
     midi.time_signature_changes.append(pretty_midi.TimeSignature(4, 4, 0.0))
-    piano = pretty_midi.Instrument(program=program, name="Piano")
-    starts = steps_to_seconds(notes.start_step).tolist()
-    ends = steps_to_seconds(notes.end_step).tolist()
-    for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(), starts, ends, strict=True):
-        piano.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
-    midi.instruments.append(piano)
-    if midi.time_to_tick(max(ends, default=0.0)) >= MAX_DELTA_TICKS:
+    last_s = 0.0
+    for name, notes in tracks:
+        track = pretty_midi.Instrument(program=program, name=name)
+        starts = steps_to_seconds(notes.start_step).tolist()
+        ends = steps_to_seconds(notes.end_step).tolist()
+        for p, v, s, e in zip(notes.pitch.tolist(), notes.velocity.tolist(), starts, ends,
+                              strict=True):
+            track.notes.append(pretty_midi.Note(velocity=int(v), pitch=int(p), start=s, end=e))
+        midi.instruments.append(track)
+        last_s = max(last_s, max(ends, default=0.0))
+    if midi.time_to_tick(last_s) >= MAX_DELTA_TICKS:
         return _split_long_deltas(midi)
     raw = io.BytesIO()
     midi.write(raw)  # no delta can be too long

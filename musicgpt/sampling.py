@@ -20,6 +20,7 @@ benchmarks/bench_threads.py), and gives the caller's thread count back afterward
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -101,9 +102,29 @@ class SamplerState:
         for column in history.T:
             self._observe(column)
         self.controls = Controls(settings, B, vocab_size, history)
+        self._count_from_here()
+
+    def _count_from_here(self) -> None:
+        """The music so far is the primer: new music, the lead-in and onsets count from here."""
         self.silence.new_music(self.new_steps)
+        self.controls.new_music()
         self.new_steps[:] = 0
         self.onset_step[:] = 0
+
+    def observe(self, tokens) -> None:
+        """Advance each row by a token (B,) that was not drawn here (a duet's player)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self._observe(tokens)
+        self.controls.observe(tokens)
+
+    def fork(self) -> SamplerState:
+        """A copy to draw a continuation with, leaving this state as it was: the music so far is
+        its primer, and it draws from this state's random stream (the duet's answers)."""
+        twin = _with_own_arrays(self)
+        twin.grammar, twin.silence = _with_own_arrays(self.grammar), _with_own_arrays(self.silence)
+        twin.controls = copy.deepcopy(self.controls)
+        twin._count_from_here()
+        return twin
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids on the logits' device; finished rows get PAD."""
@@ -166,6 +187,16 @@ class SamplerState:
         if self.max_note_steps is None:
             return token
         return release_overdue(token, self._held(), self.max_note_steps)
+
+
+def _with_own_arrays(state):
+    """A shallow copy of `state` with copies of its numpy arrays (its mutable parts; the lists
+    it holds are lookup tables, never changed)."""
+    twin = copy.copy(state)
+    for name, value in vars(state).items():
+        if isinstance(value, np.ndarray):
+            setattr(twin, name, value.copy())
+    return twin
 
 
 def release_overdue(token: np.ndarray, held: np.ndarray, limit: int,

@@ -52,7 +52,7 @@ class Option:
     off: Any = None
     invert: bool = False
     checkpoint: bool = False
-    commands: tuple[str, ...] = ("generate", "infill")
+    commands: tuple[str, ...] = ("generate", "infill", "duet")
     widget: Widget | None = None
 
 
@@ -152,6 +152,7 @@ class SamplingSettings:
         "per-piece checks (no dead air, drone or wall; the controls asked for); default: the "
         "checkpoint's", ok=lambda v: isinstance(v, int) and 1 <= v <= MAX_CANDIDATES,
         want=f"in 1..{MAX_CANDIDATES}", flag="--candidates", parse=int, checkpoint=True,
+        commands=("generate", "infill"),
         widget=Widget("Candidates per sample", "slider", 1, 4, 1))
     # With the grammar mask, keep the mass the model gives to a release: a NOTE_OFF of a silent
     # pitch counts for the sounding pitches' NOTE_OFFs (in proportion), a NOTE_ON of a sounding

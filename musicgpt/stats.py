@@ -133,6 +133,43 @@ def piece_features(notes: NoteArrays) -> dict[str, float]:
     }
 
 
+# --- key -------------------------------------------------------------------------------------
+
+# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+
+def estimate_key(notes: NoteArrays) -> tuple[int, str] | None:
+    """The key of some notes by the Krumhansl-Schmuckler method: (tonic 0-11 with C = 0, "major"
+    or "minor") whose profile correlates best with the notes' pitch classes weighted by how long
+    each sounds; None for no notes. Ties go to the lower tonic, major first."""
+    weights = np.bincount(np.asarray(notes.pitch) % 12,
+                          weights=np.asarray(notes.end_step - notes.start_step, np.float64),
+                          minlength=12)
+    if len(notes) == 0 or weights.std() == 0:
+        return None
+    best, key = -np.inf, None
+    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
+        for tonic in range(12):
+            r = float(np.corrcoef(weights, np.roll(profile, tonic))[0, 1])
+            if r > best + 1e-12:
+                best, key = r, (tonic, mode)
+    return key
+
+
+def relative_key(key: tuple[int, str]) -> tuple[int, str]:
+    """The relative minor of a major key (C major -> A minor) and the relative major of a minor
+    one."""
+    tonic, mode = key
+    return ((tonic + 9) % 12, "minor") if mode == "major" else ((tonic + 3) % 12, "major")
+
+
+def same_or_relative_key(a: tuple[int, str] | None, b: tuple[int, str] | None) -> bool:
+    """Whether two keys are equal or relative (False when either is unknown)."""
+    return a is not None and b is not None and (a == b or relative_key(a) == b)
+
+
 # --- comparing two sets ----------------------------------------------------------------------
 
 def histogram_overlap(p: np.ndarray, q: np.ndarray) -> float:

@@ -54,3 +54,31 @@ def test_bench_generate_engine_prints_old_vs_new_in_one_run(tiny_checkpoint):
     assert "512-token primer to first new token" in done.stdout
     difference = float(done.stdout.split("eager vs fast over 30 steps: ")[1].split()[0])
     assert difference < 1e-4
+
+
+def test_bench_duet_replays_calls_and_reports_latency_and_keys(tiny_checkpoint, tmp_path):
+    from helpers import write_midi
+
+    from musicgpt.data import split_of
+
+    groups = [g for g in (f"pop909:{i}" for i in range(500)) if split_of(g) == "val"][:1]
+    groups += [g for g in (f"asap:{i}" for i in range(500)) if split_of(g) == "val"][:1]
+    rows = ["file,source,piece_group"]
+    for group in groups:
+        source = group.split(":")[0]
+        scale = [60, 62, 64, 65, 67, 69, 71, 72]
+        notes = [(scale[i % 8], 80, 0.25 * i, 0.25 * i + 0.2) for i in range(240)]  # 60 s
+        write_midi(tmp_path / source / "a.mid", notes)
+        rows.append(f"{source}/a.mid,{source},{group}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "duet.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "duet.py"), "--midi-dir",
+                           str(tmp_path), "--files", "2", "--phrases", "2", "--checkpoint",
+                           str(tiny_checkpoint), "--dtype", "float32", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["summary"]["turns"] == len(result["turns"]) == 4
+    assert all(t["phrase_key"] == "C major" and t["latency_ms"] > 0 for t in result["turns"])
+    assert f"| median | {result['summary']['latency_ms']['median']:.1f} |" in done.stdout

@@ -10,6 +10,7 @@ from musicgpt.stats import (
     compare_sets,
     copy_stats,
     entropy_bits,
+    estimate_key,
     excerpt,
     histogram_overlap,
     ids_to_onset_pitches,
@@ -23,6 +24,8 @@ from musicgpt.stats import (
     piece_features,
     pitch_class_histogram,
     pitch_range_semitones,
+    relative_key,
+    same_or_relative_key,
     stuck_notes,
     training_ngram_set,
 )
@@ -171,3 +174,37 @@ def test_nearest_set_shares_tell_dense_from_sparse_music():
     reference = {"dense": dense, "sparse": sparse}
     assert nearest_set_shares(reference, reference) == {"dense": 1.0, "sparse": 1.0}
     assert nearest_set_shares({"dense": sparse[:2] + dense[:2]}, reference) == {"dense": 0.5}
+
+
+def _scale_notes(tonic: int, steps: tuple[int, ...], weights: tuple[float, ...]):
+    """One note per scale degree, degree i sounding weights[i] seconds, one after another."""
+    tuples, t = [], 0.0
+    for step, length in zip(steps, weights, strict=True):
+        tuples.append((60 + tonic + step, t, t + length))
+        t += length
+    return _notes(*tuples)
+
+
+_MAJOR = (0, 2, 4, 5, 7, 9, 11)
+_MINOR = (0, 2, 3, 5, 7, 8, 10)
+_TONIC_HEAVY = (4.0, 1.0, 2.0, 1.5, 3.0, 1.0, 1.0)  # tonic, third and fifth held longest
+
+
+@pytest.mark.parametrize("tonic", [0, 2, 7, 10])
+def test_estimate_key_finds_major_and_minor_scales(tonic):
+    assert estimate_key(_scale_notes(tonic, _MAJOR, _TONIC_HEAVY)) == (tonic, "major")
+    assert estimate_key(_scale_notes(tonic, _MINOR, _TONIC_HEAVY)) == (tonic, "minor")
+
+
+def test_estimate_key_of_nothing_is_none():
+    assert estimate_key(_notes()) is None
+
+
+def test_relative_keys():
+    assert relative_key((0, "major")) == (9, "minor")  # C major -> A minor
+    assert relative_key((9, "minor")) == (0, "major")
+    assert relative_key((7, "minor")) == (10, "major")  # G minor -> B flat major
+    assert same_or_relative_key((0, "major"), (9, "minor"))
+    assert same_or_relative_key((2, "minor"), (2, "minor"))
+    assert not same_or_relative_key((0, "major"), (7, "major"))
+    assert not same_or_relative_key(None, (0, "major"))
