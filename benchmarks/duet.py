@@ -238,6 +238,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="as musicgpt duet's --dtype")
     parser.add_argument("--style", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-follow-key", action="store_true",
+                        help="answers not steered towards their phrase's key")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--write-performances", type=Path, default=None,
                         help="also write each call-and-response performance here as a .mid "
@@ -254,7 +256,7 @@ def main() -> int:
     torch.set_num_threads(1)
     model = load_sampling_model(args.checkpoint or default_model_dir(), "cpu", args.dtype)
     settings = SamplingSettings.from_config(model.config, candidates=1)
-    turns = TurnSettings()
+    turns = TurnSettings(follow_key=not args.no_follow_key)
     rows, started = [], time.perf_counter()
     for i, path in enumerate(validation_files(args.midi_dir, args.files)):
         rows += run_file(model, settings, turns, path, args, args.seed + i)

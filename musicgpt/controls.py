@@ -17,6 +17,7 @@ How far each holds, measured over 20 pieces per setting, is in the model card ("
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -174,14 +175,9 @@ class Controls:
         self._is_on, self._is_velocity = is_note_on(ids), is_velocity(ids)
         self._on_or_velocity = self._is_on | self._is_velocity
         # (128,) log-odds per pitch, -inf outside the range; (32,) per velocity bin
-        self.pitch_bias = self.velocity_bias = self.density = None
-        if settings.key is not None:
-            self.pitch_bias = key_pitch_bias(settings.key)
-        if settings.pitch_range is not None:
-            low, high = settings.pitch_range
-            pitches = np.arange(N_PITCHES)
-            inside = np.where((pitches >= low) & (pitches <= high), 0.0, -np.inf)
-            self.pitch_bias = inside if self.pitch_bias is None else self.pitch_bias + inside
+        self.pitch_range = settings.pitch_range
+        self.pitch_bias = _pitch_bias(settings.key, settings.pitch_range)
+        self.velocity_bias = self.density = None
         if settings.dynamics is not None:
             low, high = settings.dynamics
             velocity = np.array([bin_to_velocity(b) for b in range(N_VELOCITY_BINS)])
@@ -228,6 +224,13 @@ class Controls:
             mask[stuck] = True if allowed is None else allowed[stuck]
         return steered, mask if allowed is not None or not mask.all() else None
 
+    def with_key(self, key: str) -> Controls:
+        """A copy steering towards `key` instead of the key asked (a duet's answer follows the
+        key its phrase was heard in)."""
+        twin = copy.deepcopy(self)
+        twin.pitch_bias, twin.active = _pitch_bias(key, self.pitch_range), True
+        return twin
+
     def new_music(self) -> None:
         """What was observed so far is the primer: density counts from here."""
         if self.density is not None:
@@ -262,6 +265,17 @@ class Controls:
             rate = (len(onsets) + self.density) / seconds
             bias[row] = DENSITY_GAIN * math.log(self.density / max(rate, 1e-3))
         return np.clip(bias, -MAX_DENSITY_BIAS, MAX_DENSITY_BIAS)
+
+
+def _pitch_bias(key: str | None, pitch_range: tuple[int, int] | None) -> np.ndarray | None:
+    """(128,) log-odds per NOTE_ON pitch for `key` and `pitch_range` (-inf outside); None for
+    neither."""
+    bias = None if key is None else key_pitch_bias(key)
+    if pitch_range is not None:
+        pitches = np.arange(N_PITCHES)
+        inside = np.where((pitches >= pitch_range[0]) & (pitches <= pitch_range[1]), 0.0, -np.inf)
+        bias = inside if bias is None else bias + inside
+    return bias
 
 
 def _share_out(logits: np.ndarray, mask: np.ndarray, columns: np.ndarray,

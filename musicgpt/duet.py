@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .controls import key_of
 from .duet_context import DuetContext
 from .events import NoteArrays
 from .model import GPT
@@ -103,9 +104,15 @@ class TurnSettings:
     max_answer_s: float = 8.0  # and at most this long
     lookahead_s: float = 0.5  # the answer is drawn this far ahead of the clock
     max_idle_s: float = 1.0  # silence between turns is at most this long in the context
+    # Without a key asked (`SamplingSettings.key`), steer each answer towards the key its phrase
+    # is heard in (controls.key_of): answers kept the phrase's key (or its relative) in 33% of
+    # turns without it (benchmarks/duet.py).
+    follow_key: bool = True
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if isinstance(value, bool):
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0, got {value}")
         if self.min_answer_s > self.max_answer_s:
@@ -157,6 +164,7 @@ class _Answer:
     drawn: int = 0
     struck: bool = False
     released: bool = False  # the closing NOTE_OFFs are drawn
+    key: str | None = None  # the key it is steered towards (TurnSettings.follow_key)
 
 
 class _Piece:
@@ -245,7 +253,7 @@ class Duet:
         for token in tokens:
             self._play(token, PLAYER, velocity=event.value if _IS_ON[token] else None)
         if tokens and self.answer is not None:
-            self.answer.state = self.shadow.fork()  # redraw from what was played
+            self.answer.state = self._fork(self.answer.key)  # redraw from what was played
         if strike:
             self.phrase = self.phrase or _Phrase(time_s)
             self.phrase.notes += 1
@@ -324,10 +332,30 @@ class Duet:
             self._play(int(token), PLAYER)
         turn = Turn(phrase.start_s, end_s, why, phrase.notes, self._wall_s(step), asked)
         self.turns.append(turn)
-        self.answer = _Answer(self.shadow.fork(), step + seconds_to_steps(asked),
-                              token_budget(asked), turn, detected, step)
+        key = self._phrase_key(phrase) if self.turn_settings.follow_key else None
+        self.answer = _Answer(self._fork(key), step + seconds_to_steps(asked),
+                              token_budget(asked), turn, detected, step, key=key)
         while not self.answer.struck and self.answer.drawn < MAX_OPENING_TOKENS:
             self._draw_one()
+
+    def _fork(self, key: str | None) -> SamplerState:
+        """A sampler for the answer from the duet so far, steered towards `key` (None: as the
+        settings ask)."""
+        state = self.shadow.fork()
+        if key is not None and self.settings.key is None:
+            state.controls = state.controls.with_key(key)
+        return state
+
+    def _phrase_key(self, phrase: _Phrase) -> str | None:
+        """The key the player's notes since `phrase` started are heard in (None: no notes)."""
+        first, now = round(phrase.start_s * STEPS_PER_S) - 1, self.piece.step + self.offset
+        rows = [n for n in self.piece.notes[PLAYER] if n[2] >= first]
+        rows += [(pitch, velocity, start, now) for pitch, (who, start, velocity)
+                 in self.piece.sounding.items() if who == PLAYER and first <= start < now]
+        if not rows:
+            return None
+        return key_of(NoteArrays(*(np.array([r[i] for r in rows], dtype=np.int64)
+                                   for i in range(4))))
 
     def _end_answer(self, step: int, cut: bool) -> None:
         """Release the model's sounding notes at `step` and close the turn (the draft is

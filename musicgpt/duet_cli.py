@@ -52,6 +52,9 @@ def add_duet_command(commands, add_sampling_flags) -> None:
                       help="the answer lasts the phrase's length times this (default 1)")
     duet.add_argument("--min-answer-seconds", type=float, default=2.0)
     duet.add_argument("--max-answer-seconds", type=float, default=8.0)
+    duet.add_argument("--no-follow-key", action="store_true",
+                      help="without --key, do not steer each answer towards the key its phrase "
+                           "is heard in")
     add_sampling_flags(duet, "duet")
     duet.set_defaults(run=run_duet)
 
@@ -108,7 +111,8 @@ def _turn_settings(args: argparse.Namespace):
     try:
         return TurnSettings(pause_s=args.pause_seconds, max_phrase_s=args.max_phrase_seconds,
                             answer_ratio=args.answer_ratio, min_answer_s=args.min_answer_seconds,
-                            max_answer_s=args.max_answer_seconds)
+                            max_answer_s=args.max_answer_seconds,
+                            follow_key=not args.no_follow_key)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
