@@ -140,7 +140,7 @@ def memory_child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=1024)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 3, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtypes", nargs="*", default=["int8"],
                         help="reduced-precision modes to time and check (int8, bfloat16)")

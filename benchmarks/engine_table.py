@@ -1,7 +1,9 @@
-"""Old vs new decode path in one run (`bench_generate.py --engine`): tokens/s of `generate` with
-every step on `GPT.forward` (the eager reference, `fast=False`) against `engine.FastStep` (the
-default), per weight mode and batch; the time from a 512-token primer to the first new token;
-and the largest logit difference between the two paths over a piece decoded step by step.
+"""Old vs new decode path in one run (`bench_generate.py --engine`): the decode step alone, eager
+`GPT.forward` (the reference) against `engine.FastStep` (the default), timed step by step
+interleaved (each position runs both, each on its own cache, so machine load hits both alike);
+tokens/s of `generate` with every step on `GPT.forward` (`fast=False`) against FastStep, per
+weight mode and batch; the time from a 512-token primer to the first new token; and the largest
+logit difference between the two paths over a piece decoded step by step.
 
 The model is a trained checkpoint (the shipped one by default), the sampler its own settings
 with one candidate per row unless told, END left on (rows may stop early: tokens/s counts the
@@ -16,6 +18,7 @@ import torch
 from common import interleaved
 
 from musicgpt.checkpoint import load_sampling_model
+from musicgpt.decode import _eager_step
 from musicgpt.engine import FastStep
 from musicgpt.sampling import SamplingSettings, generate_pieces
 from musicgpt.vocab import START_ID
@@ -48,6 +51,33 @@ def speed_rows(checkpoint, dtypes, batches, new_tokens: int, repeats: int,
             rows.append({"dtype": dtype, "batch": batch, "candidates": candidates,
                          "eager_tok_s": tok_s["eager"], "fast_tok_s": tok_s["fast"],
                          "ratio": tok_s["fast"] / tok_s["eager"]})
+    return rows
+
+
+@torch.inference_mode()
+def step_rows(checkpoint, dtypes, batches, length: int = 512) -> list[dict]:
+    """Mean ms per decode step, eager vs FastStep, positions 1..length-1 after a one-token
+    prefill, no draw; each position runs both paths back to back (interleaved)."""
+    rows = []
+    for dtype in dtypes:
+        model = load_sampling_model(checkpoint, torch.device("cpu"), dtype)
+        n = min(length, model.config.block_size)
+        positions = torch.arange(n)
+        for batch in batches:
+            steps = {"eager": _eager_step(model, n, False), "fast": FastStep(model)}
+            ids = torch.randint(0, 300, (batch, n), generator=torch.Generator().manual_seed(0))
+            caches = {name: model.new_cache(batch, n) for name in steps}
+            spent = dict.fromkeys(steps, 0.0)
+            for name in steps:
+                model(ids[:, :1], positions[:1], 1, caches[name])
+            for pos in range(1, n):
+                for name, step in steps.items():
+                    start = time.perf_counter()
+                    step(ids[:, pos], pos, caches[name])
+                    spent[name] += time.perf_counter() - start
+            ms = {name: 1e3 * spent[name] / (n - 1) for name in steps}
+            rows.append({"dtype": dtype, "batch": batch, "eager_ms": ms["eager"],
+                         "fast_ms": ms["fast"], "ratio": ms["eager"] / ms["fast"]})
     return rows
 
 
@@ -85,6 +115,13 @@ def logit_difference(checkpoint, dtype: str, length: int) -> float:
 
 def print_engine_table(args) -> None:
     """The whole --engine report, in the order BENCHMARKS.md shows it."""
+    print("| step, weights | batch | eager ms/step | FastStep ms/step | eager tok/s | "
+          "FastStep tok/s | FastStep / eager |")
+    print("|---|---|---|---|---|---|---|")
+    for r in step_rows(args.checkpoint, ["float32", "int8"], args.batch_sizes):
+        print(f"| step, {r['dtype']} | {r['batch']} | {r['eager_ms']:.3f} | {r['fast_ms']:.3f} | "
+              f"{1e3 * r['batch'] / r['eager_ms']:.0f} | {1e3 * r['batch'] / r['fast_ms']:.0f} | "
+              f"{r['ratio']:.2f}x |")
     print("| weights | batch | candidates | eager tok/s | fast tok/s | fast / eager |")
     print("|---|---|---|---|---|---|")
     rows = speed_rows(args.checkpoint, ["float32", "int8"], args.batch_sizes, args.new_tokens,

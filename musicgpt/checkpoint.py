@@ -272,11 +272,20 @@ def load_sampling_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"
     app and the CLI load once and sample many times). "auto" is int8 weights on a CPU and the
     checkpoint's own weights elsewhere; "float32" is `load_model_from_checkpoint` itself. Use the
     plain float32 model for training, evaluation and attention maps.
+
+    Loads on one torch thread (the caller's count is given back): its ops are small, and with
+    two threads each waits for a core that another process may hold (Xeon, 2 cores, the other
+    busy: 0.8-1.5 s on two threads, 0.09 s on one).
     """
     from .quantize import quantize_for_sampling, sampling_dtype
 
     name = sampling_dtype(dtype, device)  # an unknown dtype fails before the weights are read
-    return quantize_for_sampling(load_model_from_checkpoint(ckpt_dir, device), name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return quantize_for_sampling(load_model_from_checkpoint(ckpt_dir, device), name)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_training_state(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -1,12 +1,13 @@
 """The fast decode step: one cached (B, 1) step through a GPT's weights as a flat list of tensor
 ops, for sampling on CPU. Nothing about MIDI or sampling; reads the model's weights, owns none.
 
-A decode step of a small model is overhead, not arithmetic: `GPT.forward` pays for ~40 module
-calls, a mask, index tensors and shape checks per step (4.4 ms for 6.8 MFLOP on a Xeon core).
-`FastStep` walks the same weights with ~25 plain ops per layer and no modules, writing keys and
-values into the caller's `layers.KVCache` at an int position (views, no index tensors). The
-relative term is q . E[d] for distances d = 0..pos, flipped to key order, so it reads the
-model's own `rel_emb` and never a derived copy: weights edited in place are seen at once.
+A decode step of this model is memory traffic and overhead, not arithmetic (6.8 MFLOP): at batch
+1 on one Xeon core its 16 fp32 matrices stream from L3 in ~0.55 ms (24 GB/s; int8 ~0.23 ms),
+and `GPT.forward` adds ~40 module calls, a mask and index tensors (1.9-2.2 ms a step in all).
+`FastStep` walks the same weights with ~16 plain ops per layer and no modules: keys and values
+are written into the caller's `layers.KVCache` at an int position (views, no index tensors), and
+for the one new query the Music-Transformer skew reduces to q . E[pos - j], a slice of the
+distance table kept in reverse order, added to q . k by one `baddbmm`.
 
 Logits equal `GPT.forward`'s within fp32 rounding (tests/test_engine.py). int8 layers
 (`quantize.Int8Linear`) run their own fused kernel, as in the eager path. Prefill and the
@@ -18,77 +19,119 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .layers import KVCache, Linear
 from .model import GPT
 
 
-def _linear(layer) -> tuple:
-    """(kind, tensors) for a Linear (W (in, out), b) or an int8 layer (q, scale, bias)."""
-    if isinstance(layer, Linear):
-        return ("f", layer.weight, layer.bias)
-    return ("q", layer.q, layer.scale, layer.bias)
-
-
-def _apply(lin: tuple, x: torch.Tensor) -> torch.Tensor:
-    """x (B, in) -> (B, out) through a `_linear` tuple."""
-    if lin[0] == "f":
-        return torch.addmm(lin[2], x, lin[1])
-    flat = x.to(torch.bfloat16)
-    if hasattr(torch, "_weight_int8pack_mm"):
-        out = torch._weight_int8pack_mm(flat, lin[1], lin[2])
-    else:
-        out = flat @ (lin[1].to(flat.dtype) * lin[2][:, None]).t()
-    return out.float().add_(lin[3])
-
-
 class FastStep:
     """`step(token (B,), pos, cache) -> logits (B, V)`: `model(token[:, None], [pos], pos + 1,
-    cache)[:, -1]` in fewer ops. Holds references to the model's tensors, no copies."""
+    cache)[:, -1]` in ~16 tensor ops per layer.
+
+    Built per decode (`fast_step_for`, ~1 ms): it keeps references to the model's matrices and
+    makes two small derived tensors per layer, the query projection with 1/sqrt(D) folded in (a
+    power of two, so the products round exactly as the eager path's scaled queries) and the
+    distance table in reverse order. Nothing here is mutable, so threads may share one.
+    """
 
     def __init__(self, model: GPT):
         c = model.config
-        self.n_head, self.head_dim, self.n_embd = c.n_head, c.head_dim, c.n_embd
-        self.scale = 1.0 / math.sqrt(c.head_dim)
-        self.wte, self.wpe = model.wte.weight, None if model.wpe is None else model.wpe.weight
-        self.ln_f = (model.ln_f.weight, model.ln_f.bias)
-        self.layers = [self._layer(block) for block in model.blocks]
-
-    @staticmethod
-    def _layer(block) -> dict:
-        attn = block.attn
-        return {"ln_1": (block.ln_1.weight, block.ln_1.bias),
-                "ln_2": (block.ln_2.weight, block.ln_2.bias),
-                "qkv": _linear(attn.c_attn), "proj": _linear(attn.c_proj),
-                "fc": _linear(block.mlp.c_fc), "out": _linear(block.mlp.c_proj),
-                "rel": getattr(attn, "rel_emb", None)}
+        self.n_head, self.head_dim, self.width = c.n_head, c.head_dim, (c.n_embd,)
+        self.wte = model.wte.weight
+        self.wte_t = self.wte.t()
+        self.wpe = None if model.wpe is None else model.wpe.weight
+        self.ln_f = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+        self.layers = [_Layer(block, 1.0 / math.sqrt(c.head_dim)) for block in model.blocks]
 
     def __call__(self, token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
-        x = self.wte[token]  # (B, C)
+        B, H, D = token.shape[0], self.n_head, self.head_dim
+        BH, n, width = B * H, pos + 1, self.width
+        layer_norm = torch.layer_norm
+        x = self.wte.index_select(0, token)  # (B, C)
         if self.wpe is not None:
             x = x + self.wpe[pos]
         for layer, kv in zip(self.layers, cache.layers, strict=True):
-            x = self._block(x, layer, kv, pos)
-        x = F.layer_norm(x, (self.n_embd,), *self.ln_f)
-        return x @ self.wte.t()  # (B, V), tied output projection
+            h = layer_norm(x, width, layer.ln_1[0], layer.ln_1[1], layer.eps)
+            q, new = layer.qkv(h)  # (B, C) scaled queries, (B, 2C) keys and values
+            new = new.view(B, 2, H, D)
+            kv.k.select(2, pos).copy_(new[:, 0])
+            kv.v.select(2, pos).copy_(new[:, 1])
+            keys = kv.k[:, :, :n].reshape(BH, n, D).transpose(1, 2)  # a view: (B*H, D, n)
+            q1 = q.view(BH, 1, D)
+            if layer.rel is None:
+                scores = torch.bmm(q1, keys)
+            else:  # q . E[pos - j] for keys j = 0..pos: a slice of the reversed table
+                rel = torch.mm(q.view(BH, D), layer.rel[layer.rel.shape[0] - n :].t())
+                scores = torch.baddbmm(rel.view(BH, 1, n), q1, keys)
+            y = torch.bmm(scores.softmax(-1), kv.v[:, :, :n].reshape(BH, n, D))
+            x = layer.proj(y.view(B, -1), x)
+            h = layer_norm(x, width, layer.ln_2[0], layer.ln_2[1], layer.eps)
+            x = layer.mlp(h, x)
+        x = layer_norm(x, width, *self.ln_f)
+        return torch.mm(x, self.wte_t)  # (B, V), tied output projection
 
-    def _block(self, x: torch.Tensor, layer: dict, kv, pos: int) -> torch.Tensor:
-        B, H, D = x.shape[0], self.n_head, self.head_dim
-        h = F.layer_norm(x, (self.n_embd,), *layer["ln_1"])
-        q, k, v = _apply(layer["qkv"], h).view(B, 3, H, D).unbind(1)  # each (B, H, D)
-        kv.k[:, :, pos] = k
-        kv.v[:, :, pos] = v
-        n = pos + 1
-        q = q.unsqueeze(2)  # (B, H, 1, D)
-        scores = q @ kv.k[:, :, :n].transpose(-1, -2)  # (B, H, 1, n)
-        if layer["rel"] is not None:  # q . E[pos - j]: distances 0..pos, flipped to key order
-            scores = scores + (q @ layer["rel"][:n].t()).flip(-1)
-        weights = (scores * self.scale).softmax(-1)
-        y = (weights @ kv.v[:, :, :n]).view(B, self.n_embd)
-        x = x + _apply(layer["proj"], y)
-        h = F.layer_norm(x, (self.n_embd,), *layer["ln_2"])
-        return x + _apply(layer["out"], F.gelu(_apply(layer["fc"], h), approximate="tanh"))
+
+class _Layer:
+    """One block's tensors for `FastStep`, fp32 (`Linear`: W (in, out), b) or int8
+    (`quantize.Int8Linear`: Q (out, in), bf16 scale, b), and its products."""
+
+    def __init__(self, block, scale: float):
+        attn, mlp = block.attn, block.mlp
+        self.ln_1 = (block.ln_1.weight, block.ln_1.bias)
+        self.ln_2 = (block.ln_2.weight, block.ln_2.bias)
+        self.eps = block.ln_1.eps
+        rel = getattr(attn, "rel_emb", None)  # row L-1-r holds distance r
+        self.rel = None if rel is None else rel.detach().flip(0)
+        C = attn.c_proj.bias.shape[0]
+        self.int8 = not isinstance(attn.c_attn, Linear)
+        if self.int8:
+            a = attn.c_attn
+            self.q = (a.q[:C], a.scale[:C] * scale, a.bias[:C] * scale)
+            self.kv = (a.q[C:], a.scale[C:], a.bias[C:])
+            self.wp, self.wf, self.wo = (_int8(m) for m in (attn.c_proj, mlp.c_fc, mlp.c_proj))
+        else:
+            w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
+            self.q = (w[:, :C] * scale, b[:C] * scale)
+            self.kv = (w[:, C:], b[C:])  # a strided view: addmm reads it in place
+            self.wp, self.wf, self.wo = ((m.weight, m.bias)
+                                         for m in (attn.c_proj, mlp.c_fc, mlp.c_proj))
+
+    def qkv(self, h: torch.Tensor):
+        if self.int8:
+            h = h.to(torch.bfloat16)
+            return _int8_mm(h, *self.q), _int8_mm(h, *self.kv)
+        return torch.addmm(self.q[1], h, self.q[0]), torch.addmm(self.kv[1], h, self.kv[0])
+
+    def proj(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x + the attention's output projection of y."""
+        if self.int8:
+            return x + _int8_mm(y.to(torch.bfloat16), *self.wp)
+        return torch.addmm(self.wp[1], y, self.wp[0]).add_(x)
+
+    def mlp(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x + the feed-forward of h (tanh GELU in place)."""
+        if self.int8:
+            f = torch._C._nn.gelu_(_int8_mm(h.to(torch.bfloat16), *self.wf), approximate="tanh")
+            return x + _int8_mm(f.to(torch.bfloat16), *self.wo)
+        f = torch._C._nn.gelu_(torch.addmm(self.wf[1], h, self.wf[0]), approximate="tanh")
+        return torch.addmm(self.wo[1], f, self.wo[0]).add_(x)
+
+
+def _int8(layer) -> tuple:
+    return layer.q, layer.scale, layer.bias
+
+
+def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
+    """bf16 x (B, in) through int8 Q (out, in) and scale, + fp32 bias -> fp32 (B, out): the
+    numbers of `quantize.Int8Linear` at decode-step sizes."""
+    if _HAS_INT8_KERNEL:
+        out = torch._weight_int8pack_mm(x, q, scale)
+    else:
+        out = x @ (q.to(x.dtype) * scale[:, None]).t()
+    return torch.add(out, bias)  # bf16 + fp32 -> fp32, as out.float() + bias
+
+
+_HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
 
 
 def fast_step_for(model: GPT) -> FastStep | None:

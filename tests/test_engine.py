@@ -68,3 +68,42 @@ def test_models_the_fast_step_cannot_serve_decode_through_forward(make_tiny_mode
     model.eval()
     model.forward = model.forward  # a wrapper on the instance sees every step
     assert fast_step_for(model) is None
+
+
+def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool) -> torch.Tensor:
+    """Logits (B, n_new, V) that `decode_steps` hands its draw, fed the same fixed tokens
+    (drawn from a seeded generator, not the logits) by both paths, through every slide."""
+    from musicgpt.decode import decode_steps
+
+    tokens = torch.randint(4, 300, (n_new, history.size(0)),
+                           generator=torch.Generator().manual_seed(7))
+    seen = []
+
+    def draw(logits):
+        seen.append(logits.clone())
+        return tokens[len(seen) - 1]
+
+    with torch.inference_mode():
+        for _ in decode_steps(model, history, n_new, draw, fast=fast):
+            pass
+    return torch.stack(seen, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_fast_decode_equals_the_reference_through_the_sliding_window(make_tiny_model, batch):
+    model = make_tiny_model(seed=5, attention="relative")
+    history = torch.full((batch, 1), START_ID)
+    n_new = 3 * model.config.block_size + 10  # several slides of the window
+    fast, eager = (_decode_logits(model, history, n_new, f) for f in (True, False))
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_shipped_model_decodes_600_tokens_equal_to_the_reference(batch):
+    from musicgpt.assets import default_model_dir
+    from musicgpt.checkpoint import load_sampling_model
+
+    model = load_sampling_model(default_model_dir(), "cpu", "float32")
+    history = torch.full((batch, 1), START_ID)
+    fast, eager = (_decode_logits(model, history, 600, f) for f in (True, False))
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
