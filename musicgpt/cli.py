@@ -73,9 +73,9 @@ def _train(args: argparse.Namespace) -> dict:
     from .training import check_run_folder, train
 
     out = _run_folder(args.out)
+    source = _init_source(args)
     check_run_folder(out, args.resume, args.overwrite)
     resuming = args.resume and has_weights(out / "checkpoint")
-    source = _init_source(args)
     if source is not None:
         config = finetune_config(load_config(source), _flags_given(args), args.init_from)
     else:
