@@ -6,7 +6,6 @@ the step, and a resumed run sees exactly the batches an uninterrupted run would 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -28,7 +27,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import Config, loads_json
+from .config import Config
 from .data import (
     TokenWindows,
     folder_label,
@@ -38,11 +37,12 @@ from .data import (
     preprocess_folder,
 )
 from .device import pick_device
-from .files import tmp_path, writing
+from .files import writing
 from .finetune import add_styles, label_unlabelled
 from .layers import Linear
 from .locks import folder_lock
 from .model import GPT
+from .run_folder import RunExistsError, append_jsonl, check_run_folder, trim_metrics  # noqa: F401
 from .schedule import TrainClock, learning_rate_at  # noqa: F401 (re-exported)
 from .vocab import N_STYLES, PAD_ID
 
@@ -291,7 +291,7 @@ def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, prog
     config, clock = run.config, run.clock
     start_step = _resume(run) if resume else 0
     if run.dist.main:
-        _trim_metrics(run.out_dir / "metrics.jsonl", start_step)
+        trim_metrics(run.out_dir / "metrics.jsonl", start_step)
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
     bar = _progress_bar(config, start_step, progress and run.dist.main)
     metrics: dict = {"step": start_step}
@@ -318,8 +318,8 @@ def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, prog
                 bar.write(f"step {step}: train loss {loss:.4f}, "
                           f"val NLL {metrics['val_nll']:.4f} nats/token")
             if run.dist.main:
-                _append_jsonl(run.out_dir / "metrics.jsonl",
-                              {**metrics, "time": round(time.time(), 1)})
+                append_jsonl(run.out_dir / "metrics.jsonl",
+                             {**metrics, "time": round(time.time(), 1)})
                 if step % config.ckpt_interval == 0 or at_eval:
                     _save(run, step)
                 if improved:  # after the checkpoint --resume needs
@@ -482,36 +482,6 @@ def _any_rank(flag: bool, dist: _Dist) -> bool:
     return bool(value.item())
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    """One JSON line; a value that is not a finite number is written as null (strict JSON)."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-             for k, v in record.items()}
-    with writing(path), path.open("a") as log:
-        log.write(json.dumps(clean, allow_nan=False) + "\n")
-
-
-def _trim_metrics(path: Path, start_step: int) -> None:
-    """Drop the lines of steps after `start_step` (a resumed run redoes them), all or nothing."""
-    try:
-        lines = path.read_text().splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
-        return
-    kept = [line for line in lines if _line_step(line) <= start_step]
-    if len(kept) == len(lines):
-        return
-    tmp = tmp_path(path)
-    with writing(path, tmp):
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-
-
-def _line_step(line: str) -> float:
-    try:
-        return float(loads_json(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")  # not a record of ours: dropped with the redone steps
-
-
 def _finish(run: _Run, step: int, start_step: int, interrupted: bool) -> None:
     if run.dist.main and step > start_step:
         _save(run, step)
@@ -594,33 +564,3 @@ def _restore_training_state(run: _Run, ckpt: Path) -> int:
     run.clock = TrainClock(run.config.max_minutes * 60, float(state.get("train_seconds", 0.0)),
                            float(warm) if warm is not None else None)
     return int(state["step"])
-
-
-class RunExistsError(ValueError):
-    """A new run asked for in a folder whose checkpoint it would overwrite."""
-
-
-def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse to start a new run over `out_dir`'s checkpoint unless told to (`overwrite`): a
-    trained checkpoint is never replaced by accident; refuse `resume` with nothing to resume."""
-    ckpt = Path(out_dir) / "checkpoint"
-    if resume and overwrite:
-        raise ValueError("--resume continues the checkpoint and --overwrite replaces it: "
-                         "give one of them")
-    if resume and not has_weights(ckpt):
-        raise ValueError(f"--resume: nothing to resume in {out_dir} (no checkpoint in {ckpt}); "
-                         f"leave out --resume to start a new run there, or give --out the run "
-                         f"folder that holds checkpoint/")
-    if resume or overwrite or not has_weights(ckpt):
-        return
-    raise RunExistsError(f"{ckpt} already holds a checkpoint{_step_of(ckpt)}; continue it with "
-                         f"--resume, or start over with --overwrite (replaces it)")
-
-
-def _step_of(ckpt: Path) -> str:
-    """' (step N)' from a checkpoint's state.json, or '' when it has none."""
-    try:
-        state = loads_json((checkpoint_dir(ckpt) / "state.json").read_text())
-        return f" (step {int(state['step'])})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
