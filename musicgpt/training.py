@@ -288,8 +288,8 @@ def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, prog
            stop_after: int | None, style_names: dict[str, str] | None, init_from) -> dict:
     """`train` once the run folder is checked and locked."""
     run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names, init_from)
-    config, clock = run.config, run.clock
     start_step = _resume(run) if resume else 0
+    config, clock = run.config, run.clock  # the clock as _resume restored it
     if run.dist.main:
         trim_metrics(run.out_dir / "metrics.jsonl", start_step)
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
@@ -560,6 +560,8 @@ def _restore_training_state(run: _Run, ckpt: Path) -> int:
     best, last = state.get("best_val_nll"), state.get("val_nll")
     run.best_val = float(best) if best is not None else float("inf")
     run.last_val = float(last) if last is not None else None
+    if "init_from" in state:  # the provenance of a fine-tuned run stays with it
+        run.info.setdefault("init_from", state["init_from"])
     warm = state.get("warm_seconds")
     run.clock = TrainClock(run.config.max_minutes * 60, float(state.get("train_seconds", 0.0)),
                            float(warm) if warm is not None else None)

@@ -139,6 +139,20 @@ def test_a_time_budget_stops_near_time_with_the_schedule_at_its_end(mine, tmp_pa
     assert len(metrics) > 5
 
 
+def test_a_resumed_timed_run_goes_on_from_the_time_it_had(mine, tmp_path, capsys):
+    flags = ["--midi-dir", str(mine), "--out", str(tmp_path), *QUICK]
+    assert train_main([*flags, "--preset", "tiny", "--max-minutes", "0.02"]) == 0
+    first = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert train_main([*flags, "--resume", "--max-minutes", "0.04"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] > first["step"] and state["warm_seconds"] == first["warm_seconds"]
+    assert result["minutes"] == pytest.approx(state["train_seconds"] / 60, abs=0.005)
+    assert state["train_seconds"] < 0.04 * 60 + 1.0  # 1.2 s more, not another 2.4 s
+    assert train_main([*flags, "--resume", "--max-minutes", "0.01"]) == 2
+    assert "nothing to train; give a larger --max-minutes" in capsys.readouterr().err
+
+
 def test_the_clock_plans_the_cosine_on_time(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
