@@ -504,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "per token and nats per second of music. Scored: every token of START + piece "
                     "+ END after START. Pieces longer than the context use a sliding window; each "
                     "token is scored once. Unreadable files are skipped with their reason.")
-    ev.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    ev.add_argument("--checkpoint",
+                    help="checkpoint folder, or a run folder holding checkpoint/ (default: the "
+                         "shipped model)")
     ev.add_argument("--midi-dir", required=True, help="folder of .mid/.midi files (recursive)")
     ev.add_argument("--json", action="store_true",
                     help="print JSON (keys nll_per_token, nll_per_second, files, tokens, "
@@ -525,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", help="output folder for an ONNX decoder (model.onnx in "
                                        "Optimum's layout, config.json, vocab.json); absolute "
                                        "or relative attention")
-    export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    export.add_argument("--checkpoint",
+                        help="checkpoint folder, or a run folder holding checkpoint/ (default: the "
+                             "shipped model)")
     export.set_defaults(run=_export)
     return parser
 
