@@ -298,7 +298,9 @@ def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, prog
     tick, step = time.perf_counter(), start_step
     with _StopFlag() as stop:
         while step < last_step and not _any_rank(stop.raised, run.dist):
-            lr = learning_rate_at(step, config, _agree(clock.progress(step, config), run.dist))
+            warmup = int(_agree(clock.warmup_steps(config), run.dist))
+            lr = learning_rate_at(step, config, _agree(clock.progress(step, config), run.dist),
+                                  warmup)
             loss = _train_step(run, step, lr)
             step += 1
             clock.step_done()
@@ -562,7 +564,8 @@ def _restore_training_state(run: _Run, ckpt: Path) -> int:
     run.last_val = float(last) if last is not None else None
     if "init_from" in state:  # the provenance of a fine-tuned run stays with it
         run.info.setdefault("init_from", state["init_from"])
-    warm = state.get("warm_seconds")
+    warm, warmup = state.get("warm_seconds"), state.get("warmup_steps")
     run.clock = TrainClock(run.config.max_minutes * 60, float(state.get("train_seconds", 0.0)),
-                           float(warm) if warm is not None else None)
+                           float(warm) if warm is not None else None,
+                           int(warmup) if warmup is not None else None)
     return int(state["step"])

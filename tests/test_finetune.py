@@ -172,6 +172,19 @@ def test_the_clock_plans_the_cosine_on_time(monkeypatch):
     assert schedule.learning_rate_at(5, config, progress=1.0) == pytest.approx(1e-4)
 
 
+def test_a_timed_run_warms_up_for_at_most_a_tenth_of_its_budget(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+    config = preset("tiny", warmup_steps=100, learning_rate=1e-3)  # 100 steps would take 50 s
+    clock = schedule.TrainClock(budget_s=10.0)
+    now[0] += 0.5
+    clock.step_done()
+    assert clock.warmup_steps(config) == 2  # the steps that fit in 1 s
+    assert schedule.learning_rate_at(1, config, None, 2) == pytest.approx(1e-3)
+    assert clock.progress(2, config) == 0.0
+    assert schedule.TrainClock(0.0).warmup_steps(config) == 100  # a run planned on steps
+
+
 def test_run_folder_or_checkpoint_folder_for_every_command(tiny_checkpoint, tmp_path, capsys):
     run = tiny_checkpoint.parent  # holds checkpoint/
     midi = tmp_path / "midi"
