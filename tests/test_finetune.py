@@ -4,6 +4,9 @@ and the from-scratch defaults that match the shipped model."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -207,3 +210,27 @@ def test_a_new_run_has_the_shipped_models_shape_and_sampling():
     assert {f: getattr(preset("default"), f) for f in fields} == {
         f: getattr(shipped, f) for f in fields}
     assert preset("tiny").attention == Config().attention == "absolute"  # what old configs mean
+
+
+def test_finetune_benchmark_runs_end_to_end_on_a_tiny_model(tiny_checkpoint, tmp_path):
+    corpus = tmp_path / "folk"
+    for i in range(8):
+        write_midi(corpus / f"tune_{i}.mid", [(60 + (i + j) % 12, 80, 0.25 * j, 0.25 * j + 0.2)
+                                              for j in range(40)])
+    out = tmp_path / "finetune.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune.py"), "--corpus",
+                           str(corpus), "--files", "5", "--held-out", "3", "--minutes", "0.02",
+                           "--pieces", "2", "--seconds", "1", "--init-from",
+                           str(tiny_checkpoint), "--scratch-preset", "tiny", "--work",
+                           str(tmp_path / "work"), "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["style"] == "folk" and report["train_files"] == 5
+    assert report["nll"]["shipped"]["files"] == 3
+    assert all(run["steps"] >= 1 for run in report["runs"].values())
+    for name in ("finetuned", "shipped"):
+        overlap = report["stats"][name]["note_density_per_s"]["overlap"]
+        assert 0 <= overlap <= 1
+        assert "| note_density_per_s | " in done.stdout
