@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -82,23 +83,69 @@ def sampling_turn(path: str):
             waiting.empty()
 
 
+EXTRA_FOLDERS = "extra_folders"  # session_state key: folders typed into the sidebar, kept
+ADD_FOLDER = "add_folder"  # the sidebar text box's key
+FOLDER_WARNING = "add_folder_warning"  # session_state key: why a typed folder was not added
+
+
+def add_typed_folder() -> None:
+    """The text box's callback: remember a folder that holds checkpoints and select its first,
+    or say (once) why not; nothing else on the page changes."""
+    text = st.session_state.get(ADD_FOLDER, "").strip()
+    if not text:
+        return
+    folder = Path(text).expanduser()
+    found = studio.checkpoints_in(folder)
+    if not found:
+        where = "there is no such folder" if not folder.exists() else "it holds no checkpoint"
+        st.session_state[FOLDER_WARNING] = (
+            f"No checkpoint in {text}: {where} (looked for config.json and model.safetensors "
+            f"in it, in its checkpoint/ and in the run folders inside it).")
+        return
+    folders = st.session_state.setdefault(EXTRA_FOLDERS, [])
+    if text not in folders:
+        folders.append(text)
+    listed = {path.resolve(): str(path) for path in
+              studio.find_checkpoints(extra=folders).values()}
+    st.session_state["checkpoint"] = listed.get(found[0].resolve())
+
+
 def pick_model():
     """Sidebar checkpoint picker: (the loaded model, its folder), or (None, None) after saying
-    why."""
-    found = studio.find_checkpoints()
+    why. It lists the shipped model, the runs under runs/ and $MUSICGPT_CHECKPOINTS, and the
+    folders typed into its text box (kept for the session)."""
+    found = studio.find_checkpoints(extra=st.session_state.get(EXTRA_FOLDERS, []))
+    warning = st.session_state.pop(FOLDER_WARNING, None)
+    if warning:
+        st.sidebar.warning(warning)
     if not found:
         st.error("No model found. The shipped default model is missing and no checkpoint was "
-                 "found in runs/*/checkpoint. Train one (`python train.py --out runs/mine`) or "
-                 f"set ${studio.ENV_CHECKPOINTS} to a folder holding checkpoints.")
+                 "found in runs/. Train one (`python train.py --out runs/mine`), type its "
+                 f"folder in the sidebar, or set ${studio.ENV_CHECKPOINTS} to a folder of runs.")
+        _folder_box()
         return None, None
-    label = st.sidebar.selectbox("Checkpoint", list(found), key="checkpoint")
+    # the options are the folders, so a label that changes (a run still training) keeps its place
+    labels = {str(path): label for label, path in found.items()}
+    if st.session_state.get("checkpoint") not in labels:
+        st.session_state.pop("checkpoint", None)
+    path = st.sidebar.selectbox("Checkpoint", list(labels), format_func=labels.get,
+                                key="checkpoint")
+    _folder_box()
     try:
-        model = load_model(str(found[label]))
+        model = load_model(path)
     except (OSError, ValueError, RuntimeError) as exc:
-        st.error(f"Cannot load checkpoint {found[label]}: {exc}")
+        st.error(f"Cannot load checkpoint {path}: {exc}")
         return None, None
-    st.sidebar.caption(f"{model.config.short()}, {model.num_params() / 1e6:.2f} M parameters")
-    return model, str(found[label])
+    st.sidebar.caption(f"{path}: {model.config.short()}, "
+                       f"{model.num_params() / 1e6:.2f} M parameters")
+    return model, path
+
+
+def _folder_box() -> None:
+    st.sidebar.text_input("Add a run folder", key=ADD_FOLDER, on_change=add_typed_folder,
+                          placeholder="runs/mine, or a folder of runs",
+                          help="A checkpoint folder, a run folder (holding checkpoint/) or a "
+                               "folder of runs; kept in the list for this session.")
 
 
 def pick_primer() -> tuple[np.ndarray | None, bool, bytes | None]:

@@ -27,3 +27,17 @@ def has_weights(path: str | Path) -> bool:
 def has_training_state(path: str | Path) -> bool:
     """Whether `path` (or its `.old`) holds a training state that `--resume` can continue from."""
     return (checkpoint_dir(path) / "state.json").is_file()
+
+
+def resolve_checkpoint(path: str | Path, flag: str = "--checkpoint") -> Path:
+    """The checkpoint folder that `path` names: `path` itself when it holds a checkpoint, else
+    the run folder's `path/checkpoint`. FileNotFoundError naming both places otherwise."""
+    path = Path(path)
+    if has_weights(path):
+        return path
+    if has_weights(path / "checkpoint"):
+        return path / "checkpoint"
+    missing = " (no such folder)" if not path.exists() else ""
+    raise FileNotFoundError(f"no checkpoint at {flag} {path}{missing}: looked for config.json "
+                            f"and model.safetensors in {path} and in {path / 'checkpoint'} (a "
+                            f"run folder)")

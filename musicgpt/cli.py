@@ -32,7 +32,15 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--midi-dir", help="folder of .mid/.midi files (searched recursively)")
     parser.add_argument("--data-dir", help="preprocessed tokens (default OUT/data)")
     parser.add_argument("--out", default="runs/musicgpt", help="run folder (default runs/musicgpt)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="model shape and training settings of a new run (default: default, "
+                             "the shipped model's shape and sampling)")
+    parser.add_argument("--init-from", metavar="default|FOLDER",
+                        help="fine-tune: start from the shipped model (default) or a checkpoint "
+                             "or run folder; its architecture, styles and sampling settings are "
+                             "kept, the folder's style labels are added, and training uses "
+                             "fine-tuning settings (lower learning rate, validation every 10 "
+                             "steps; flags override them)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run even though OUT/checkpoint holds one (replaced at "
@@ -61,20 +69,52 @@ def train_main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> dict:
     """Check the run folder, config, device and data, then train."""
     from .checkpoint import check_weights_file, checkpoint_dir, has_weights, load_config
+    from .finetune import finetune_config
     from .training import check_run_folder, train
 
     out = _run_folder(args.out)
+    source = _init_source(args)
     check_run_folder(out, args.resume, args.overwrite)
     resuming = args.resume and has_weights(out / "checkpoint")
-    base = load_config(out / "checkpoint") if resuming else None
-    config = config_from_arguments(args, base)
-    if resuming:  # bad weights are refused before the data is read
-        check_weights_file(checkpoint_dir(out / "checkpoint") / "model.safetensors", config)
+    if source is not None:
+        config = finetune_config(load_config(source), _flags_given(args), args.init_from)
+    else:
+        base = load_config(out / "checkpoint") if resuming else None
+        config = config_from_arguments(args, base)
+        if args.max_minutes and args.max_steps is None and not resuming:
+            config = config.replace(max_steps=10**9)  # the time budget ends the run
+    weights = source if source is not None else out / "checkpoint" if resuming else None
+    if weights is not None:  # bad weights are refused before the data is read
+        check_weights_file(checkpoint_dir(weights) / "model.safetensors", config)
     checks.training_memory(config, checks.device(config.device))
     _check_training_data(args, out)
     return train(config, out, midi_dir=args.midi_dir, data_dir=args.data_dir,
                  resume=args.resume, progress=not args.no_progress,
-                 style_names=_style_names(args.style_names), overwrite=args.overwrite)
+                 style_names=_style_names(args.style_names), overwrite=args.overwrite,
+                 init_from=source)
+
+
+def _init_source(args: argparse.Namespace):
+    """The checkpoint folder --init-from names (None without it), refusing what conflicts."""
+    from .finetune import source_checkpoint
+
+    if args.init_from is None:
+        return None
+    checks.require(not args.resume, "--init-from starts a new run from another model's weights "
+                                    "and --resume continues this run's own: give one of them")
+    checks.require(args.preset is None, f"--preset {args.preset} sets a model's shape, and "
+                                        f"--init-from takes its source's: give one of them")
+    return source_checkpoint(args.init_from)
+
+
+def _flags_given(args: argparse.Namespace) -> dict:
+    """Config field -> value of each config flag given on the command line."""
+    from dataclasses import fields
+
+    from .config import Config
+
+    return {f.name: getattr(args, f.name) for f in fields(Config)
+            if getattr(args, f.name, None) is not None}
 
 
 def _run_folder(value: str) -> Path:
@@ -119,12 +159,15 @@ def _load_model(checkpoint: str | None, device: str, dtype: str = "float32"):
     """The checkpoint's model on `device`; `dtype` other than float32 quantises it once, here."""
     from .assets import default_model_dir
     from .checkpoint import has_weights, load_sampling_model
+    from .checkpoint_paths import resolve_checkpoint
 
     torch_device = checks.device(device)
-    path = Path(checkpoint) if checkpoint else default_model_dir()
-    if not has_weights(path):
-        hint = "" if checkpoint else " (the shipped default model is missing; pass --checkpoint)"
-        raise UserError(f"no checkpoint at {path}{hint}")
+    if checkpoint:  # a checkpoint folder, or a run folder holding checkpoint/
+        path = resolve_checkpoint(checkpoint)
+    else:
+        path = default_model_dir()
+        checks.require(has_weights(path), f"no checkpoint at {path} (the shipped default model "
+                                          f"is missing; pass --checkpoint)")
     try:
         return load_sampling_model(path, torch_device, dtype)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -424,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "per token and nats per second of music. Scored: every token of START + piece "
                     "+ END after START. Pieces longer than the context use a sliding window; each "
                     "token is scored once. Unreadable files are skipped with their reason.")
-    ev.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    ev.add_argument("--checkpoint",
+                    help="checkpoint folder, or a run folder holding checkpoint/ (default: the "
+                         "shipped model)")
     ev.add_argument("--midi-dir", required=True, help="folder of .mid/.midi files (recursive)")
     ev.add_argument("--json", action="store_true",
                     help="print JSON (keys nll_per_token, nll_per_second, files, tokens, "
@@ -445,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", help="output folder for an ONNX decoder (model.onnx in "
                                        "Optimum's layout, config.json, vocab.json); absolute "
                                        "or relative attention")
-    export.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    export.add_argument("--checkpoint",
+                        help="checkpoint folder, or a run folder holding checkpoint/ (default: the "
+                             "shipped model)")
     export.set_defaults(run=_export)
 
     from .duet_cli import add_duet_command

@@ -42,6 +42,10 @@ class Config:
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 5000
+    # A time budget instead of (or as well as) steps: 0 = off. The cosine is planned on time (it
+    # ends when the minutes do), training stops before a step that would pass them, then
+    # validates and saves. max_steps still caps the run.
+    max_minutes: float = 0.0
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
     warmup_steps: int = 200
@@ -90,6 +94,7 @@ class Config:
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "grad_accum": (self.grad_accum >= 1, ">= 1"),
             "max_steps": (self.max_steps >= 1, ">= 1"),
+            "max_minutes": (self.max_minutes >= 0, ">= 0 (0 = no time budget)"),
             "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
             "eval_interval": (self.eval_interval >= 1, ">= 1"),
             "eval_batches": (self.eval_batches >= 1, ">= 1"),
@@ -181,13 +186,25 @@ def loads_json(text: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
+# What the shipped model (data/default_model/config.json) uses beyond the Config defaults:
+# relative attention and its sampling settings. A new run from the `default` or `large` preset
+# gets them; the Config defaults stay as they were, so an old config.json reads as it was saved.
+SHIPPED = dict(attention="relative", top_p=0.9, style_guidance=1.0, candidates=3)
+
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0, batch_size=4,
                  max_steps=50, warmup_steps=5, eval_interval=25, eval_batches=2, ckpt_interval=25),
-    "default": {},
-    "large": dict(n_layer=6, n_head=8, n_embd=512, block_size=1024, learning_rate=6e-4,
+    "default": dict(SHIPPED),
+    "large": dict(SHIPPED, n_layer=6, n_head=8, n_embd=512, block_size=1024, learning_rate=6e-4,
                   min_learning_rate=6e-5),
 }
+
+# Training settings of a fine-tuning run (train.py --init-from): a small folder, a trained model.
+# A lower learning rate than from scratch, a short warm-up, and validation early and often (and
+# at the end), so a short run has a best validation NLL and a checkpoint kept at it. The model's
+# shape, styles and sampling settings come from the source checkpoint; flags given override these.
+FINETUNE = dict(max_steps=200, learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=10,
+                eval_interval=10, eval_batches=4, ckpt_interval=10)
 
 
 def preset(name: str, **overrides) -> Config:

@@ -267,12 +267,20 @@ def with_style(ids: np.ndarray, slot: int) -> np.ndarray:
 
 def piece_styles(out_dir: str | Path, split: str) -> list[str]:
     """Style label of each piece of a split ('' for none), in `load_split` order: the `style`
-    column of the MIDI folder's `index.csv` where it has one, else the piece's top-level folder
-    (a file directly in the MIDI folder has none)."""
+    (else `source`) column of the MIDI folder's `index.csv` where it has one, else the piece's
+    top-level folder (a file directly in the MIDI folder has none)."""
     manifest = loads_json((Path(out_dir) / "manifest.json").read_text())
-    column = _index_column(Path(manifest.get("midi_dir", "")), "style")
+    root = Path(manifest.get("midi_dir", ""))
+    column = _index_column(root, "style") or _index_column(root, "source")
     return [column.get(p["path"]) or (p["path"].split("/")[0] if "/" in p["path"] else "")
             for p in manifest["pieces"] if p["split"] == split]
+
+
+def folder_label(out_dir: str | Path) -> str:
+    """The name of the MIDI folder a token cache was made from (a fine-tuning run's label for
+    the pieces without one)."""
+    manifest = loads_json((Path(out_dir) / "manifest.json").read_text())
+    return Path(manifest.get("midi_dir", "") or Path(out_dir).name).name
 
 
 def _index_column(root: Path, name: str) -> dict[str, str]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .assets import default_model_dir, example_midi_files, primer_midi_files, primers_dir
-from .checkpoint import has_weights
+from .checkpoint import checkpoint_dir, has_weights
+from .config import loads_json
 from .evaluation import token_nll
 from .events import (
     Note,
@@ -47,40 +48,97 @@ class UploadError(ValueError):
     """An uploaded file that cannot be a primer; the message is meant for the page."""
 
 
-def _search_folder(folder: Path) -> list[Path]:
-    """The folder itself if it is a checkpoint, else checkpoints one or two levels below it."""
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The checkpoints a folder names: itself if it is one; a run folder's checkpoint/ (and its
+    best/ where that is another step); else those of the runs one level below it (`runs/`)."""
     if has_weights(folder):
         return [folder]
+    if has_weights(folder / "checkpoint"):
+        found = [folder / "checkpoint"]
+        best = folder / "best"
+        if has_weights(best) and _state(best).get("step") != _state(found[0]).get("step"):
+            found.append(best)
+        return found
     if not folder.is_dir():
         return []
     found = [p for p in sorted(folder.glob("*")) if has_weights(p)]
-    return found + [p for p in sorted(folder.glob("*/checkpoint")) if has_weights(p)]
+    for run in sorted(p for p in folder.glob("*") if p.is_dir() and not has_weights(p)):
+        found += checkpoints_in(run) if has_weights(run / "checkpoint") else []
+    return found
 
 
-def find_checkpoints(env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Path]:
-    """Label -> checkpoint folder, in the order the page offers them.
+def _read_json(path: Path) -> dict:
+    try:
+        value = loads_json(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
-    1. `$MUSICGPT_CHECKPOINT` (one folder), 2. the shipped default model, 3. `runs/*/checkpoint`
-    under the repository and the working directory, 4. anything in `$MUSICGPT_CHECKPOINTS`.
+
+def _state(path: Path) -> dict:
+    return _read_json(checkpoint_dir(path) / "state.json")
+
+
+def run_name(path: Path) -> str:
+    """A checkpoint's short name: its run folder's for RUN/checkpoint ("RUN (best)" for
+    RUN/best), else its own folder's."""
+    path = Path(path)
+    if path.name == "checkpoint" and path.parent.name:
+        return path.parent.name
+    if path.name == "best" and has_weights(path.parent / "checkpoint"):
+        return f"{path.parent.name} (best)"
+    return path.name
+
+
+def checkpoint_label(path: Path, name: str | None = None) -> str:
+    """"mine — step 120, classical+chopin, 40 files, val NLL 1.87": the name, then what the
+    checkpoint's state.json and config.json tell (step, the styles it trained on, the number of
+    files, its validation NLL), each left out where unknown."""
+    state = _state(path)
+    config = _read_json(checkpoint_dir(path) / "config.json")
+    parts = [f"step {state['step']:,}"] if isinstance(state.get("step"), int) else []
+    styles = state.get("data_styles") or config.get("styles") or []
+    data = "+".join(str(style) for style in styles) if isinstance(styles, list) else ""
+    if isinstance(state.get("files"), int):
+        data = ", ".join(filter(None, [data, f"{state['files']} files"]))
+    parts += [data] if data else []
+    val = state.get("val_nll", state.get("best_val_nll"))
+    if isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val):
+        parts.append(f"val NLL {val:.2f}")
+    name = name or run_name(path)
+    return f"{name} — {', '.join(parts)}" if parts else name
+
+
+def find_checkpoints(env: dict[str, str] | None = None, cwd: Path | None = None,
+                     extra: list[str] | tuple[str, ...] = ()) -> dict[str, Path]:
+    """Label (checkpoint_label) -> checkpoint folder, in the order the page offers them.
+
+    1. `$MUSICGPT_CHECKPOINT` (one folder), 2. the shipped default model, 3. the runs under
+    `runs/` in the repository and the working directory, 4. those under each folder in
+    `$MUSICGPT_CHECKPOINTS` (separated by os.pathsep), 5. those of the `extra` folders (typed
+    into the page). A folder may be a checkpoint, a run folder or a folder of runs.
     """
     env = dict(os.environ) if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
-    candidates: list[tuple[str, Path]] = []
+    candidates: list[tuple[str | None, Path]] = []
     if env.get(ENV_CHECKPOINT):
         path = Path(env[ENV_CHECKPOINT])
-        candidates += [(f"{path} (${ENV_CHECKPOINT})", path)] if has_weights(path) else []
+        if has_weights(path):
+            candidates.append((f"{run_name(path)} (${ENV_CHECKPOINT})", path))
     if has_weights(default_model_dir()):
         candidates.append(("default model", default_model_dir()))
     folders = [REPO_ROOT / "runs", cwd / "runs"]
     folders += [Path(p) for p in env.get(ENV_CHECKPOINTS, "").split(os.pathsep) if p]
+    folders += [Path(p).expanduser() for p in extra]
     for folder in folders:
-        candidates += [(str(p), p) for p in _search_folder(folder)]
+        candidates += [(None, p) for p in checkpoints_in(folder)]
     found: dict[str, Path] = {}
     seen: set[Path] = set()
-    for label, path in candidates:
+    for name, path in candidates:
         if path.resolve() not in seen:
             seen.add(path.resolve())
-            found[label] = path
+            label = checkpoint_label(path, name)
+            found[label if label not in found else f"{label} [{path}]"] = path
     return found
 
 

@@ -6,7 +6,6 @@ the step, and a resumed run sees exactly the batches an uninterrupted run would 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -28,30 +27,24 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .config import Config, loads_json
+from .config import Config
 from .data import (
     TokenWindows,
+    folder_label,
     load_split,
     no_training_pieces,
     piece_styles,
     preprocess_folder,
 )
 from .device import pick_device
-from .files import tmp_path, writing
+from .files import writing
+from .finetune import add_styles, label_unlabelled
 from .layers import Linear
 from .locks import folder_lock
 from .model import GPT
+from .run_folder import RunExistsError, append_jsonl, check_run_folder, trim_metrics  # noqa: F401
+from .schedule import TrainClock, learning_rate_at  # noqa: F401 (re-exported)
 from .vocab import N_STYLES, PAD_ID
-
-
-def learning_rate_at(step: int, config: Config) -> float:
-    """Linear warm-up, then cosine decay to min_learning_rate at max_steps."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    decay_steps = max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.min_learning_rate + cosine * (config.learning_rate - config.min_learning_rate)
 
 
 def make_optimizer(model: GPT, config: Config) -> torch.optim.AdamW:
@@ -189,9 +182,12 @@ def resolve_styles(config: Config, labels: list[str], names: dict[str, str] | No
 
 
 def style_slots(config: Config, labels: list[str]) -> list[int]:
-    """STYLE slot of each piece's label (-1 for no style or one the config does not know)."""
+    """STYLE slot of each piece's label (-1 for no style or one the config does not know): the
+    slot whose data label it is, else the slot of that name."""
     sources = config.style_sources or config.styles
-    return [sources.index(label) if label in sources else -1 for label in labels]
+    return [sources.index(label) if label in sources
+            else config.styles.index(label) if label in config.styles else -1
+            for label in labels]
 
 
 def _windows(config: Config, data: TrainingData) -> tuple[TokenWindows, TokenWindows]:
@@ -240,19 +236,35 @@ class _Run:
     val_windows: TokenWindows
     out_dir: Path
     ckpt: Path
+    clock: TrainClock
+    info: dict  # what state.json tells about the run: files, data styles, init_from
+    best_val: float = float("inf")
+    last_val: float | None = None
+
+    @property
+    def best(self) -> Path:
+        """Where the weights of the best validation NLL so far are kept."""
+        return self.out_dir / "best"
 
 
 def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = None,
           data_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           stop_after: int | None = None, style_names: dict[str, str] | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, init_from: str | Path | None = None) -> dict:
     """Train `config` and write checkpoints to `out_dir`/checkpoint; returns the last metrics.
+    Each validation NLL better than the run's best so far also saves the weights to
+    `out_dir`/best. With `config.max_minutes`, the run is planned and stopped on time.
 
     A checkpoint already in `out_dir` is continued with `resume` or replaced with `overwrite`;
     with neither, RunExistsError before anything is read or written.
 
     Without styles in `config`, each piece's style label (data.piece_styles) gets a STYLE token,
     named by `style_names` (label -> readable name) where given.
+
+    `init_from` (a checkpoint folder) fine-tunes: the model starts from its weights (`config`
+    must have its architecture: finetune.finetune_config), and the pieces' labels take free
+    style slots beside the source's (finetune.add_styles); a piece without a label is labelled
+    with the MIDI folder's name.
 
     `stop_after` ends the run early at that step (with a checkpoint), as an interruption would.
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
@@ -261,7 +273,7 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     lock = folder_lock(out_dir, "train.py") if _rank() == 0 else nullcontext()
     with lock:
         return _train(config, Path(out_dir), midi_dir, data_dir, resume, progress, stop_after,
-                      style_names)
+                      style_names, init_from)
 
 
 def _rank() -> int:
@@ -273,45 +285,70 @@ def _rank() -> int:
 
 
 def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, progress: bool,
-           stop_after: int | None, style_names: dict[str, str] | None) -> dict:
+           stop_after: int | None, style_names: dict[str, str] | None, init_from) -> dict:
     """`train` once the run folder is checked and locked."""
-    run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names)
-    config = run.config
-    start_step, best_val = _resume(run) if resume else (0, float("inf"))
+    run = _setup(config, Path(out_dir), midi_dir, data_dir, progress, style_names, init_from)
+    start_step = _resume(run) if resume else 0
+    config, clock = run.config, run.clock  # the clock as _resume restored it
     if run.dist.main:
-        _trim_metrics(run.out_dir / "metrics.jsonl", start_step)
+        trim_metrics(run.out_dir / "metrics.jsonl", start_step)
     last_step = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
     bar = _progress_bar(config, start_step, progress and run.dist.main)
     metrics: dict = {"step": start_step}
     tick, step = time.perf_counter(), start_step
     with _StopFlag() as stop:
         while step < last_step and not _any_rank(stop.raised, run.dist):
-            loss = _train_step(run, step)
+            warmup = int(_agree(clock.warmup_steps(config), run.dist))
+            lr = learning_rate_at(step, config, _agree(clock.progress(step, config), run.dist),
+                                  warmup)
+            loss = _train_step(run, step, lr)
             step += 1
+            clock.step_done()
             _check_finite(loss, step, run)
+            timed_out = clock.timed and _any_rank(clock.out_of_time(), run.dist)
             tokens = _tokens_per_step(config, run.dist) * (step - start_step)
-            metrics = {"step": step, "loss": round(loss, 4),
-                       "lr": learning_rate_at(step - 1, config),
+            metrics = {"step": step, "loss": round(loss, 4), "lr": lr,
                        "tokens_per_s": round(tokens / (time.perf_counter() - tick), 1)}
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update()
-            at_eval = step % config.eval_interval == 0 or step == config.max_steps
+            at_eval = step % config.eval_interval == 0 or step == config.max_steps or timed_out
+            improved = False
             if at_eval and run.dist.main:
-                metrics["val_nll"] = round(evaluate_nll(run.model, run.val_windows, config,
-                                                        run.device, run.autocast), 4)
-                best_val = min(best_val, metrics["val_nll"])
+                metrics["val_nll"] = run.last_val = _validate(run)
+                improved = run.last_val < run.best_val
+                run.best_val = min(run.best_val, run.last_val)
                 bar.write(f"step {step}: train loss {loss:.4f}, "
                           f"val NLL {metrics['val_nll']:.4f} nats/token")
             if run.dist.main:
-                _append_jsonl(run.out_dir / "metrics.jsonl",
-                              {**metrics, "time": round(time.time(), 1)})
+                append_jsonl(run.out_dir / "metrics.jsonl",
+                             {**metrics, "time": round(time.time(), 1)})
                 if step % config.ckpt_interval == 0 or at_eval:
-                    _save(run, step, best_val)
+                    _save(run, step)
+                if improved:  # after the checkpoint --resume needs
+                    save_checkpoint(run.model, run.best, state=_state(run, step))
+            if timed_out:
+                break
     bar.close()
-    _finish(run, step, start_step, best_val, interrupted=stop.raised)
-    return {**metrics, "best_val_nll": best_val if math.isfinite(best_val) else None,
+    _finish(run, step, start_step, interrupted=stop.raised)
+    return {**metrics, "best_val_nll": run.best_val if math.isfinite(run.best_val) else None,
             "checkpoint": str(run.ckpt),
+            **({"best_checkpoint": str(run.best)} if math.isfinite(run.best_val) else {}),
+            **({"minutes": round(clock.spent_s / 60, 2)} if clock.timed else {}),
             **({"interrupted_by": stop.signum} if stop.raised else {})}
+
+
+def _validate(run: _Run) -> float:
+    return round(evaluate_nll(run.model, run.val_windows, run.config, run.device, run.autocast),
+                 4)
+
+
+def _agree(value: float | None, dist: _Dist) -> float | None:
+    """One value for every rank (the largest): ranks must step with the same learning rate."""
+    if value is None or dist.world == 1:
+        return value
+    tensor = torch.tensor([float(value)])
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 class TrainingDiverged(ValueError):
@@ -334,7 +371,7 @@ def _kept(run: _Run) -> str:
 
 
 def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
-           style_names: dict[str, str] | None = None) -> _Run:
+           style_names: dict[str, str] | None = None, init_from=None) -> _Run:
     """Device, process group, data, model, optimizer, DDP and compile wrappers, autocast."""
     data_dir = Path(data_dir or out_dir / "data")
     device = pick_device(config.device)
@@ -348,10 +385,13 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
         torch.distributed.barrier()
         if not dist.main:
             data = prepare_data(None, data_dir, progress=False)
-    config = resolve_styles(config, data.train_styles, style_names,
-                            log=print if dist.main else lambda _: None)
+    log = print if dist.main else lambda _: None
+    config, data = _styles(config, data, data_dir, style_names, init_from, log)
     torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
     model = GPT(config).to(device)
+    if init_from is not None:
+        load_weights(model, init_from, device)
+        log(f"fine-tuning from {init_from}")
     train_model = model
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -367,17 +407,42 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
         print(f"model: {config.short()}, {model.num_params():,} parameters, device {device}"
               f"{', bf16 autocast' if bf16 else ', fp32'}, {dist.world} process(es){fim}{styles}")
     train_windows, val_windows = _windows(config, data)
+    info = {"files": len(data.train) + (len(data.val) if data.val is not data.train else 0),
+            "data_styles": sorted(set(_style_names(config, data.train_styles))),
+            **({"init_from": str(init_from)} if init_from is not None else {})}
     return _Run(config, model, train_model,
                 torch.compile(train_model) if config.compile else train_model,
                 make_optimizer(model, config), device, dist, bf16 or nullcontext(),
-                train_windows, val_windows, out_dir, out_dir / "checkpoint")
+                train_windows, val_windows, out_dir, out_dir / "checkpoint",
+                TrainClock(config.max_minutes * 60), info)
 
 
-def _train_step(run: _Run, step: int) -> float:
-    """One optimizer step (grad_accum micro-batches, clipping); the mean training loss."""
+def _styles(config: Config, data: TrainingData, data_dir: Path, names: dict[str, str] | None,
+            init_from, log) -> tuple[Config, TrainingData]:
+    """The run's style table, and the data with the labels it trains on. Fine-tuning labels a
+    piece without a label with the MIDI folder's name and adds the labels to the source's
+    styles; so does a resumed fine-tuning run (whose styles hold that name)."""
+    folder = folder_label(data_dir)
+    if init_from is not None or (config.styles and folder in (config.style_sources
+                                                              or config.styles)):
+        data = TrainingData(data.train, data.val, label_unlabelled(data.train_styles, folder),
+                            label_unlabelled(data.val_styles, folder))
+    if init_from is not None:
+        return add_styles(config, data.train_styles + data.val_styles, names, log), data
+    return resolve_styles(config, data.train_styles, names, log), data
+
+
+def _style_names(config: Config, labels: list[str]) -> list[str]:
+    """The style name of each labelled piece that has a slot."""
+    return [config.styles[slot] for slot in style_slots(config, labels) if slot >= 0]
+
+
+def _train_step(run: _Run, step: int, lr: float) -> float:
+    """One optimizer step at learning rate `lr` (grad_accum micro-batches, clipping); the mean
+    training loss."""
     config = run.config
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate_at(step, config)
+        group["lr"] = lr
     loss_sum = 0.0
     for micro in range(config.grad_accum):
         batch = run.train_windows.batch(step * config.grad_accum + micro, config.batch_size,
@@ -405,7 +470,8 @@ def _progress_bar(config: Config, start_step: int, enabled: bool):
     """tqdm over steps: its ETA comes from the step rate; loss and tokens/s go in the postfix."""
     from tqdm import tqdm
 
-    return tqdm(total=config.max_steps, initial=start_step, disable=not enabled, unit="step",
+    total = None if config.max_minutes else config.max_steps  # a timed run: steps unknown
+    return tqdm(total=total, initial=start_step, disable=not enabled, unit="step",
                 dynamic_ncols=True)
 
 
@@ -418,39 +484,11 @@ def _any_rank(flag: bool, dist: _Dist) -> bool:
     return bool(value.item())
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    """One JSON line; a value that is not a finite number is written as null (strict JSON)."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-             for k, v in record.items()}
-    with writing(path), path.open("a") as log:
-        log.write(json.dumps(clean, allow_nan=False) + "\n")
-
-
-def _trim_metrics(path: Path, start_step: int) -> None:
-    """Drop the lines of steps after `start_step` (a resumed run redoes them), all or nothing."""
-    try:
-        lines = path.read_text().splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError):
-        return
-    kept = [line for line in lines if _line_step(line) <= start_step]
-    if len(kept) == len(lines):
-        return
-    tmp = tmp_path(path)
-    with writing(path, tmp):
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-
-
-def _line_step(line: str) -> float:
-    try:
-        return float(loads_json(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")  # not a record of ours: dropped with the redone steps
-
-
-def _finish(run: _Run, step: int, start_step: int, best_val: float, interrupted: bool) -> None:
+def _finish(run: _Run, step: int, start_step: int, interrupted: bool) -> None:
     if run.dist.main and step > start_step:
-        _save(run, step, best_val)
+        _save(run, step)
+        if math.isfinite(run.best_val) and not interrupted:
+            print(f"best validation NLL {run.best_val:.4f}: {run.best}; last: {run.ckpt}")
         if interrupted:
             print(f"interrupted: checkpoint at step {step} in {run.ckpt}; continue with --resume")
     if run.dist.world > 1:
@@ -458,20 +496,32 @@ def _finish(run: _Run, step: int, start_step: int, best_val: float, interrupted:
         torch.distributed.destroy_process_group()
 
 
-def _save(run: _Run, step: int, best_val: float) -> None:
-    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
-        raise TrainingDiverged(f"training diverged by step {step}: the weights hold NaN or inf "
-                               f"(try a lower --learning-rate); {_kept(run)}")
+def _save(run: _Run, step: int) -> None:
+    _check_weights_finite(run, step)
     rng = {"rng.torch": torch.get_rng_state()}
     if run.device.type == "cuda":
         rng["rng.cuda"] = torch.cuda.get_rng_state(run.device)
-    save_checkpoint(run.model, run.ckpt, optimizer=run.optimizer,
-                    state={"step": step, "best_val_nll": best_val if math.isfinite(best_val)
-                           else None}, extra_tensors=rng)
+    save_checkpoint(run.model, run.ckpt, optimizer=run.optimizer, state=_state(run, step),
+                    extra_tensors=rng)
 
 
-def _resume(run: _Run) -> tuple[int, float]:
-    """Load weights, optimizer moments and RNG from the run's checkpoint: (step, best val NLL).
+def _check_weights_finite(run: _Run, step: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise TrainingDiverged(f"training diverged by step {step}: the weights hold NaN or inf "
+                               f"(try a lower --learning-rate); {_kept(run)}")
+
+
+def _state(run: _Run, step: int) -> dict:
+    """state.json's contents beside the optimizer: step, validation NLLs (best so far, last
+    measured), training time, and what the run trained on (for the app's labels)."""
+    best = run.best_val if math.isfinite(run.best_val) else None
+    return {"step": step, "best_val_nll": best, "val_nll": run.last_val, **run.clock.state(),
+            **run.info}
+
+
+def _resume(run: _Run) -> int:
+    """Load weights, optimizer moments, RNG, best validation NLL and training time from the
+    run's checkpoint; returns its step.
 
     Weights that cannot be used are refused (CheckpointError); weights without a usable training
     state are kept: training continues from them with a fresh optimizer, counting from step 0.
@@ -480,56 +530,42 @@ def _resume(run: _Run) -> tuple[int, float]:
     log = print if run.dist.main else (lambda _: None)
     load_weights(run.model, ckpt, run.device)
     try:
-        step, best = _restore_training_state(run, ckpt)
+        step = _restore_training_state(run, ckpt)
     except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         run.optimizer = make_optimizer(run.model, run.config)  # no half-restored moments
+        run.best_val, run.last_val = float("inf"), None
+        run.clock = TrainClock(run.config.max_minutes * 60)
         log(f"no usable training state in {ckpt} ({exc}); continuing from its weights with a "
             f"fresh optimizer, counting steps from 0")
-        return 0, float("inf")
+        return 0
+    if run.clock.timed and run.clock.spent_s >= run.clock.budget_s:
+        raise ValueError(f"{ckpt / 'state.json'}: the run has trained "
+                         f"{run.clock.spent_s / 60:.2f} minutes, and --max-minutes is "
+                         f"{run.config.max_minutes:g}: nothing to train; give a larger "
+                         f"--max-minutes")
     if step >= run.config.max_steps:
         raise ValueError(f"{ckpt / 'state.json'}: the checkpoint is at step {step:,}, and "
                          f"--max-steps is {run.config.max_steps:,}: nothing to train; give a "
                          f"larger --max-steps")
     log(f"resumed from step {step} ({ckpt})")
-    return step, best
+    return step
 
 
-def _restore_training_state(run: _Run, ckpt: Path) -> tuple[int, float]:
+def _restore_training_state(run: _Run, ckpt: Path) -> int:
+    """Restore the training state onto `run`; returns the step."""
     state, tensors = load_training_state(ckpt)
     restore_optimizer(run.optimizer, state["optimizer"],
                       {k: v.to(run.device) for k, v in tensors.items() if k.startswith("optim.")})
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and run.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
-    best = state.get("best_val_nll")
-    return int(state["step"]), float(best) if best is not None else float("inf")
-
-
-class RunExistsError(ValueError):
-    """A new run asked for in a folder whose checkpoint it would overwrite."""
-
-
-def check_run_folder(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse to start a new run over `out_dir`'s checkpoint unless told to (`overwrite`): a
-    trained checkpoint is never replaced by accident; refuse `resume` with nothing to resume."""
-    ckpt = Path(out_dir) / "checkpoint"
-    if resume and overwrite:
-        raise ValueError("--resume continues the checkpoint and --overwrite replaces it: "
-                         "give one of them")
-    if resume and not has_weights(ckpt):
-        raise ValueError(f"--resume: nothing to resume in {out_dir} (no checkpoint in {ckpt}); "
-                         f"leave out --resume to start a new run there, or give --out the run "
-                         f"folder that holds checkpoint/")
-    if resume or overwrite or not has_weights(ckpt):
-        return
-    raise RunExistsError(f"{ckpt} already holds a checkpoint{_step_of(ckpt)}; continue it with "
-                         f"--resume, or start over with --overwrite (replaces it)")
-
-
-def _step_of(ckpt: Path) -> str:
-    """' (step N)' from a checkpoint's state.json, or '' when it has none."""
-    try:
-        state = loads_json((checkpoint_dir(ckpt) / "state.json").read_text())
-        return f" (step {int(state['step'])})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    best, last = state.get("best_val_nll"), state.get("val_nll")
+    run.best_val = float(best) if best is not None else float("inf")
+    run.last_val = float(last) if last is not None else None
+    if "init_from" in state:  # the provenance of a fine-tuned run stays with it
+        run.info.setdefault("init_from", state["init_from"])
+    warm, warmup = state.get("warm_seconds"), state.get("warmup_steps")
+    run.clock = TrainClock(run.config.max_minutes * 60, float(state.get("train_seconds", 0.0)),
+                           float(warm) if warm is not None else None,
+                           int(warmup) if warmup is not None else None)
+    return int(state["step"])

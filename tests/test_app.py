@@ -586,3 +586,48 @@ def test_app_says_when_a_sample_stops_before_the_asked_length(make_tiny_model, t
     notes = [info.value for info in at.info if "shorter than asked" in info.value]
     assert len(notes) == 1 and "it stopped at END after " in notes[0], notes
     assert notes[0].endswith(" of 30 s."), notes
+
+
+# --- checkpoints: runs found, labelled, and added by typing a folder ----------------------------
+
+def _run_with_state(model, run: Path, **state) -> Path:
+    return save_checkpoint(model, run / "checkpoint", state={"step": 120, **state})
+
+
+def test_checkpoints_are_labelled_with_name_step_data_and_validation(tiny_model, tmp_path):
+    _run_with_state(tiny_model, tmp_path / "runs" / "mine", val_nll=1.8709, files=40,
+                    data_styles=["chopin", "pop"])
+    env = {studio.ENV_CHECKPOINT: "", studio.ENV_CHECKPOINTS: ""}
+    found = studio.find_checkpoints(env, cwd=tmp_path)
+    assert found["mine — step 120, chopin+pop, 40 files, val NLL 1.87"] == (
+        tmp_path / "runs" / "mine" / "checkpoint")
+
+
+def test_a_folder_in_the_env_list_or_typed_may_be_a_run_or_a_folder_of_runs(tiny_model,
+                                                                             tmp_path):
+    run = _run_with_state(tiny_model, tmp_path / "elsewhere" / "a").parent
+    other = _run_with_state(tiny_model, tmp_path / "more" / "b").parent
+    env = {studio.ENV_CHECKPOINT: "", studio.ENV_CHECKPOINTS: str(tmp_path / "elsewhere")}
+    found = studio.find_checkpoints(env, cwd=tmp_path, extra=[str(other)])
+    assert {run / "checkpoint", other / "checkpoint"} <= set(found.values())
+    assert studio.checkpoints_in(tmp_path / "nothing here") == []
+
+
+def test_app_adds_a_typed_run_folder_and_warns_once_about_a_bad_one(app, tiny_model, tmp_path):
+    run = _run_with_state(tiny_model, tmp_path / "typed_run", val_nll=2.5, files=3).parent
+    before = app.sidebar.selectbox(key="checkpoint").value
+    app.sidebar.text_input(key="add_folder").input(str(tmp_path / "no such run")).run()
+    _no_problems(app)
+    assert [w.value for w in app.sidebar.warning] == [
+        f"No checkpoint in {tmp_path / 'no such run'}: there is no such folder (looked for "
+        f"config.json and model.safetensors in it, in its checkpoint/ and in the run folders "
+        f"inside it)."]
+    assert app.sidebar.selectbox(key="checkpoint").value == before  # nothing lost
+    app.sidebar.text_input(key="add_folder").input(str(run)).run()
+    _no_problems(app)
+    assert not app.sidebar.warning
+    picker = app.sidebar.selectbox(key="checkpoint")
+    assert picker.value == str(run / "checkpoint")
+    assert "typed_run — step 120, 3 files, val NLL 2.50" in picker.options
+    app.run()  # kept for the session
+    assert app.sidebar.selectbox(key="checkpoint").value == str(run / "checkpoint")
