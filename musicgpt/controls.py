@@ -148,13 +148,13 @@ SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10, 11)}
 TRIADS = {"major": (0, 4, 7), "minor": (0, 3, 7)}
 
 
-def key_pitch_bias(name: str) -> np.ndarray:
+def key_pitch_bias(name: str, strength: float = 1.0) -> np.ndarray:
     """(128,) log-odds per pitch for the key `name`: -OUTSIDE_PENALTY outside its scale,
-    +TRIAD_BONUS on its tonic triad, 0 on the rest of the scale."""
+    +TRIAD_BONUS on its tonic triad, 0 on the rest of the scale; all times `strength`."""
     tonic, mode = key_parts(name)
     degree = (np.arange(N_PITCHES) - tonic) % 12
     bias = np.where(np.isin(degree, SCALES[mode]), 0.0, -OUTSIDE_PENALTY)
-    return bias + np.where(np.isin(degree, TRIADS[mode]), TRIAD_BONUS, 0.0)
+    return strength * (bias + np.where(np.isin(degree, TRIADS[mode]), TRIAD_BONUS, 0.0))
 
 
 class Controls:
@@ -224,11 +224,11 @@ class Controls:
             mask[stuck] = True if allowed is None else allowed[stuck]
         return steered, mask if allowed is not None or not mask.all() else None
 
-    def with_key(self, key: str) -> Controls:
-        """A copy steering towards `key` instead of the key asked (a duet's answer follows the
-        key its phrase was heard in)."""
+    def with_key(self, key: str, strength: float = 1.0) -> Controls:
+        """A copy steering towards `key` (`key_pitch_bias` times `strength`) instead of the key
+        asked (a duet's answer follows the key its phrase was heard in)."""
         twin = copy.deepcopy(self)
-        twin.pitch_bias, twin.active = _pitch_bias(key, self.pitch_range), True
+        twin.pitch_bias, twin.active = _pitch_bias(key, self.pitch_range, strength), True
         return twin
 
     def new_music(self) -> None:
@@ -267,10 +267,11 @@ class Controls:
         return np.clip(bias, -MAX_DENSITY_BIAS, MAX_DENSITY_BIAS)
 
 
-def _pitch_bias(key: str | None, pitch_range: tuple[int, int] | None) -> np.ndarray | None:
+def _pitch_bias(key: str | None, pitch_range: tuple[int, int] | None,
+                strength: float = 1.0) -> np.ndarray | None:
     """(128,) log-odds per NOTE_ON pitch for `key` and `pitch_range` (-inf outside); None for
     neither."""
-    bias = None if key is None else key_pitch_bias(key)
+    bias = None if key is None else key_pitch_bias(key, strength)
     if pitch_range is not None:
         pitches = np.arange(N_PITCHES)
         inside = np.where((pitches >= pitch_range[0]) & (pitches <= pitch_range[1]), 0.0, -np.inf)
