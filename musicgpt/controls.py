@@ -1,18 +1,20 @@
 """Steering the sampler: key, density, pitch range and dynamics (`SamplingSettings.key`,
 `density`, `pitch_range`, `dynamics`). Pure numpy, no torch: `Controls` turns each step's logits
-and allowed-token mask into steered ones.
+and allowed-token mask into steered ones, and the best of N (candidates.py) prefers the
+candidate nearest the asked key and density.
 
 - pitch range: NOTE_ONs outside it are masked (every new note is inside);
-- dynamics: VELOCITYs outside it are masked, and a NOTE_ON waits for an inside velocity when the
+- dynamics: VELOCITYs outside it are masked, and a NOTE_ON waits for a velocity inside when the
   current one is outside (every new note's velocity is inside);
-- key: each NOTE_ON gets `KEY_STRENGTH` x log of the Krumhansl-Kessler profile of the asked key
-  at its pitch class (the tonic +0, its triad a little less, notes outside the scale about -1.3
-  x strength): the model still chooses, in the asked key;
-- density: each NOTE_ON gets `DENSITY_GAIN` x log(asked / recent) notes per second, the recent
-  rate counted over the last `DENSITY_WINDOW_S` of new music (starting from the asked rate), so
-  a row that runs thin strikes more and one that runs dense waits.
+- key: NOTE_ONs outside the asked key's scale get -OUTSIDE_PENALTY log-odds and its tonic triad
+  +TRIAD_BONUS (`key_pitch_bias`): the model still chooses, in the asked key;
+- density: NOTE_ONs and VELOCITYs get DENSITY_GAIN x log(asked / recent) notes per second, the
+  recent rate counted over the last DENSITY_WINDOW_S of new music (starting from the asked
+  rate), so a row that runs thin strikes more and one that runs dense waits.
 
-How far each holds, measured over 20 pieces per setting, is in the model card ("Controls").
+Key, range and dynamics choose which pitch or velocity, not whether a note comes (`_share_out`).
+How far each holds, measured over 20 pieces per setting (benchmarks/controls.py), is in the
+model card ("Controls").
 """
 
 from __future__ import annotations
