@@ -88,10 +88,20 @@ def app_url(tiny_checkpoint):
 
 def _player_frame(page):
     """The last player on the page (roll canvas + audio): the newest result's."""
-    frames = [f for f in page.frames if f != page.main_frame and
-              f.locator("canvas#roll").count() and f.locator("audio").count()]
+    frames = [f for f in page.frames if f != page.main_frame and _holds(f, "canvas#roll")
+              and _holds(f, "audio")]
     assert frames, "no player with audio on the page"
     return frames[-1]
+
+
+def _holds(frame, selector: str) -> bool:
+    """`frame` shows `selector` (a frame replaced by a rerun, now detached, shows nothing)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        return frame.locator(selector).count() > 0
+    except PlaywrightError:
+        return False
 
 
 _TOO_WIDE = """(input, labels) => {
@@ -195,16 +205,11 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
 
 def _duet_frame(page):
     """The Duet page's component (its piano)."""
-    from playwright.sync_api import Error as PlaywrightError
-
     deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         for frame in page.frames:
-            try:
-                if frame != page.main_frame and frame.locator("#piano .w").count():
-                    return frame
-            except PlaywrightError:  # a frame of the page left behind, detached
-                continue
+            if frame != page.main_frame and _holds(frame, "#piano .w"):
+                return frame
         page.wait_for_timeout(250)
     raise AssertionError("no duet piano on the page")
 
