@@ -232,6 +232,8 @@ def test_browser_duet_answers_phrases_played_on_the_computer_keyboard(app_url):
     in the roll; a key struck during an answer cuts it short. Saves tests/artifacts/duet.png."""
     from playwright.sync_api import sync_playwright
 
+    from musicgpt.audio import synth_problem
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM,
@@ -264,6 +266,8 @@ def test_browser_duet_answers_phrases_played_on_the_computer_keyboard(app_url):
             page.wait_for_timeout(300)  # the roll redraws (and counts) on the next frame
             cut = frame.locator("#status").filter(has_text="cut short").count()
             player_notes = int(frame.locator("#roll").get_attribute("data-player-notes"))
+            sound = frame.locator("body").get_attribute("data-sound")
+            running = frame.evaluate("() => ctx !== null && ctx.state === 'running'")
             page.screenshot(path=str(ARTIFACTS / "duet.png"), full_page=True)
             errors = page.locator("[data-testid='stException']").count()
         finally:
@@ -275,4 +279,6 @@ def test_browser_duet_answers_phrases_played_on_the_computer_keyboard(app_url):
     assert player_notes == 11, "the roll does not show the player's notes"
     assert cut == 1, "a key struck during the answer did not cut it short"
     assert max(latencies) < 700, f"an answer started {max(latencies)} ms after the phrase ended"
+    assert sound == ("tone" if synth_problem() else "soundfont"), sound  # the app's piano
+    assert running, "the page's audio does not run"
     assert errors == 0, "the page shows a Python exception"
