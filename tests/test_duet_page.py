@@ -249,3 +249,19 @@ def test_the_duet_takes_the_sidebars_settings_and_new_duet_starts_afresh(duet_ap
     assert fresh is not first and fresh.id == first.id + 1 and not fresh.duet.turns
     assert _args(at)["duet"] == fresh.id and _args(at)["answer"] is None
     assert math.isclose(fresh.duet.settings.temperature, 0.7)
+
+
+def test_a_long_phrase_is_answered_at_its_length_with_the_held_keys_ended_there(session):
+    # the page cuts a phrase at max_phrase_s: keys still held are released there, then the end
+    cut = 0.1 + duet_page.TURNS.max_phrase_s
+    events = [[1, 0.1, "on", 60, 90], [2, 0.5, "on", 64, 90], [3, 1.0, "off", 64, 0],
+              [4, cut, "off", 60, 0]]
+    assert session.handle(duet_web.parse_message(_message(events, (1, cut))))
+    session.draw()
+    turn = session.duet.turns[0]
+    assert turn.ended_by == "max_length" and turn.answer_start_s == pytest.approx(cut)
+    assert session.reply()["answer"]["events"][0][0] == pytest.approx(cut)
+    session.handle(duet_web.parse_message(_message([], now=cut + 10)))
+    held = session.duet.notes("player")
+    assert sorted(zip(held.pitch.tolist(), held.end_step.tolist(), strict=True)) == [
+        (60, round(cut * 100)), (64, 100)]
