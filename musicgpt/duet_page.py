@@ -44,9 +44,9 @@ def show(path: str, opts: dict, settings: SamplingSettings, load: Callable,
     """The page. `opts`: the sidebar's values (style, seed, dtype); `settings`: its sampling
     settings; `load()`: the sampler model; `turn()`: holds the checkpoint's sampling turn."""
     st.subheader("Duet: play a phrase, pause, hear the answer")
-    st.caption("Click the piano below, then play with the mouse, your computer keyboard (a s d "
-               "f ... white keys, w e t y u black keys, z / x octave) or a MIDI keyboard (Chrome "
-               "and Edge, Web MIDI). When you pause for "
+    st.caption("Click the roll below once, then play with the mouse, your computer keyboard (a "
+               "s d f ... white keys, w e t y u black keys, z / x octave) or a MIDI keyboard "
+               "(Chrome and Edge, Web MIDI). When you pause for "
                f"{TURNS.pause_s:g} s (or after {TURNS.max_phrase_s:g} s) the model answers for "
                "about as long; play again to cut it short. The sidebar's style, temperature and "
                "controls apply.")
