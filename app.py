@@ -8,6 +8,7 @@ Each piece on the page (a generated sample, or the primer while "Edit the primer
 studio.History of versions: regenerate a span (infilling.infill), keep or undo, compare.
 Every Generate and "Continue this piece" is kept in a studio.ResultLog, so earlier results can be
 recalled. Pieces play in musicgpt.player (a roll with a cursor that follows the audio).
+The Duet page (the switch under the title) is musicgpt/duet_page.py.
 """
 
 from __future__ import annotations
@@ -464,6 +465,9 @@ def main() -> None:
 
 def duet() -> None:
     """The Duet page (musicgpt/duet_page.py) with the sidebar's checkpoint and settings."""
+    for key in ("primer", "primer_s", "example", "primer_edit"):  # kept for the Generate page
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     model, path = pick_model()
     opts = pick_sampling(model.config if model is not None else Config())
     show_soundfont()

@@ -265,3 +265,17 @@ def test_a_long_phrase_is_answered_at_its_length_with_the_held_keys_ended_there(
     held = session.duet.notes("player")
     assert sorted(zip(held.pitch.tolist(), held.end_step.tolist(), strict=True)) == [
         (60, round(cut * 100)), (64, 100)]
+
+
+def test_the_generate_pages_primer_choice_survives_a_visit_to_the_duet_page(tiny_checkpoint,
+                                                                            monkeypatch):
+    monkeypatch.setenv(studio.ENV_CHECKPOINT, str(tiny_checkpoint))
+    monkeypatch.setenv(studio.ENV_CHECKPOINTS, "")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    choices = at.sidebar.selectbox(key="example").options
+    at = at.sidebar.selectbox(key="example").set_value(choices[-1]).run()
+    at = at.sidebar.slider(key="primer_s").set_value(5).run()
+    at = at.radio(key="page").set_value("Duet").run()
+    at = at.radio(key="page").set_value("Generate").run()
+    assert at.sidebar.selectbox(key="example").value == choices[-1]
+    assert at.sidebar.slider(key="primer_s").value == 5
