@@ -8,6 +8,7 @@ Each piece on the page (a generated sample, or the primer while "Edit the primer
 studio.History of versions: regenerate a span (infilling.infill), keep or undo, compare.
 Every Generate and "Continue this piece" is kept in a studio.ResultLog, so earlier results can be
 recalled. Pieces play in musicgpt.player (a roll with a cursor that follows the audio).
+The Duet page (the switch under the title) is musicgpt/duet_page.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 from app_views import show_arcs, show_heatmap, show_surprisal
-from musicgpt import arcs, audio, player, plots, settings, studio
+from musicgpt import arcs, audio, duet_page, player, plots, settings, studio
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model
 from musicgpt.config import Config
 from musicgpt.infilling import InfillError, infill
@@ -472,6 +473,9 @@ def main() -> None:
     st.title("musicgpt")
     st.write("Piano continuation with a Music-Transformer-style GPT over MIDI performance events.")
     hint = st.empty()  # "press Generate" while it can be pressed; the progress bar while it runs
+    if st.radio("Page", ["Generate", "Duet"], horizontal=True, key="page",
+                label_visibility="collapsed") == "Duet":
+        return duet()
     generate_slot = st.sidebar.container()  # filled last, shown first: visible without scrolling
     model, path = pick_model()
     primer, primer_ok, source = pick_primer()
@@ -504,6 +508,19 @@ def main() -> None:
         number = st.radio("Sample", range(len(results)), horizontal=True, key="sample",
                           format_func=lambda i: f"#{i + 1}")
     show_result(model, path, opts, results[number], number)
+
+
+def duet() -> None:
+    """The Duet page (musicgpt/duet_page.py) with the sidebar's checkpoint and settings."""
+    for key in ("primer", "primer_s", "example", "primer_edit"):  # kept for the Generate page
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    model, path = pick_model()
+    opts = pick_sampling(model.config if model is not None else Config())
+    show_soundfont()
+    if model is not None:
+        duet_page.show(path, opts, sampling_settings(opts),
+                       lambda: load_sampler(path, opts["dtype"]), lambda: sampling_turn(path))
 
 
 def continue_piece(path: str, opts: dict, number: int) -> None:

@@ -302,6 +302,31 @@ class Duet:
         self.piece.sounding.clear()
         return self._hand_out()
 
+    def upcoming(self) -> list[Cue]:
+        """The answer's drawn events that `poll` has not handed out yet, by time: what it will
+        play unless the player plays first (a caller that schedules ahead, like the app's duet
+        page, sends them on). Nothing is played or changed."""
+        answer = self.answer
+        if answer is None:
+            return []
+        piece = _Piece()  # a scratch copy of what sounds, to pair the draft's releases
+        piece.step, piece.velocity_bin = self.piece.step, self.piece.velocity_bin
+        piece.sounding = dict(self.piece.sounding)
+        out = []
+        for token, _ in answer.draft:
+            event = piece.apply(token, MODEL, self.offset, None)
+            if event is not None:
+                out.append(Cue(self._wall_s(piece.step), event))
+        return out
+
+    def drawn_s(self) -> float | None:
+        """How far (seconds on the caller's clock) the answer is drawn: inf once it is drawn to
+        its end (its closing releases too), None without an answer."""
+        answer = self.answer
+        if answer is None:
+            return None
+        return math.inf if answer.released else self._wall_s(answer.clock)
+
     def idle(self) -> bool:
         """No phrase is being played and no answer is playing."""
         return self.phrase is None and self.answer is None

@@ -10,7 +10,9 @@ Skips only when no Chromium binary is installed (CI installs it in .ci/run).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,6 +29,10 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
                                         else None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# A checkpoint to run the app with instead of the tiny untrained one, e.g. the shipped model to
+# measure the duet's latency as users see it: MUSICGPT_BROWSER_CHECKPOINT=data/default_model
+ENV_CHECKPOINT = "MUSICGPT_BROWSER_CHECKPOINT"
 
 # Generous: on a loaded 2-core machine the first script run (torch import) alone can take a minute.
 PAGE_TIMEOUT_MS = 240_000
@@ -60,7 +66,8 @@ def app_url(tiny_checkpoint):
     port = _free_port()
     # One torch thread: the server shares the cores with Chromium and pytest, and oversubscribed
     # OpenMP threads slow CPU decoding ~10x on a busy 2-core machine.
-    env = {**os.environ, "MUSICGPT_CHECKPOINT": str(tiny_checkpoint), "MUSICGPT_CHECKPOINTS": "",
+    checkpoint = os.environ.get(ENV_CHECKPOINT) or str(tiny_checkpoint)
+    env = {**os.environ, "MUSICGPT_CHECKPOINT": checkpoint, "MUSICGPT_CHECKPOINTS": "",
            "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless",
@@ -81,10 +88,20 @@ def app_url(tiny_checkpoint):
 
 def _player_frame(page):
     """The last player on the page (roll canvas + audio): the newest result's."""
-    frames = [f for f in page.frames if f != page.main_frame and
-              f.locator("canvas#roll").count() and f.locator("audio").count()]
+    frames = [f for f in page.frames if f != page.main_frame and _holds(f, "canvas#roll")
+              and _holds(f, "audio")]
     assert frames, "no player with audio on the page"
     return frames[-1]
+
+
+def _holds(frame, selector: str) -> bool:
+    """`frame` shows `selector` (a frame replaced by a rerun, now detached, shows nothing)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        return frame.locator(selector).count() > 0
+    except PlaywrightError:
+        return False
 
 
 _TOO_WIDE = """(input, labels) => {
@@ -183,4 +200,85 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
     assert cursor > 0.0, "the playback cursor did not move"
     assert bars >= 1, "the piano roll drew no notes"
     assert continued_src and continued_src != audio_src, "Continue made no new piece"
+    assert errors == 0, "the page shows a Python exception"
+
+
+def _duet_frame(page):
+    """The Duet page's component (its piano)."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if frame != page.main_frame and _holds(frame, "#piano .w"):
+                return frame
+        page.wait_for_timeout(250)
+    raise AssertionError("no duet piano on the page")
+
+
+def _play_phrase(page, keys: str) -> None:
+    """Keys of the computer keyboard, each held 0.2 s, one after another."""
+    for key in keys:
+        page.keyboard.down(key)
+        page.wait_for_timeout(200)
+        page.keyboard.up(key)
+        page.wait_for_timeout(60)
+
+
+_ANSWERED = re.compile(r"Answered (\d+) notes in (\d+) ms")
+
+
+def test_browser_duet_answers_phrases_played_on_the_computer_keyboard(app_url):
+    """Phrases typed on the letter rows get answers: the status says how many notes and how long
+    after the phrase's end (detected in the page) the first one sounds; the model's notes appear
+    in the roll; a key struck during an answer cuts it short. Saves tests/artifacts/duet.png."""
+    from playwright.sync_api import sync_playwright
+
+    from musicgpt.audio import synth_problem
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=[*CHROMIUM_ARGS, "--autoplay-policy="
+                                           "no-user-gesture-required", "--mute-audio"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(app_url)
+            page.get_by_role("button", name="Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
+            page.get_by_test_id("stRadio").get_by_text("Duet", exact=True).click()
+            frame = _duet_frame(page)
+            frame.locator("#roll").click()  # focus the piano's page: keys go to it
+            statuses, latencies = [], []
+            for n, keys in enumerate(("asdfg", "gfdsa"), 1):
+                _play_phrase(page, keys)
+                frame.wait_for_function(f"() => JSON.parse(document.body.dataset.latencies || "
+                                        f"'[]').length >= {n}", timeout=PAGE_TIMEOUT_MS)
+                status = frame.locator("#status").filter(has_text=_ANSWERED)
+                status.wait_for(timeout=PAGE_TIMEOUT_MS)
+                statuses.append(status.inner_text())
+                frame.wait_for_function("() => !/drawing/.test(document.getElementById("
+                                        "'status').textContent)", timeout=PAGE_TIMEOUT_MS)
+                page.wait_for_timeout(600)  # it sounds: the roll shows its notes
+                model_notes = int(frame.locator("#roll").get_attribute("data-model-notes"))
+                latencies = json.loads(frame.locator("body").get_attribute("data-latencies"))
+                if keys == "asdfg":
+                    page.wait_for_timeout(3000)  # the first answer plays to its end
+                    frame.locator("#status").click()
+            page.keyboard.press("h")  # during the second answer: cut it short
+            page.wait_for_timeout(300)  # the roll redraws (and counts) on the next frame
+            cut = frame.locator("#status").filter(has_text="cut short").count()
+            player_notes = int(frame.locator("#roll").get_attribute("data-player-notes"))
+            sound = frame.locator("body").get_attribute("data-sound")
+            running = frame.evaluate("() => ctx !== null && ctx.state === 'running'")
+            page.screenshot(path=str(ARTIFACTS / "duet.png"), full_page=True)
+            errors = page.locator("[data-testid='stException']").count()
+        finally:
+            browser.close()
+    print(f"duet: {statuses}; phrase end -> first answer note sounding (ms): {latencies}")
+    assert len(latencies) == 2, statuses
+    assert all(int(_ANSWERED.search(s).group(1)) >= 1 for s in statuses)
+    assert model_notes >= 1, "no answer note in the roll"
+    assert player_notes == 11, "the roll does not show the player's notes"
+    assert cut == 1, "a key struck during the answer did not cut it short"
+    assert max(latencies) < 700, f"an answer started {max(latencies)} ms after the phrase ended"
+    assert sound == ("tone" if synth_problem() else "soundfont"), sound  # the app's piano
+    assert running, "the page's audio does not run"
     assert errors == 0, "the page shows a Python exception"
