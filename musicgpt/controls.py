@@ -8,9 +8,12 @@ candidate nearest the asked key and density.
   current one is outside (every new note's velocity is inside);
 - key: NOTE_ONs outside the asked key's scale get -OUTSIDE_PENALTY log-odds and its tonic triad
   +TRIAD_BONUS (`key_pitch_bias`): the model still chooses, in the asked key;
-- density: NOTE_ONs and VELOCITYs get DENSITY_GAIN x log(asked / recent) notes per second, the
-  recent rate counted over the last DENSITY_WINDOW_S of new music (starting from the asked
-  rate), so a row that runs thin strikes more and one that runs dense waits.
+- density: a row may strike a note only while its bucket holds one (refilled at the asked
+  notes per second, up to BURST_S of them or MIN_BURST_NOTES: a chord or a run), and a row that
+  runs thin gets up to MAX_DENSITY_BIAS log-odds onto its NOTE_ONs and VELOCITYs,
+  DENSITY_GAIN x log(asked / recent rate) over the last DENSITY_WINDOW_S of new music. A bias
+  alone could not thin the music: at -3.5 log-odds the model still wrote 7 notes/s for 3 asked,
+  each short time shift giving it another chance to strike.
 
 Key, range and dynamics choose which pitch or velocity, not whether a note comes (`_share_out`).
 How far each holds, measured over 20 pieces per setting (benchmarks/controls.py), is in the
@@ -52,8 +55,10 @@ OUTSIDE_PENALTY = 2.5  # log-odds off a pitch outside the asked key's scale
 TRIAD_BONUS = 0.7  # log-odds onto its tonic triad
 DENSITY_GAIN = 4.0
 DENSITY_WINDOW_S = 3.0
-MAX_DENSITY_BIAS = 8.0  # log-odds, either way
+MAX_DENSITY_BIAS = 8.0  # log-odds onto the notes of a row that runs thin
 _STEPS_PER_S = seconds_to_steps(1.0)
+BURST_S = 1.0  # a row may strike up to this long of the asked density at once ...
+MIN_BURST_NOTES = 4.0  # ... and at least this many notes (a chord)
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -195,6 +200,10 @@ class Controls:
             self.window = seconds_to_steps(DENSITY_WINDOW_S)
             self.now = np.zeros(batch, dtype=np.int64)
             self.onsets: list[list[int]] = [[] for _ in range(batch)]
+            # notes each row may still strike now: refilled at the asked rate, up to BURST_S of
+            # it (a chord or a run), one spent per NOTE_ON
+            self.burst = max(MIN_BURST_NOTES, self.density * BURST_S)
+            self.bucket = np.full(batch, self.burst)
         self.active = any(x is not None for x in (self.pitch_bias, self.velocity_bias,
                                                   self.density))
         if self.velocity_bias is not None and history is not None:
@@ -216,6 +225,7 @@ class Controls:
             mask[~self.velocity_ok] &= ~self._is_on  # a velocity inside before the next note
         if self.density is not None:  # a VELOCITY comes before its note: it counts as one too
             steered[:, self._on_or_velocity] += self._density_bias()[:, None]
+            mask[self.bucket < 1] &= ~self._on_or_velocity
         if rows is not None:
             steered = np.where(rows[:, None], steered, logits)
             mask = np.where(rows[:, None], mask, True if allowed is None else allowed)
@@ -237,6 +247,7 @@ class Controls:
         """What was observed so far is the primer: density counts from here."""
         if self.density is not None:
             self.now[:] = 0
+            self.bucket[:] = self.burst
             for onsets in self.onsets:
                 onsets.clear()
 
@@ -247,7 +258,11 @@ class Controls:
         if self.velocity_bias is not None:
             self._observe_velocity(tokens)
         if self.density is not None:
-            self.now += self._steps[tokens]
+            steps = self._steps[tokens]
+            self.now += steps
+            self.bucket = np.minimum(self.burst,
+                                     self.bucket + self.density * steps / _STEPS_PER_S)
+            self.bucket -= self._is_on[tokens]
             for row in np.flatnonzero(self._is_on[tokens]):
                 self.onsets[row].append(int(self.now[row]))
 
@@ -257,7 +272,8 @@ class Controls:
             self.velocity_ok[marks] = self._inside_bins[velocity_bin_of(tokens[marks])]
 
     def _density_bias(self) -> np.ndarray:
-        """(B,) log-odds for each row's NOTE_ONs: DENSITY_GAIN x log(asked / recent rate)."""
+        """(B,) log-odds for each row's NOTE_ONs: DENSITY_GAIN x log(asked / recent rate) where
+        that is above 0 (the bucket holds a dense row back)."""
         bias = np.empty(len(self.now))
         for row, (now, onsets) in enumerate(zip(self.now.tolist(), self.onsets, strict=True)):
             while onsets and onsets[0] <= now - self.window:
@@ -266,7 +282,7 @@ class Controls:
             seconds = min(now, self.window) / _STEPS_PER_S + 1.0
             rate = (len(onsets) + self.density) / seconds
             bias[row] = DENSITY_GAIN * math.log(self.density / max(rate, 1e-3))
-        return np.clip(bias, -MAX_DENSITY_BIAS, MAX_DENSITY_BIAS)
+        return np.clip(bias, 0.0, MAX_DENSITY_BIAS)
 
 
 def _pitch_bias(key: str | None, pitch_range: tuple[int, int] | None,

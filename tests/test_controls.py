@@ -111,16 +111,36 @@ def test_dynamics_waits_for_a_velocity_inside_before_a_note():
     assert allowed[0, note_on_id(60)]
 
 
-def test_density_pushes_notes_up_when_thin_and_down_when_dense():
+def test_density_holds_a_dense_row_back_and_pushes_a_thin_one():
     steer = controls.Controls(SamplingSettings(density=4.0), 2, VOCAB_SIZE)
-    busy = [note_on_id(60 + i % 12) for i in range(30)]
-    for token in busy:  # row 0: 30 notes in no time; row 1: 3 s of silence
-        steer.observe(np.array([token, shift_id(10)]))
+    notes = np.arange(128)
+    for pitch in (60, 64, 67, 72):  # row 0: a four-note chord; row 1: 40 ms of silence
+        steer.observe(np.array([note_on_id(pitch), shift_id(1)]))
     logits = _logits(3)
+    steered, allowed = steer.steer(logits, None)
+    assert not allowed[0, note_on_id(notes)].any() and not allowed[0, velocity_id(10)]
+    assert allowed[1, note_on_id(notes)].all()
+    steer.observe(np.array([shift_id(25), shift_id(25)]))  # 0.25 s: one note's worth again
+    allowed = steer.steer(logits, None)[1]  # None: nothing masked
+    assert allowed is None or allowed[0, note_on_id(notes)].all()
+    for _ in range(30):  # row 1 stays silent for 3 s more: pushed to strike
+        steer.observe(np.array([shift_id(10), shift_id(10)]))
     lift = steer.steer(logits, None)[0] - logits
-    assert lift[0, note_on_id(60)] < -1 and lift[1, note_on_id(60)] > 1
-    assert lift[0, velocity_id(10)] == lift[0, note_on_id(60)]  # a velocity leads to a note
+    assert lift[1, note_on_id(60)] > 1 and lift[1, velocity_id(10)] == lift[1, note_on_id(60)]
     assert np.all(lift[:, shift_id(5)] == 0)
+
+
+@pytest.mark.parametrize("asked", [3.0, 10.0])
+def test_density_is_kept_by_the_shipped_model(asked):
+    from musicgpt.assets import default_model_dir
+    from musicgpt.checkpoint import load_sampling_model
+
+    model = load_sampling_model(default_model_dir(), "cpu", "auto")
+    made = generate_pieces(model, None, max_seconds=10, num_samples=3, seed=0,
+                           settings=SamplingSettings.from_config(model.config, density=asked,
+                                                                 candidates=1))
+    rates = np.array([len(ids_to_arrays(row[made.primer_len:])) / 10 for row in made.rows])
+    assert np.all(np.abs(rates / asked - 1) <= 0.5), rates
 
 
 def test_no_control_leaves_the_step_alone():
