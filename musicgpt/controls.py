@@ -30,6 +30,7 @@ from .stats import estimate_key
 from .vocab import (
     N_PITCHES,
     N_VELOCITY_BINS,
+    STEPS_PER_S,
     bin_to_velocity,
     is_note_on,
     is_velocity,
@@ -53,7 +54,6 @@ TRIAD_BONUS = 0.7  # log-odds onto its tonic triad
 DENSITY_GAIN = 4.0
 DENSITY_WINDOW_S = 3.0
 MAX_DENSITY_BIAS = 8.0  # log-odds, either way
-_STEPS_PER_S = seconds_to_steps(1.0)
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class Controls:
             while onsets and onsets[0] <= now - self.window:
                 onsets.pop(0)
             # one second at the asked rate starts the count
-            seconds = min(now, self.window) / _STEPS_PER_S + 1.0
+            seconds = min(now, self.window) / STEPS_PER_S + 1.0
             rate = (len(onsets) + self.density) / seconds
             bias[row] = DENSITY_GAIN * math.log(self.density / max(rate, 1e-3))
         return np.clip(bias, -MAX_DENSITY_BIAS, MAX_DENSITY_BIAS)

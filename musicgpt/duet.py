@@ -62,6 +62,7 @@ from .sampling import SamplerState, SamplingSettings, style_token, token_budget
 from .vocab import (
     END_ID,
     START_ID,
+    STEPS_PER_S,
     gap_to_shift_ids,
     note_off_id,
     note_on_id,
@@ -70,7 +71,6 @@ from .vocab import (
     velocity_to_bin,
 )
 
-STEPS_PER_S = seconds_to_steps(1.0)
 ROOM = 48  # positions kept free in the cache while the player plays (a slide costs ~35 ms)
 MAX_DRAWS_PER_POLL = 8  # tokens one poll may draw ahead, so a poll stays short (~10 ms)
 MAX_OPENING_TOKENS = 32  # tokens drawn for the first note before giving up on it
