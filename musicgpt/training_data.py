@@ -93,7 +93,7 @@ def make_windows(config: Config, data: TrainingData) -> tuple[TokenWindows, Toke
 
 
 def run_styles(config: Config, data: TrainingData, data_dir: Path, names: dict[str, str] | None,
-            init_from, log) -> tuple[Config, TrainingData]:
+               init_from, log) -> tuple[Config, TrainingData]:
     """The run's style table, and the data with the labels it trains on. Fine-tuning labels a
     piece without a label with the MIDI folder's name and adds the labels to the source's
     styles; so does a resumed fine-tuning run (whose styles hold that name)."""
