@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .controls import key_of, relative_key_name
 from .events import NoteArrays, ids_to_arrays
 from .piece_checks import piece_checks, span_checks, within_2x
-from .vocab import END_ID, seconds_to_steps
+from .vocab import END_ID, STEPS_PER_S, seconds_to_steps
 
 SUFFIX_TOKENS = 64  # suffix tokens `join_nll` scores
 
@@ -66,7 +66,7 @@ def control_miss(notes, start_step: int, end_step: int | None, settings) -> floa
                  else 1.0)
     if settings.density is not None:
         last = end_step if end_step is not None else int(notes.end_step.max(initial=start_step))
-        seconds = max(last - start_step, 1) / seconds_to_steps(1.0)
+        seconds = max(last - start_step, 1) / STEPS_PER_S
         ratio = max(int(new.sum()), 1) / seconds / settings.density
         miss += 0.0 if abs(ratio - 1) <= 0.25 else abs(float(np.log2(ratio)))
     return miss

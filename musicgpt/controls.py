@@ -33,6 +33,7 @@ from .stats import estimate_key
 from .vocab import (
     N_PITCHES,
     N_VELOCITY_BINS,
+    STEPS_PER_S,
     bin_to_velocity,
     is_note_on,
     is_velocity,
@@ -56,7 +57,6 @@ TRIAD_BONUS = 0.7  # log-odds onto its tonic triad
 DENSITY_GAIN = 4.0
 DENSITY_WINDOW_S = 3.0
 MAX_DENSITY_BIAS = 8.0  # log-odds onto the notes of a row that runs thin
-_STEPS_PER_S = seconds_to_steps(1.0)
 BURST_S = 1.0  # a row may strike up to this long of the asked density at once ...
 MIN_BURST_NOTES = 4.0  # ... and at least this many notes (a chord)
 
@@ -261,7 +261,7 @@ class Controls:
             steps = self._steps[tokens]
             self.now += steps
             self.bucket = np.minimum(self.burst,
-                                     self.bucket + self.density * steps / _STEPS_PER_S)
+                                     self.bucket + self.density * steps / STEPS_PER_S)
             self.bucket -= self._is_on[tokens]
             for row in np.flatnonzero(self._is_on[tokens]):
                 self.onsets[row].append(int(self.now[row]))
@@ -279,7 +279,7 @@ class Controls:
             while onsets and onsets[0] <= now - self.window:
                 onsets.pop(0)
             # one second at the asked rate starts the count
-            seconds = min(now, self.window) / _STEPS_PER_S + 1.0
+            seconds = min(now, self.window) / STEPS_PER_S + 1.0
             rate = (len(onsets) + self.density) / seconds
             bias[row] = DENSITY_GAIN * math.log(self.density / max(rate, 1e-3))
         return np.clip(bias, 0.0, MAX_DENSITY_BIAS)

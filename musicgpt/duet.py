@@ -2,6 +2,8 @@
 (both players' notes) is one piece in the model's context. No threads, ports, clock or
 Streamlit: the caller says what happened and when, `Duet.feed(event, time_s)`, and asks what to
 play, `Duet.poll(time_s)`; duet_live.py runs it against MIDI ports or a recorded performance.
+The events it takes and gives and the piece the played tokens make are in duet_piece.py, the turn
+settings and each turn's record in duet_turns.py.
 
 Turns. A phrase starts at the player's first key. It ends when nothing of the player's has
 sounded for `TurnSettings.pause_s` (keys up and, the pedal folded in, no note held by it), or
@@ -32,120 +34,46 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .controls import key_of
 from .duet_context import DuetContext
+from .duet_piece import (
+    ID_IS_NOTE_ON,
+    ID_PITCH,
+    ID_SHIFT_STEPS,
+    MODEL,
+    NOTE_OFF,
+    NOTE_ON,
+    PEDAL,
+    PLAYER,
+    SHIFT_IDS,
+    Cue,
+    KeyEvent,
+    PlayedPiece,
+)
+from .duet_turns import FOLLOW_KEY_STRENGTH, Turn, TurnSettings
 from .events import NoteArrays
 from .model import GPT
 from .sampling import SamplerState, SamplingSettings, style_token, token_budget
 from .vocab import (
     END_ID,
     START_ID,
-    VOCAB_SIZE,
-    bin_to_velocity,
+    STEPS_PER_S,
     gap_to_shift_ids,
-    is_note_off,
-    is_note_on,
-    is_shift,
-    is_velocity,
     note_off_id,
     note_on_id,
-    note_pitch,
     seconds_to_steps,
-    shift_steps,
-    velocity_bin_of,
     velocity_id,
     velocity_to_bin,
 )
 
-NOTE_ON, NOTE_OFF, PEDAL = "note_on", "note_off", "pedal"
-PLAYER, MODEL = "player", "model"
-STEPS_PER_S = seconds_to_steps(1.0)
 ROOM = 48  # positions kept free in the cache while the player plays (a slide costs ~35 ms)
 MAX_DRAWS_PER_POLL = 8  # tokens one poll may draw ahead, so a poll stays short (~10 ms)
 MAX_OPENING_TOKENS = 32  # tokens drawn for the first note before giving up on it
-
-_IDS = np.arange(VOCAB_SIZE)
-_SHIFT = shift_steps(_IDS).tolist()
-_PITCH = np.where(is_note_on(_IDS) | is_note_off(_IDS), note_pitch(_IDS), -1).tolist()
-_IS_ON = is_note_on(_IDS).tolist()
-_VELOCITY_BIN = np.where(is_velocity(_IDS), velocity_bin_of(_IDS), -1).tolist()
-_SHIFT_IDS = np.flatnonzero(is_shift(_IDS))
-_DEFAULT_VELOCITY = bin_to_velocity(velocity_to_bin(64))  # the decoder's, before any VELOCITY
-
-
-class KeyEvent(NamedTuple):
-    """What a player does, or what the model sends: `kind` NOTE_ON (value: velocity 1-127),
-    NOTE_OFF or PEDAL (sustain, value >= 64: down)."""
-
-    kind: str
-    pitch: int = 0
-    value: int = 0
-
-
-class Cue(NamedTuple):
-    """A model event and its time (seconds on the caller's clock)."""
-
-    time_s: float
-    event: KeyEvent
-
-
-FOLLOW_KEY_STRENGTH = 2.5  # see TurnSettings.follow_key
-
-
-@dataclass(frozen=True)
-class TurnSettings:
-    pause_s: float = 0.6  # a phrase ends after this long with nothing of the player's sounding
-    max_phrase_s: float = 8.0  # ... or once it has lasted this long
-    answer_ratio: float = 1.0  # the answer lasts the phrase's length times this,
-    min_answer_s: float = 2.0  # but at least this long
-    max_answer_s: float = 8.0  # and at most this long
-    lookahead_s: float = 0.5  # the answer is drawn this far ahead of the clock
-    max_idle_s: float = 1.0  # silence between turns is at most this long in the context
-    # Without a key asked (`SamplingSettings.key`), steer each answer towards the key its phrase
-    # is heard in (controls.key_of), FOLLOW_KEY_STRENGTH times as hard as the key control: an
-    # answer of a few seconds has little time to settle in a key. The answer's key was the
-    # phrase's or its relative (benchmarks/duet.py, 60 turns) in 33% of turns without it, 67% at
-    # the key control's strength, 73% at 2x; at 2.5x, 85% and 76% of 80 turns (seeds 0 and 1).
-    follow_key: bool = True
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool):
-                continue
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a number > 0, got {value}")
-        if self.min_answer_s > self.max_answer_s:
-            raise ValueError(f"min_answer_s {self.min_answer_s} exceeds max_answer_s "
-                             f"{self.max_answer_s}")
-
-    def answer_seconds(self, phrase_s: float) -> float:
-        return min(max(phrase_s * self.answer_ratio, self.min_answer_s), self.max_answer_s)
-
-
-@dataclass
-class Turn:
-    """One phrase and its answer (times in seconds on the caller's clock). `latency_ms`: compute
-    time from the phrase's end being detected to the answer's first note handed out."""
-
-    phrase_start_s: float
-    phrase_end_s: float
-    ended_by: str  # "pause" or "max_length"
-    phrase_notes: int
-    answer_start_s: float
-    answer_asked_s: float
-    answer_end_s: float | None = None  # None while the answer plays
-    answer_notes: int = 0
-    cut: bool = False  # the player cut the answer short
-    latency_ms: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -172,49 +100,6 @@ class _Answer:
     key: str | None = None  # the key it is steered towards (TurnSettings.follow_key)
 
 
-class _Piece:
-    """What the played tokens say: the time (context steps), the last velocity stated, the
-    owner, onset (wall steps) and velocity of each sounding pitch, and every note played."""
-
-    def __init__(self):
-        self.step = 0
-        self.velocity_bin = -1
-        self.sounding: dict[int, tuple[str, int, int]] = {}
-        self.notes: dict[str, list[tuple[int, int, int, int]]] = {PLAYER: [], MODEL: []}
-
-    def pitches(self, owner: str) -> list[int]:
-        return [p for p, (who, _, _) in self.sounding.items() if who == owner]
-
-    def close(self, pitch: int, opened: tuple[str, int, int], end: int) -> None:
-        """A note ends at wall step `end` (one of no length is dropped, as the decoder does)."""
-        who, start, velocity = opened
-        if end > start:
-            self.notes[who].append((pitch, velocity, start, end))
-
-    def apply(self, token: int, owner: str, offset: int, velocity: int | None) -> KeyEvent | None:
-        """Advance by one played token; the key event it plays, if any."""
-        if _SHIFT[token]:
-            self.step += _SHIFT[token]
-            return None
-        if _VELOCITY_BIN[token] >= 0:
-            self.velocity_bin = _VELOCITY_BIN[token]
-            return None
-        pitch = _PITCH[token]
-        if pitch < 0:
-            return None
-        now = self.step + offset
-        opened = self.sounding.pop(pitch, None)
-        if opened is not None:
-            self.close(pitch, opened, now)
-        if not _IS_ON[token]:
-            return None if opened is None else KeyEvent(NOTE_OFF, pitch)
-        if velocity is None:
-            velocity = (bin_to_velocity(self.velocity_bin) if self.velocity_bin >= 0
-                        else _DEFAULT_VELOCITY)
-        self.sounding[pitch] = (owner, now, velocity)
-        return KeyEvent(NOTE_ON, pitch, velocity)
-
-
 class Duet:
     """The duet between a player and `model` (see the module docstring). Times are seconds on
     one clock the caller keeps, never going back."""
@@ -229,7 +114,7 @@ class Duet:
         self.shadow = SamplerState(np.array([front]), settings, model.config.vocab_size, None,
                                    seed)
         self.settings, self.turn_settings = settings, turns
-        self.piece = _Piece()
+        self.piece = PlayedPiece()
         self.offset = 0  # wall step - context step (grows when idle time is shortened)
         self.keys: set[int] = set()
         self.pedal = False
@@ -256,7 +141,7 @@ class Duet:
         if tokens and self.answer is not None:
             self._drop_draft()
         for token in tokens:
-            self._play(token, PLAYER, velocity=event.value if _IS_ON[token] else None)
+            self._play(token, PLAYER, velocity=event.value if ID_IS_NOTE_ON[token] else None)
         if tokens and self.answer is not None:
             self.answer.state = self._fork(self.answer.key)  # redraw from what was played
         if strike:
@@ -309,7 +194,7 @@ class Duet:
         answer = self.answer
         if answer is None:
             return []
-        piece = _Piece()  # a scratch copy of what sounds, to pair the draft's releases
+        piece = PlayedPiece()  # a scratch copy of what sounds, to pair the draft's releases
         piece.step, piece.velocity_bin = self.piece.step, self.piece.velocity_bin
         piece.sounding = dict(self.piece.sounding)
         out = []
@@ -417,21 +302,21 @@ class Duet:
         logits = self.context.logits().clone()
         logits[:, END_ID] = -math.inf  # the duet goes on
         if not answer.struck:  # the answer opens with a note, at once
-            logits[:, _SHIFT_IDS] = -math.inf
+            logits[:, SHIFT_IDS] = -math.inf
         held = self.piece.pitches(PLAYER)
         if held:  # the player's notes are the player's to release
             logits[:, note_off_id(np.array(held))] = -math.inf
         token = int(answer.state.draw(logits)[0])
         self._draft(token)
-        answer.struck |= _IS_ON[token]
+        answer.struck |= ID_IS_NOTE_ON[token]
 
     def _draw_release(self) -> None:
         """Append NOTE_OFFs for the model's notes sounding at the end of the draft."""
         answer = self.answer
         sounding = set(self.piece.pitches(MODEL))
         for token, _ in answer.draft:
-            if _PITCH[token] >= 0:
-                (sounding.add if _IS_ON[token] else sounding.discard)(_PITCH[token])
+            if ID_PITCH[token] >= 0:
+                (sounding.add if ID_IS_NOTE_ON[token] else sounding.discard)(ID_PITCH[token])
         for pitch in sorted(sounding):
             self._draft(int(note_off_id(pitch)))
         answer.released = True
@@ -439,7 +324,7 @@ class Duet:
     def _draft(self, token: int) -> None:
         answer = self.answer
         self.context.push(token)
-        answer.clock += _SHIFT[token]
+        answer.clock += ID_SHIFT_STEPS[token]
         answer.draft.append((token, answer.clock))
         answer.drawn += 1
 

@@ -37,9 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .events import NoteArrays
-from .vocab import seconds_to_steps
+from .vocab import STEPS_PER_S
 
-STEPS_PER_S = seconds_to_steps(1.0)
 SPARSE_ONSETS_PER_S = 2.0
 DEAD_AIR_S = 3.0
 LATE_START_S = 1.5

@@ -41,6 +41,7 @@ from .vocab import (
     N_PITCHES,
     PAD_ID,
     START_ID,
+    STEPS_PER_S,
     is_note_off,
     is_note_on,
     is_style,
@@ -65,7 +66,6 @@ MIN_TOKEN_BUDGET = 256
 # Rows x weights per decode step from which a second torch thread pays (see sampling_threads).
 THREAD_WORK = 32_000_000
 _OFF_IDS = note_off_id(np.arange(N_PITCHES))
-STEPS_PER_S = seconds_to_steps(1.0)
 RELEASE_RAMP_PER_S = 2.0  # log-odds added to a long note's NOTE_OFF per second past the ramp
 
 

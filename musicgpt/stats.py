@@ -29,9 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .events import NoteArrays
-from .vocab import is_note_on, note_pitch, seconds_to_steps, shift_steps
+from .vocab import STEPS_PER_S, is_note_on, note_pitch, shift_steps
 
-STEPS_PER_S = seconds_to_steps(1.0)
 IOI_EDGES_S = np.geomspace(0.01, 4.0, 19)  # 18 log bins; IOIs past 4 s land in the last one
 STUCK_NOTE_S = 10.0  # the decoder cuts an unreleased note at exactly 10 s, hence ">="
 LONG_SILENCE_S = 4.0

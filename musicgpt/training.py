@@ -2,20 +2,18 @@
 
 Every batch is a pure function of (seed, step, rank), so the data position in a checkpoint is just
 the step, and a resumed run sees exactly the batches an uninterrupted run would have seen.
+What it trains on (pieces, style table, windows) comes from training_data.py; ranks, agreement
+between them and the stop signal from distributed.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import (
@@ -28,23 +26,23 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config
-from .data import (
-    TokenWindows,
-    folder_label,
-    load_split,
-    no_training_pieces,
-    piece_styles,
-    preprocess_folder,
-)
+from .data import TokenWindows
 from .device import pick_device
+from .distributed import Dist, StopFlag, agree, any_rank, env_rank, init_distributed
 from .files import writing
-from .finetune import add_styles, label_unlabelled
 from .layers import Linear
 from .locks import folder_lock
 from .model import GPT
 from .run_folder import RunExistsError, append_jsonl, check_run_folder, trim_metrics  # noqa: F401
 from .schedule import TrainClock, learning_rate_at  # noqa: F401 (re-exported)
-from .vocab import N_STYLES, PAD_ID
+from .training_data import (
+    labelled_style_names,
+    make_windows,
+    prepare_data,
+    run_styles,
+    style_slots,  # noqa: F401 (re-exported: tests/test_finetune.py)
+)
+from .vocab import PAD_ID
 
 
 def make_optimizer(model: GPT, config: Config) -> torch.optim.AdamW:
@@ -59,50 +57,6 @@ def make_optimizer(model: GPT, config: Config) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device) -> _Dist:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size())
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checkpoints at the next step boundary and returns."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -134,74 +88,6 @@ def evaluate_nll(model: GPT, windows: TokenWindows, config: Config, device: torc
     return total / max(count, 1)
 
 
-@dataclass
-class TrainingData:
-    """Token pieces of both splits and each piece's style label ('' for none)."""
-
-    train: list[np.ndarray]
-    val: list[np.ndarray]
-    train_styles: list[str]
-    val_styles: list[str]
-
-
-def prepare_data(midi_dir: str | Path | None, data_dir: str | Path,
-                 progress: bool = True) -> TrainingData:
-    if midi_dir is not None:
-        manifest = preprocess_folder(midi_dir, data_dir, progress=progress)
-        if progress and manifest["skipped"]:
-            print(f"skipped {len(manifest['skipped'])} file(s); reasons in {data_dir}/report.json")
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    if not train:
-        raise ValueError(no_training_pieces(data_dir))
-    train_styles, val_styles = piece_styles(data_dir, "train"), piece_styles(data_dir, "val")
-    if not val:
-        val, val_styles = train, train_styles
-    return TrainingData(train, val, train_styles, val_styles)
-
-
-def resolve_styles(config: Config, labels: list[str], names: dict[str, str] | None = None,
-                   log=print) -> Config:
-    """Give `config` its style table from the training pieces' labels, unless it has one.
-
-    Each distinct label gets a STYLE slot (the N_STYLES most common if there are more; the rest
-    train without a style token), named by `names` (label -> readable name) where given. One
-    label only, or a vocabulary without style tokens, means no styles.
-    """
-    if config.styles or not config.has_fim:
-        return config
-    counts = Counter(label for label in labels if label)
-    if len(counts) < 2:
-        return config
-    kept = sorted(sorted(counts, key=lambda label: -counts[label])[:N_STYLES])
-    if len(counts) > N_STYLES:
-        log(f"{len(counts)} style labels; the {N_STYLES} most common get a style token, "
-            f"the rest train without one")
-    names = names or {}
-    return config.replace(styles=tuple(names.get(label, label) for label in kept),
-                          style_sources=tuple(kept))
-
-
-def style_slots(config: Config, labels: list[str]) -> list[int]:
-    """STYLE slot of each piece's label (-1 for no style or one the config does not know): the
-    slot whose data label it is, else the slot of that name."""
-    sources = config.style_sources or config.styles
-    return [sources.index(label) if label in sources
-            else config.styles.index(label) if label in config.styles else -1
-            for label in labels]
-
-
-def _windows(config: Config, data: TrainingData) -> tuple[TokenWindows, TokenWindows]:
-    """Training windows (augmented, styles dropped at style_drop, FIM at fim_rate) and
-    validation windows (plain left-to-right, always with their style)."""
-    fim_rate = config.fim_rate if config.has_fim else 0.0
-    train = TokenWindows(data.train, config.block_size, augment=config.augment, seed=config.seed,
-                         styles=style_slots(config, data.train_styles),
-                         style_drop=config.style_drop, fim_rate=fim_rate)
-    val = TokenWindows(data.val, config.block_size, seed=config.seed + 1,
-                       styles=style_slots(config, data.val_styles))
-    return train, val
-
-
 def bf16_autocast(device: torch.device, enabled: bool):
     """bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16
     or AMX), else None: on other CPUs bf16 is emulated and slower than fp32."""
@@ -230,7 +116,7 @@ class _Run:
     step_fn: torch.nn.Module  # train_model, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
     device: torch.device
-    dist: _Dist
+    dist: Dist
     autocast: object
     train_windows: TokenWindows
     val_windows: TokenWindows
@@ -270,18 +156,10 @@ def train(config: Config, out_dir: str | Path, *, midi_dir: str | Path | None = 
     SIGINT and SIGTERM end the run at the next step boundary, also with a checkpoint.
     """
     check_run_folder(out_dir, resume, overwrite)
-    lock = folder_lock(out_dir, "train.py") if _rank() == 0 else nullcontext()
+    lock = folder_lock(out_dir, "train.py") if env_rank() == 0 else nullcontext()
     with lock:
         return _train(config, Path(out_dir), midi_dir, data_dir, resume, progress, stop_after,
                       style_names, init_from)
-
-
-def _rank() -> int:
-    """This process's rank under torchrun (0 without it): rank 0 alone writes the run folder."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
 
 
 def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, progress: bool,
@@ -296,16 +174,16 @@ def _train(config: Config, out_dir: Path, midi_dir, data_dir, resume: bool, prog
     bar = _progress_bar(config, start_step, progress and run.dist.main)
     metrics: dict = {"step": start_step}
     tick, step = time.perf_counter(), start_step
-    with _StopFlag() as stop:
-        while step < last_step and not _any_rank(stop.raised, run.dist):
-            warmup = int(_agree(clock.warmup_steps(config), run.dist))
-            lr = learning_rate_at(step, config, _agree(clock.progress(step, config), run.dist),
+    with StopFlag() as stop:
+        while step < last_step and not any_rank(stop.raised, run.dist):
+            warmup = int(agree(clock.warmup_steps(config), run.dist))
+            lr = learning_rate_at(step, config, agree(clock.progress(step, config), run.dist),
                                   warmup)
             loss = _train_step(run, step, lr)
             step += 1
             clock.step_done()
             _check_finite(loss, step, run)
-            timed_out = clock.timed and _any_rank(clock.out_of_time(), run.dist)
+            timed_out = clock.timed and any_rank(clock.out_of_time(), run.dist)
             tokens = _tokens_per_step(config, run.dist) * (step - start_step)
             metrics = {"step": step, "loss": round(loss, 4), "lr": lr,
                        "tokens_per_s": round(tokens / (time.perf_counter() - tick), 1)}
@@ -342,15 +220,6 @@ def _validate(run: _Run) -> float:
                  4)
 
 
-def _agree(value: float | None, dist: _Dist) -> float | None:
-    """One value for every rank (the largest): ranks must step with the same learning rate."""
-    if value is None or dist.world == 1:
-        return value
-    tensor = torch.tensor([float(value)])
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return float(tensor.item())
-
-
 class TrainingDiverged(ValueError):
     """The loss or the weights stopped being finite numbers; nothing of that step is saved."""
 
@@ -375,7 +244,7 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
     """Device, process group, data, model, optimizer, DDP and compile wrappers, autocast."""
     data_dir = Path(data_dir or out_dir / "data")
     device = pick_device(config.device)
-    dist = _init_distributed(device)
+    dist = init_distributed(device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -386,7 +255,7 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
         if not dist.main:
             data = prepare_data(None, data_dir, progress=False)
     log = print if dist.main else lambda _: None
-    config, data = _styles(config, data, data_dir, style_names, init_from, log)
+    config, data = run_styles(config, data, data_dir, style_names, init_from, log)
     torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
     model = GPT(config).to(device)
     if init_from is not None:
@@ -406,35 +275,15 @@ def _setup(config: Config, out_dir: Path, midi_dir, data_dir, progress: bool,
         fim = f", FIM rate {config.fim_rate}" if config.has_fim and config.fim_rate else ""
         print(f"model: {config.short()}, {model.num_params():,} parameters, device {device}"
               f"{', bf16 autocast' if bf16 else ', fp32'}, {dist.world} process(es){fim}{styles}")
-    train_windows, val_windows = _windows(config, data)
+    train_windows, val_windows = make_windows(config, data)
     info = {"files": len(data.train) + (len(data.val) if data.val is not data.train else 0),
-            "data_styles": sorted(set(_style_names(config, data.train_styles))),
+            "data_styles": sorted(set(labelled_style_names(config, data.train_styles))),
             **({"init_from": str(init_from)} if init_from is not None else {})}
     return _Run(config, model, train_model,
                 torch.compile(train_model) if config.compile else train_model,
                 make_optimizer(model, config), device, dist, bf16 or nullcontext(),
                 train_windows, val_windows, out_dir, out_dir / "checkpoint",
                 TrainClock(config.max_minutes * 60), info)
-
-
-def _styles(config: Config, data: TrainingData, data_dir: Path, names: dict[str, str] | None,
-            init_from, log) -> tuple[Config, TrainingData]:
-    """The run's style table, and the data with the labels it trains on. Fine-tuning labels a
-    piece without a label with the MIDI folder's name and adds the labels to the source's
-    styles; so does a resumed fine-tuning run (whose styles hold that name)."""
-    folder = folder_label(data_dir)
-    if init_from is not None or (config.styles and folder in (config.style_sources
-                                                              or config.styles)):
-        data = TrainingData(data.train, data.val, label_unlabelled(data.train_styles, folder),
-                            label_unlabelled(data.val_styles, folder))
-    if init_from is not None:
-        return add_styles(config, data.train_styles + data.val_styles, names, log), data
-    return resolve_styles(config, data.train_styles, names, log), data
-
-
-def _style_names(config: Config, labels: list[str]) -> list[str]:
-    """The style name of each labelled piece that has a slot."""
-    return [config.styles[slot] for slot in style_slots(config, labels) if slot >= 0]
 
 
 def _train_step(run: _Run, step: int, lr: float) -> float:
@@ -462,7 +311,7 @@ def _train_step(run: _Run, step: int, lr: float) -> float:
     return loss_sum
 
 
-def _tokens_per_step(config: Config, dist: _Dist) -> int:
+def _tokens_per_step(config: Config, dist: Dist) -> int:
     return config.batch_size * config.block_size * config.grad_accum * dist.world
 
 
@@ -473,15 +322,6 @@ def _progress_bar(config: Config, start_step: int, enabled: bool):
     total = None if config.max_minutes else config.max_steps  # a timed run: steps unknown
     return tqdm(total=total, initial=start_step, disable=not enabled, unit="step",
                 dynamic_ncols=True)
-
-
-def _any_rank(flag: bool, dist: _Dist) -> bool:
-    """True on every rank once any rank has it: ranks must stop at the same step."""
-    if dist.world == 1:
-        return flag
-    value = torch.tensor([float(flag)])
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def _finish(run: _Run, step: int, start_step: int, interrupted: bool) -> None:

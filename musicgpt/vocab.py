@@ -26,6 +26,7 @@ import numpy as np
 
 VOCAB_VERSION = 1
 STEP_MS = 10
+STEPS_PER_S = 1000 // STEP_MS  # time steps in one second
 MAX_SHIFT_STEPS = 100
 N_VELOCITY_BINS = 32
 N_PITCHES = 128
