@@ -146,4 +146,4 @@ class _Sequence:
 def prefill(model: GPT, window: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Fill `cache` with `window` (B, T) from position 0; logits (B, V) for what follows."""
     positions = torch.arange(window.size(1), device=window.device)
-    return model(window, positions, attend_len=window.size(1), cache=cache)[:, -1]
+    return model(window, positions, attend_len=window.size(1), cache=cache, last_only=True)[:, -1]

@@ -96,13 +96,15 @@ class GPT(nn.Module):
                        param.device)
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
-                attend_len: int | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                attend_len: int | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, vocab). With `cache`, `input_pos` (T,) says where idx sits.
 
         Without `input_pos` the sequence starts at position 0 and no cache is read or written.
         `attend_len` (cache only) limits attention to the first positions of the buffer; it must
         cover every position in `input_pos`. Left None, a step attends over the whole buffer
-        through the causal mask, so its shapes never change.
+        through the causal mask, so its shapes never change. `last_only`: logits (B, 1, vocab)
+        for the last position alone (a prefill needs no others).
         """
         B, T = idx.shape
         mask = None
@@ -122,5 +124,5 @@ class GPT(nn.Module):
             x = F.dropout(x, self.config.dropout)
         for block, kv in zip(self.blocks, layers, strict=True):
             x = block(x, cache_pos, mask, attend_len, kv)
-        x = self.ln_f(x)
+        x = self.ln_f(x[:, -1:] if last_only else x)
         return F.linear(x, self.wte.weight)  # output projection tied to the embedding

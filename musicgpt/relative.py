@@ -100,6 +100,8 @@ class RelativeSelfAttention(CausalSelfAttention):
         if end > n_keys:
             raise ValueError(f"attend_len {n_keys} does not cover position {end - 1}")
         rel = skewed_relative_logits(q, self.rel_emb, end)
+        if n_keys == end:  # a prefill attending over just what it wrote: nothing to pad
+            return rel
         return F.pad(rel, (0, n_keys - end))  # later keys are masked by the causal mask
 
     def _scores(self, q_scaled, k, rel, allowed) -> torch.Tensor:
@@ -133,8 +135,11 @@ class RelativeSelfAttention(CausalSelfAttention):
                 mask = None if mask is None else mask[..., :attend_len]
             if mask is None and T > 1:  # only a lone query may go unmasked (it sees the past)
                 mask = input_pos[:, None] >= torch.arange(k.shape[2], device=x.device)
-        rel = self._relative(q, input_pos if cached else None, k.shape[2])
-        y = self._attend(q, k, v, rel, mask)
+        if cached and _chunks_pay(q, input_pos, k.shape[2]):
+            y = self._attend_in_chunks(q, k, v)
+        else:
+            rel = self._relative(q, input_pos if cached else None, k.shape[2])
+            y = self._attend(q, k, v, rel, mask)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _attend(self, q_scaled, k, v, rel, allowed) -> torch.Tensor:
@@ -151,6 +156,32 @@ class RelativeSelfAttention(CausalSelfAttention):
         bias = rel if allowed is None else rel.masked_fill(~allowed, -math.inf)
         return F.scaled_dot_product_attention(q_scaled, k, v, attn_mask=bias, dropout_p=dropout,
                                               scale=1.0)
+
+
+    def _attend_in_chunks(self, q_scaled, k, v) -> torch.Tensor:
+        """`_attend` for a CPU prefill of positions 0..T-1 (keys: those T), PREFILL_CHUNK queries
+        at a time, each over the keys up to its last query only: the masked upper triangle of
+        the (T, T) scores is never computed (a 384-token window: 6 chunks do 58% of the work)."""
+        T = q_scaled.shape[2]
+        parts = []
+        for first in range(0, T, PREFILL_CHUNK):
+            end = min(T, first + PREFILL_CHUNK)
+            q = q_scaled[:, :, first:end]
+            rel = skewed_relative_logits(q, self.rel_emb, end)
+            seen = torch.arange(first, end, device=q.device)[:, None] >= torch.arange(
+                end, device=q.device)
+            parts.append(self._attend(q, k[:, :, :end], v[:, :, :end], rel, seen))
+        return torch.cat(parts, 2)
+
+
+PREFILL_CHUNK = 64  # queries per chunk of a CPU prefill (_attend_in_chunks)
+
+
+def _chunks_pay(q: torch.Tensor, input_pos: torch.Tensor, n_keys: int) -> bool:
+    """A CPU prefill from position 0 over exactly its own keys, long enough to chunk."""
+    T = q.shape[2]
+    return (_explicit_softmax(q) and T >= 2 * PREFILL_CHUNK and n_keys == T
+            and int(input_pos[0]) == 0)
 
 
 def _explicit_softmax(q: torch.Tensor) -> bool:

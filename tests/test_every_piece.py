@@ -121,10 +121,10 @@ def _prefilled_windows(model, primer, settings) -> list[list[int]]:
     seen: list = []
     real_forward = model.forward
 
-    def spy(idx, input_pos=None, attend_len=None, cache=None):
+    def spy(idx, input_pos=None, attend_len=None, cache=None, **options):
         if idx.size(1) > 1:
             seen.append(idx[0].tolist())
-        logits = real_forward(idx, input_pos, attend_len, cache)
+        logits = real_forward(idx, input_pos, attend_len, cache, **options)
         logits[..., END_ID] = -float("inf")
         return logits
 
@@ -157,8 +157,8 @@ def _silence_lover(model, bias: float = 12.0):
     """The tiny model, pushed (by `bias` on the logit) to move time by a full second."""
     real_forward = model.forward
 
-    def forward(idx, input_pos=None, attend_len=None, cache=None):
-        logits = real_forward(idx, input_pos, attend_len, cache)
+    def forward(idx, input_pos=None, attend_len=None, cache=None, **options):
+        logits = real_forward(idx, input_pos, attend_len, cache, **options)
         logits[..., TOP_SHIFT_ID] += bias
         return logits
 

@@ -197,3 +197,30 @@ def test_checkpoint_round_trip_keeps_logits(make_relative_model, tmp_path):
     ids = torch.randint(0, 388, (1, 25))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+
+
+def test_a_chunked_prefill_equals_the_whole_one(make_tiny_model, monkeypatch):
+    """A CPU prefill from 0 attends PREFILL_CHUNK queries at a time over the keys up to each
+    chunk's end (relative._attend_in_chunks): the same logits, cache and last-only logits as the
+    whole (T, T) pass."""
+    from musicgpt import relative
+
+    model = make_tiny_model(attention="relative", block_size=160)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.rel_emb.normal_(0.0, 0.5)
+    ids = torch.randint(0, 300, (2, 150), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(150)
+    monkeypatch.setattr(relative, "PREFILL_CHUNK", 32)
+    chunked_cache = model.new_cache(2)
+    with torch.no_grad():
+        chunked = model(ids, positions, 150, chunked_cache)
+        last = model(ids, positions, 150, model.new_cache(2), last_only=True)
+    monkeypatch.setattr(relative, "PREFILL_CHUNK", 10_000)
+    whole_cache = model.new_cache(2)
+    with torch.no_grad():
+        whole = model(ids, positions, 150, whole_cache)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last, whole[:, -1:], atol=1e-5, rtol=1e-5)
+    for a, b in zip(chunked_cache.layers, whole_cache.layers, strict=True):
+        torch.testing.assert_close(a.v, b.v, atol=1e-5, rtol=1e-5)

@@ -382,10 +382,10 @@ def test_a_style_token_follows_start_and_stays_in_front_when_the_window_slides(m
     seen: list = []
     real_forward = model.forward
 
-    def spy(idx, input_pos=None, attend_len=None, cache=None):
+    def spy(idx, input_pos=None, attend_len=None, cache=None, **options):
         if idx.size(1) > 1:
             seen.append(idx[0, :2].tolist())
-        return real_forward(idx, input_pos, attend_len, cache)
+        return real_forward(idx, input_pos, attend_len, cache, **options)
 
     model.forward = spy
     rows = generate(model, [START_ID, 60], max_new_tokens=200, seed=0, style=1)
