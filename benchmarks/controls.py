@@ -1,11 +1,11 @@
 """How well the controls hold: key, density, pitch range and dynamics, each over N pieces.
 
     python benchmarks/controls.py --data-dir /work/cache_ship [--pieces 20 --seconds 20]
-        [--only key,density] [--json-out controls.json]
+        [--only key,density] [--keys all] [--json-out controls.json]
 
-For each setting (none; four keys; density 3 and 10; pitch range C4-C6; dynamics 30-60 and
-90-120) it writes `--pieces` pieces of `--seconds` s from nothing with the shipped sampler plus
-that control, and prints per setting:
+For each setting (none; four keys, or `--keys all` the 24; density 3 and 10; pitch range
+C4-C6; dynamics 30-60 and 90-120) it writes `--pieces` pieces of `--seconds` s from nothing
+with the shipped sampler plus that control, and prints per setting:
 - key: the share of pieces whose Krumhansl-Kessler key (stats.estimate_key over the new
   notes, weighted by duration) is the asked one, and the asked one or its relative;
 - density: the mean notes/s and the share of pieces within 50% of the asked rate;
@@ -34,7 +34,6 @@ from musicgpt.vocab import seconds_to_steps
 KEYS = ("C major", "E minor", "F# major", "Bb minor")
 SETTINGS: dict[str, dict] = {
     "none": {},
-    **{f"key {k}": {"key": k} for k in KEYS},
     "density 3": {"density": 3.0},
     "density 10": {"density": 10.0},
     "pitch range C4-C6": {"pitch_range": (60, 84)},
@@ -83,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated setting names (prefixes)")
+    parser.add_argument("--keys", default=",".join(KEYS),
+                        help="the keys measured, comma-separated, or 'all' (the 24)")
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
 
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     val = [np.asarray(p, np.int64) for p in load_split(args.data_dir, "val")]
     real = [stats.excerpt(ids_to_arrays(p), args.seconds) for p in val]
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    keys = controls.KEY_NAMES if args.keys == "all" else [k.strip() for k in args.keys.split(",")]
+    table = {name: asked for name, asked in SETTINGS.items() if not name.startswith("key ")}
+    table = {"none": {}, **{f"key {k}": {"key": controls.parse_key(k)} for k in keys}, **table}
     report = {}
-    for name, asked in SETTINGS.items():
+    for name, asked in table.items():
         if wanted and not any(name.startswith(w) for w in wanted):
             continue
         settings = SamplingSettings.from_config(model.config, **asked)

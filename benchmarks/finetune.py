@@ -4,7 +4,7 @@ the new style against the held-out music.
 
     python benchmarks/finetune.py --corpus ../shared/data/midi/nottingham [--minutes 10]
         [--files 100 --held-out 40 --pieces 20 --seconds 20 --seed 0] [--work DIR]
-        [--json-out finetune_nottingham.json]
+        [--json-out finetune_nottingham.json] [--reuse]
 
 The corpus's MIDI files are shuffled with `--seed`: the first `--files` are copied into a flat
 folder named after the corpus (so its style label is the corpus's name), the next `--held-out`
@@ -52,14 +52,16 @@ def split_corpus(corpus: Path, work: Path, files: int, held_out: int,
     return train_dir, held_dir
 
 
-def train_run(out: Path, flags: list[str]) -> dict:
-    """train.py in this process (its one-line errors end the benchmark); the run's state."""
+def train_run(out: Path, flags: list[str], reuse: bool = False) -> dict:
+    """train.py in this process (its one-line errors end the benchmark); the run's state.
+    `reuse`: a run already in `out` is read, not trained again."""
     from musicgpt.cli import train_main
 
     started = time.perf_counter()
-    code = train_main(["--out", str(out), "--overwrite", "--no-progress", *flags])
-    if code != 0:
-        raise SystemExit(f"train.py {' '.join(flags)} failed (exit status {code})")
+    if not (reuse and (out / "checkpoint" / "state.json").is_file()):
+        code = train_main(["--out", str(out), "--overwrite", "--no-progress", *flags])
+        if code != 0:
+            raise SystemExit(f"train.py {' '.join(flags)} failed (exit status {code})")
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     best = out / "best" if (out / "best" / "config.json").is_file() else out / "checkpoint"
     return {"steps": state["step"], "train_s": state.get("train_seconds"),
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="shape of the from-scratch run (default: the shipped shape)")
     parser.add_argument("--work", help="working folder (default runs/finetune_<corpus>)")
     parser.add_argument("--json-out", help="JSON report (default WORK/finetune.json)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the runs already in WORK instead of training them again (the "
+                             "same --seed picks the same files)")
     args = parser.parse_args(argv)
 
     from musicgpt.finetune import source_checkpoint
@@ -154,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     shipped = source_checkpoint(args.init_from)
     common = ["--midi-dir", str(train_dir), "--data-dir", str(work / "data"),
               "--max-minutes", str(args.minutes)]
-    runs = {"finetuned": train_run(work / "finetuned", [*common, "--init-from", args.init_from]),
+    runs = {"finetuned": train_run(work / "finetuned", [*common, "--init-from", args.init_from],
+                                   args.reuse),
             "scratch": train_run(work / "scratch", [
                 *common, "--preset", args.scratch_preset, "--warmup-steps", "10",
-                "--eval-interval", "10", "--eval-batches", "4"])}
+                "--eval-interval", "10", "--eval-batches", "4"], args.reuse)}
     nll = {"shipped": held_out_nll(shipped, held_dir),
            **{name: held_out_nll(Path(run["checkpoint"]), held_dir) for name, run in runs.items()}}
     real = held_out_excerpts(held_dir, args.seconds)

@@ -52,8 +52,9 @@ KEY_NAMES = tuple(f"{_NAMES[mode][tonic]} {mode}" for mode in MODES for tonic in
 LOWEST_PITCH, HIGHEST_PITCH = 0, N_PITCHES - 1
 DEFAULT_VELOCITY = 64  # what a NOTE_ON before any VELOCITY sounds at (events.py)
 
-OUTSIDE_PENALTY = 2.5  # log-odds off a pitch outside the asked key's scale
-TRIAD_BONUS = 0.7  # log-odds onto its tonic triad
+OUTSIDE_PENALTY = 2.0  # log-odds off a pitch outside the asked key's scale
+TRIAD_BONUS = 0.5  # log-odds onto its tonic triad
+TONIC_BONUS = 0.5  # and more onto the tonic itself
 DENSITY_GAIN = 4.0
 DENSITY_WINDOW_S = 3.0
 MAX_DENSITY_BIAS = 8.0  # log-odds onto the notes of a row that runs thin
@@ -161,7 +162,8 @@ def key_pitch_bias(name: str, strength: float = 1.0) -> np.ndarray:
     tonic, mode = key_parts(name)
     degree = (np.arange(N_PITCHES) - tonic) % 12
     bias = np.where(np.isin(degree, SCALES[mode]), 0.0, -OUTSIDE_PENALTY)
-    return strength * (bias + np.where(np.isin(degree, TRIADS[mode]), TRIAD_BONUS, 0.0))
+    bias += np.where(np.isin(degree, TRIADS[mode]), TRIAD_BONUS, 0.0)
+    return strength * (bias + np.where(degree == 0, TONIC_BONUS, 0.0))
 
 
 class Controls:
