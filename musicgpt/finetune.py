@@ -39,8 +39,8 @@ def source_checkpoint(value: str) -> Path:
 
 def finetune_config(source: Config, given: dict, init_from: str) -> Config:
     """The config of a run fine-tuning `source`: its architecture, styles and sampling, with
-    FINETUNE's training settings, then the flags `given` (field -> value). A flag that changes
-    the architecture is refused in one line."""
+    FINETUNE's settings (training, and no style guidance), then the flags `given` (field ->
+    value). A flag that changes the architecture is refused in one line."""
     for name in ARCHITECTURE:
         if name in given and given[name] != getattr(source, name):
             flag = "--" + name.replace("_", "-")

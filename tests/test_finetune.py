@@ -234,3 +234,14 @@ def test_finetune_benchmark_runs_end_to_end_on_a_tiny_model(tiny_checkpoint, tmp
         overlap = report["stats"][name]["note_density_per_s"]["overlap"]
         assert 0 <= overlap <= 1
         assert "| note_density_per_s | " in done.stdout
+
+
+def test_finetuning_settings_turn_style_guidance_off_unless_asked():
+    from musicgpt.finetune import finetune_config
+
+    shipped = load_config(REPO / "data" / "default_model")
+    tuned = finetune_config(shipped, {}, "default")
+    assert shipped.style_guidance == 1.0 and tuned.style_guidance == 0.0
+    assert (tuned.top_p, tuned.candidates, tuned.styles) == (shipped.top_p, shipped.candidates,
+                                                             shipped.styles)
+    assert finetune_config(shipped, {"style_guidance": 2.0}, "default").style_guidance == 2.0
