@@ -342,7 +342,7 @@ def duet() -> None:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
     model, path = pick_model()
-    opts = pick_sampling(model.config if model is not None else Config())
+    opts = pick_sampling(model.config if model is not None else Config(), duet=True)
     show_soundfont()
     if model is not None:
         duet_page.show(path, opts, sampling_settings(opts),

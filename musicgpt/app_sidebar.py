@@ -138,22 +138,37 @@ def pick_primer() -> tuple[np.ndarray | None, bool, bytes | None]:
 WEIGHTS = {"auto (int8 on a CPU: faster)": "auto", "float32 (exact)": "float32"}
 
 
-def pick_sampling(config: Config) -> dict:
+GENERATE_ONLY = {"seconds": 20, "num_samples": 1, "candidates": None}  # widget key -> default
+
+
+def pick_sampling(config: Config, duet: bool = False) -> dict:
     """Sidebar sampling controls: the run's own (length, seed, samples, style, weights), then one
-    widget per setting that has one (settings.py), starting from the checkpoint's values."""
+    widget per setting that has one (settings.py), starting from the checkpoint's values. On the
+    Duet page (`duet`) the widgets that only Generate reads are not shown (their values are
+    kept for the Generate page)."""
     bar = st.sidebar
     bar.subheader("Sampling")
+    if duet:
+        for key in GENERATE_ONLY:
+            if key in st.session_state:
+                st.session_state[key] = st.session_state[key]
     opts = dict(
-        seconds=bar.slider("Length of new music (s)", 2, 120, 20, key="seconds"),
+        seconds=None if duet else bar.slider("Length of new music (s)", 2, 120, 20,
+                                             key="seconds"),
         seed=bar.number_input("Seed", 0, 2**31 - 1, 1234, key="seed"),
-        num_samples=bar.slider("Number of samples", 1, 4, 1, key="num_samples"),
+        num_samples=None if duet else bar.slider("Number of samples", 1, 4, 1,
+                                                 key="num_samples"),
         style=pick_style(config),
         dtype=WEIGHTS[bar.selectbox("Weights", list(WEIGHTS), key="dtype",
                                     help="int8 samples with the same NLL within 0.01%")],
     )
     defaults = SamplingSettings.from_config(config)
     for setting in settings.widget_options():
-        opts[setting.name] = setting_widget(bar, setting, getattr(defaults, setting.name),
+        default = getattr(defaults, setting.name)
+        if duet and setting.name in GENERATE_ONLY:
+            opts[setting.name] = st.session_state.get(setting.name, default)
+            continue
+        opts[setting.name] = setting_widget(bar, setting, default,
                                             disabled=setting.option.widget.needs_styles
                                             and not config.styles)
     return opts

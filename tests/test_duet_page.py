@@ -279,3 +279,18 @@ def test_the_generate_pages_primer_choice_survives_a_visit_to_the_duet_page(tiny
     at = at.radio(key="page").set_value("Generate").run()
     assert at.sidebar.selectbox(key="example").value == choices[-1]
     assert at.sidebar.slider(key="primer_s").value == 5
+
+
+def test_the_duet_page_hides_what_only_generate_reads_and_keeps_it(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv(studio.ENV_CHECKPOINT, str(tiny_checkpoint))
+    monkeypatch.setenv(studio.ENV_CHECKPOINTS, "")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.sidebar.slider(key="seconds").set_value(7)
+    at = at.sidebar.slider(key="candidates").set_value(2).run()
+    at = at.radio(key="page").set_value("Duet").run()
+    shown = {w.key for w in at.sidebar.slider}
+    assert not shown & {"seconds", "num_samples", "candidates"}
+    assert {"temperature", "density", "pitch_range"} <= shown  # the duet's own settings stay
+    at = at.radio(key="page").set_value("Generate").run()
+    assert at.sidebar.slider(key="seconds").value == 7
+    assert at.sidebar.slider(key="candidates").value == 2
