@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -63,12 +64,16 @@ def setting(default, help: str, **option) -> Any:
 def _finite(low: float, high: float = math.inf, low_open: bool = False,
             high_open: bool = False) -> Callable[[Any], bool]:
     def ok(value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
         return math.isfinite(value) and above and below
     return ok
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _seconds_or_none(value) -> bool:
@@ -78,7 +83,7 @@ def _seconds_or_none(value) -> bool:
 def _range_within(low: int, high: int) -> Callable[[Any], bool]:
     def ok(value) -> bool:
         return value is None or (isinstance(value, tuple) and len(value) == 2
-                                 and all(isinstance(v, int) for v in value)
+                                 and all(_integer(v) for v in value)
                                  and low <= value[0] <= value[1] <= high)
     return ok
 
@@ -91,7 +96,7 @@ class SamplingSettings:
         widget=Widget("Temperature", "slider", 0.1, 2.0, 0.05))
     top_k: int = setting(
         0, "0 = off; default: the checkpoint's (off for the shipped model)",
-        ok=lambda v: isinstance(v, int) and v >= 0, want=">= 0 (0 = off)", flag="--top-k",
+        ok=lambda v: _integer(v) and v >= 0, want=">= 0 (0 = off)", flag="--top-k",
         parse=int, checkpoint=True, widget=Widget("Top-k (0 = off)", "number", 0, 512, 1))
     top_p: float = setting(
         1.0, "1 = off; default: the checkpoint's", ok=_finite(0, 1, low_open=True),
@@ -150,7 +155,7 @@ class SamplingSettings:
     candidates: int = setting(
         1, "write N candidates per piece (or span) in one batch and keep the best by the "
         "per-piece checks (no dead air, drone or wall; the controls asked for); default: the "
-        "checkpoint's", ok=lambda v: isinstance(v, int) and 1 <= v <= MAX_CANDIDATES,
+        "checkpoint's", ok=lambda v: _integer(v) and 1 <= v <= MAX_CANDIDATES,
         want=f"in 1..{MAX_CANDIDATES}", flag="--candidates", parse=int, checkpoint=True,
         commands=("generate", "infill"),
         widget=Widget("Candidates per sample", "slider", 1, 4, 1))
