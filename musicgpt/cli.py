@@ -268,7 +268,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 def _add_sampling_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """Flags shared by generate and infill: checkpoint, style, device, and the sampling settings
     (settings.py) that `command` has."""
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--checkpoint",
+                        help="checkpoint or run folder (default: the shipped model)")
     parser.add_argument("--style", default=None,
                         help="style token to condition on (names in the checkpoint's config.json; "
                              "default: none)")
