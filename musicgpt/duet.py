@@ -219,9 +219,7 @@ class Duet:
     def notes(self, owner: str) -> NoteArrays:
         """The notes `owner` (PLAYER or MODEL) has played and released, in 10 ms steps of the
         caller's clock, by onset."""
-        rows = sorted(self.piece.notes[owner], key=lambda n: (n[2], n[0]))
-        cols = (np.array([r[i] for r in rows], dtype=np.int64) for i in range(4))
-        return NoteArrays(*cols)
+        return _arrays(sorted(self.piece.notes[owner], key=lambda n: (n[2], n[0])))
 
     def tokens(self) -> list[int]:
         """The ids in the model's cache, position 0 first (front, then the recent piece)."""
@@ -267,10 +265,7 @@ class Duet:
         rows = [n for n in self.piece.notes[PLAYER] if n[2] >= first]
         rows += [(pitch, velocity, start, now) for pitch, (who, start, velocity)
                  in self.piece.sounding.items() if who == PLAYER and first <= start < now]
-        if not rows:
-            return None
-        return key_of(NoteArrays(*(np.array([r[i] for r in rows], dtype=np.int64)
-                                   for i in range(4))))
+        return key_of(_arrays(rows)) if rows else None
 
     def _end_answer(self, step: int, cut: bool) -> None:
         """Release the model's sounding notes at `step` and close the turn (the draft is
@@ -416,3 +411,8 @@ class Duet:
 
     def _wall_s(self, step: int) -> float:
         return (step + self.offset) / STEPS_PER_S
+
+
+def _arrays(rows: list[tuple[int, int, int, int]]) -> NoteArrays:
+    """(pitch, velocity, start, end) rows as NoteArrays."""
+    return NoteArrays(*(np.array([r[i] for r in rows], dtype=np.int64) for i in range(4)))
