@@ -10,6 +10,7 @@ Skips only when no Chromium binary is installed (CI installs it in .ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,14 +128,9 @@ def _cut_labels(page) -> list[str]:
     return cut
 
 
-def _in_view(page, locator) -> bool:
-    """Visible without scrolling: inside the 1400x900 viewport with the page scrolled to the top."""
-    box = locator.bounding_box()
-    top = page.evaluate("() => window.scrollY")
-    return box is not None and top == 0 and box["y"] >= 0 and box["y"] + box["height"] <= 900
-
-
-def test_browser_generate_shows_audio_and_piano_roll(app_url):
+@contextlib.contextmanager
+def _app_page(app_url: str):
+    """The app at `app_url` in a 1400x900 headless Chromium page that may play audio (muted)."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -145,52 +141,64 @@ def test_browser_generate_shows_audio_and_piano_roll(app_url):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(app_url)
-            button = page.get_by_role("button", name="Generate")
-            button.wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
-            generate_in_view = _in_view(page, button)
-            deploy_buttons = page.get_by_role("button", name="Deploy").count()
-            cut_labels = _cut_labels(page)
-            # a bad upload: its error shows without scrolling, then back to a built-in primer
-            primer = page.get_by_test_id("stRadio").filter(has_text="built-in")
-            primer.get_by_text("upload", exact=True).click()
-            page.locator("input[type=file]").set_input_files(
-                files=[{"name": "bad.mid", "mimeType": "audio/midi", "buffer": b"not midi"}])
-            error = page.get_by_text("not a usable MIDI file").first
-            error.wait_for(timeout=PAGE_TIMEOUT_MS)
-            error_in_view = _in_view(page, error)
-            beside = page.get_by_test_id("stSidebar").get_by_text("not a usable MIDI file")
-            beside.wait_for(timeout=PAGE_TIMEOUT_MS)
-            beside_in_view = _in_view(page, beside)
-            primer.get_by_text("built-in", exact=True).click()
-            page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
-            length = page.get_by_test_id("stSlider").filter(has_text="Length of new music")
-            length.get_by_role("slider").press("Home")  # shortest piece: 2 s
-            page.get_by_test_id("stSlider").filter(has_text="2").first.wait_for()
-            button.click()
-            more = page.get_by_role("button", name="Continue this piece")
-            more.wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.locator(".js-plotly-plot >> visible=true").first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            frame = _player_frame(page)
-            audio_src = frame.locator("audio").get_attribute("src")
-            played = frame.evaluate("""() => { const a = document.getElementById('audio');
-                a.muted = true; return a.play().then(() => true, () => false); }""")
-            page.wait_for_timeout(1500)
-            if not played:  # no audio output at all: seeking still moves the cursor
-                frame.evaluate("() => { document.getElementById('audio').currentTime = 0.5; }")
-                page.wait_for_timeout(500)
-            cursor = float(frame.locator("canvas#roll").get_attribute("data-cursor"))
-            page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
-            page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
-            bars = page.locator(".js-plotly-plot .barlayer path").count()
-            more.click()
-            page.get_by_text("earlier ones can be recalled").wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.get_by_role("button", name="Continue this piece").wait_for(
-                timeout=PAGE_TIMEOUT_MS)
-            continued_src = _player_frame(page).locator("audio").get_attribute("src")
-            errors = page.locator("[data-testid='stException']").count()
+            yield page
         finally:
             browser.close()
+
+
+def _in_view(page, locator) -> bool:
+    """Visible without scrolling: inside the 1400x900 viewport with the page scrolled to the top."""
+    box = locator.bounding_box()
+    top = page.evaluate("() => window.scrollY")
+    return box is not None and top == 0 and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+
+def test_browser_generate_shows_audio_and_piano_roll(app_url):
+    with _app_page(app_url) as page:
+        button = page.get_by_role("button", name="Generate")
+        button.wait_for(timeout=PAGE_TIMEOUT_MS)
+        page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
+        generate_in_view = _in_view(page, button)
+        deploy_buttons = page.get_by_role("button", name="Deploy").count()
+        cut_labels = _cut_labels(page)
+        # a bad upload: its error shows without scrolling, then back to a built-in primer
+        primer = page.get_by_test_id("stRadio").filter(has_text="built-in")
+        primer.get_by_text("upload", exact=True).click()
+        page.locator("input[type=file]").set_input_files(
+            files=[{"name": "bad.mid", "mimeType": "audio/midi", "buffer": b"not midi"}])
+        error = page.get_by_text("not a usable MIDI file").first
+        error.wait_for(timeout=PAGE_TIMEOUT_MS)
+        error_in_view = _in_view(page, error)
+        beside = page.get_by_test_id("stSidebar").get_by_text("not a usable MIDI file")
+        beside.wait_for(timeout=PAGE_TIMEOUT_MS)
+        beside_in_view = _in_view(page, beside)
+        primer.get_by_text("built-in", exact=True).click()
+        page.get_by_text("press Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
+        length = page.get_by_test_id("stSlider").filter(has_text="Length of new music")
+        length.get_by_role("slider").press("Home")  # shortest piece: 2 s
+        page.get_by_test_id("stSlider").filter(has_text="2").first.wait_for()
+        button.click()
+        more = page.get_by_role("button", name="Continue this piece")
+        more.wait_for(timeout=PAGE_TIMEOUT_MS)
+        page.locator(".js-plotly-plot >> visible=true").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        frame = _player_frame(page)
+        audio_src = frame.locator("audio").get_attribute("src")
+        played = frame.evaluate("""() => { const a = document.getElementById('audio');
+            a.muted = true; return a.play().then(() => true, () => false); }""")
+        page.wait_for_timeout(1500)
+        if not played:  # no audio output at all: seeking still moves the cursor
+            frame.evaluate("() => { document.getElementById('audio').currentTime = 0.5; }")
+            page.wait_for_timeout(500)
+        cursor = float(frame.locator("canvas#roll").get_attribute("data-cursor"))
+        page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        bars = page.locator(".js-plotly-plot .barlayer path").count()
+        more.click()
+        page.get_by_text("earlier ones can be recalled").wait_for(timeout=PAGE_TIMEOUT_MS)
+        page.get_by_role("button", name="Continue this piece").wait_for(
+            timeout=PAGE_TIMEOUT_MS)
+        continued_src = _player_frame(page).locator("audio").get_attribute("src")
+        errors = page.locator("[data-testid='stException']").count()
     assert generate_in_view, "Generate is not visible without scrolling at 1400x900"
     assert error_in_view, "the upload's error is not visible without scrolling at 1400x900"
     assert beside_in_view, "the upload's error is not shown beside the uploader"
@@ -230,48 +238,38 @@ def test_browser_duet_answers_phrases_played_on_the_computer_keyboard(app_url):
     """Phrases typed on the letter rows get answers: the status says how many notes and how long
     after the phrase's end (detected in the page) the first one sounds; the model's notes appear
     in the roll; a key struck during an answer cuts it short. Saves tests/artifacts/duet.png."""
-    from playwright.sync_api import sync_playwright
 
     from musicgpt.audio import synth_problem
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=[*CHROMIUM_ARGS, "--autoplay-policy="
-                                           "no-user-gesture-required", "--mute-audio"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(app_url)
-            page.get_by_role("button", name="Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.get_by_test_id("stRadio").get_by_text("Duet", exact=True).click()
-            frame = _duet_frame(page)
-            frame.locator("#roll").click()  # focus the piano's page: keys go to it
-            statuses, latencies = [], []
-            for n, keys in enumerate(("asdfg", "gfdsa"), 1):
-                _play_phrase(page, keys)
-                frame.wait_for_function(f"() => JSON.parse(document.body.dataset.latencies || "
-                                        f"'[]').length >= {n}", timeout=PAGE_TIMEOUT_MS)
-                status = frame.locator("#status").filter(has_text=_ANSWERED)
-                status.wait_for(timeout=PAGE_TIMEOUT_MS)
-                statuses.append(status.inner_text())
-                frame.wait_for_function("() => !/drawing/.test(document.getElementById("
-                                        "'status').textContent)", timeout=PAGE_TIMEOUT_MS)
-                page.wait_for_timeout(600)  # it sounds: the roll shows its notes
-                model_notes = int(frame.locator("#roll").get_attribute("data-model-notes"))
-                latencies = json.loads(frame.locator("body").get_attribute("data-latencies"))
-                if keys == "asdfg":
-                    page.wait_for_timeout(3000)  # the first answer plays to its end
-                    frame.locator("#status").click()
-            page.keyboard.press("h")  # during the second answer: cut it short
-            page.wait_for_timeout(300)  # the roll redraws (and counts) on the next frame
-            cut = frame.locator("#status").filter(has_text="cut short").count()
-            player_notes = int(frame.locator("#roll").get_attribute("data-player-notes"))
-            sound = frame.locator("body").get_attribute("data-sound")
-            running = frame.evaluate("() => ctx !== null && ctx.state === 'running'")
-            page.screenshot(path=str(ARTIFACTS / "duet.png"), full_page=True)
-            errors = page.locator("[data-testid='stException']").count()
-        finally:
-            browser.close()
+    with _app_page(app_url) as page:
+        page.get_by_role("button", name="Generate").wait_for(timeout=PAGE_TIMEOUT_MS)
+        page.get_by_test_id("stRadio").get_by_text("Duet", exact=True).click()
+        frame = _duet_frame(page)
+        frame.locator("#roll").click()  # focus the piano's page: keys go to it
+        statuses, latencies = [], []
+        for n, keys in enumerate(("asdfg", "gfdsa"), 1):
+            _play_phrase(page, keys)
+            frame.wait_for_function(f"() => JSON.parse(document.body.dataset.latencies || "
+                                    f"'[]').length >= {n}", timeout=PAGE_TIMEOUT_MS)
+            status = frame.locator("#status").filter(has_text=_ANSWERED)
+            status.wait_for(timeout=PAGE_TIMEOUT_MS)
+            statuses.append(status.inner_text())
+            frame.wait_for_function("() => !/drawing/.test(document.getElementById("
+                                    "'status').textContent)", timeout=PAGE_TIMEOUT_MS)
+            page.wait_for_timeout(600)  # it sounds: the roll shows its notes
+            model_notes = int(frame.locator("#roll").get_attribute("data-model-notes"))
+            latencies = json.loads(frame.locator("body").get_attribute("data-latencies"))
+            if keys == "asdfg":
+                page.wait_for_timeout(3000)  # the first answer plays to its end
+                frame.locator("#status").click()
+        page.keyboard.press("h")  # during the second answer: cut it short
+        page.wait_for_timeout(300)  # the roll redraws (and counts) on the next frame
+        cut = frame.locator("#status").filter(has_text="cut short").count()
+        player_notes = int(frame.locator("#roll").get_attribute("data-player-notes"))
+        sound = frame.locator("body").get_attribute("data-sound")
+        running = frame.evaluate("() => ctx !== null && ctx.state === 'running'")
+        page.screenshot(path=str(ARTIFACTS / "duet.png"), full_page=True)
+        errors = page.locator("[data-testid='stException']").count()
     print(f"duet: {statuses}; phrase end -> first answer note sounding (ms): {latencies}")
     assert len(latencies) == 2, statuses
     assert all(int(_ANSWERED.search(s).group(1)) >= 1 for s in statuses)
