@@ -17,9 +17,14 @@ window's re-prefill still go through `GPT.forward` (one call per window, batched
 from __future__ import annotations
 
 import math
+import os
+import threading
+import weakref
 
+import numpy as np
 import torch
 
+from . import kernel
 from .layers import KVCache, Linear
 from .model import GPT
 
@@ -134,11 +139,94 @@ def _int8_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.
 _HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
 
 
-def fast_step_for(model: GPT) -> FastStep | None:
-    """A `FastStep` over `model`, or None where the eager forward must run: not on a CPU, in
-    training mode, bf16 weights (CPU attention in bf16 is slow), or a forward replaced on the
-    instance (a wrapper or a test's spy sees every step)."""
+class KernelStep:
+    """`FastStep`'s contract, `step(token (B,), pos, cache) -> logits (B, V)`, run by the compiled
+    step of kernel.py: the whole step is one call, no torch op per layer.
+
+    The weights are packed into numpy arrays once per model (`_packed`, kept while the model's
+    weights are unchanged); the cache's (L, B, H, T, D) tensors are read and written in place
+    through numpy views, so a prefill through `GPT.forward` and these steps share one cache.
+    """
+
+    def __init__(self, model: GPT):
+        self.weights = _packed(model)
+        self.vocab_size = model.config.vocab_size
+
+    def __call__(self, token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+        logits = torch.empty(token.shape[0], self.vocab_size)
+        kernel.step(self.weights, token.numpy(), pos, cache.k.numpy(), cache.v.numpy(),
+                    logits.numpy())
+        return logits
+
+
+_PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PACK_LOCK = threading.Lock()
+
+
+def _packed(model: GPT) -> kernel.Weights:
+    """`model`'s kernel.Weights, packed on first use and again whenever a weight changed
+    (tensor versions count in-place updates, such as an optimiser step)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers())]
+    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    with _PACK_LOCK:
+        held = _PACKS.get(model)
+        if held is None or held[0] != stamp:
+            held = (stamp, _pack(model))
+            _PACKS[model] = held
+        return held[1]
+
+
+def _pack(model: GPT) -> kernel.Weights:
+    c = model.config
+
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().float().numpy())
+
+    def matrices(name: str):
+        """(L, in, out) weights, (L, out) scales and biases of one Linear of every block."""
+        ws, ss, bs = [], [], []
+        for block in model.blocks:
+            layer = block.get_submodule(name)
+            if isinstance(layer, Linear):
+                w = layer.weight.detach().numpy()
+                ws.append(w)
+                ss.append(np.ones(w.shape[1], np.float32))
+            else:  # quantize.Int8Linear: Q (out, in) int8, scale (out,) bf16
+                ws.append(layer.q.numpy().T)
+                ss.append(arr(layer.scale))
+            bs.append(arr(layer.bias))
+        return np.ascontiguousarray(np.stack(ws)), np.stack(ss), np.stack(bs)
+
+    with torch.no_grad():
+        wte = arr(model.wte.weight)
+        wpe = (np.zeros((0, c.n_embd), np.float32) if model.wpe is None
+               else arr(model.wpe.weight))
+        ln = np.stack([np.stack([arr(b.ln_1.weight), arr(b.ln_1.bias), arr(b.ln_2.weight),
+                                 arr(b.ln_2.bias)]) for b in model.blocks])
+        rels = [getattr(b.attn, "rel_emb", None) for b in model.blocks]
+        if rels[0] is None:
+            rel_t = np.zeros((c.n_layer, c.head_dim, 0), np.float32)
+        else:  # (L, D, R) with column R-1-r = distance r
+            rel_t = np.ascontiguousarray(np.stack([arr(r).T[:, ::-1] for r in rels]))
+        return kernel.Weights(
+            np.ascontiguousarray(wte.T), wte, wpe, ln,
+            np.stack([arr(model.ln_f.weight), arr(model.ln_f.bias)]),
+            *matrices("attn.c_attn"), *matrices("attn.c_proj"), *matrices("mlp.c_fc"),
+            *matrices("mlp.c_proj"), rel_t, c.n_head, float(model.ln_f.eps))
+
+
+def fast_step_for(model: GPT, kind: str = "auto") -> FastStep | KernelStep | None:
+    """The fastest step `model` allows, or None where the eager forward must run: not on a CPU,
+    in training mode, bf16 weights (CPU attention in bf16 is slow), or a forward replaced on the
+    instance (a wrapper or a test's spy sees every step). `kind`: "auto" (the compiled
+    `KernelStep` where numba is installed, else `FastStep`), "kernel" or "torch"."""
     if (model.device.type != "cpu" or model.training or "forward" in vars(model)
             or model.wte.weight.dtype != torch.float32):
         return None
+    if kind == "kernel" or (kind == "auto" and kernel.available() and _KERNEL_ON):
+        return KernelStep(model)
     return FastStep(model)
+
+
+# MUSICGPT_KERNEL=0 keeps sampling on the torch FastStep (for comparing the two)
+_KERNEL_ON = os.environ.get("MUSICGPT_KERNEL", "1") != "0"

@@ -37,10 +37,8 @@ class Linear(nn.Module):
 class LayerKV:
     """One layer's key/value buffers (B, H, max_len, D), filled in place at explicit positions."""
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype,
-                 device: torch.device):
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.k.index_copy_(2, input_pos, k)
@@ -52,13 +50,17 @@ class KVCache:
     """A generation's KV cache: a value the decode loop owns and passes to each forward.
 
     The model holds only weights, so one loaded model serves any number of concurrent decodes,
-    each with its own cache (`GPT.new_cache`), and another runtime can take the same buffers.
+    each with its own cache (`GPT.new_cache`), and another runtime can take the same buffers:
+    all layers' keys are one (L, B, H, max_len, D) tensor `k` (values `v`), and each layer's
+    `LayerKV` is a view of its slice.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
-        shape = (batch_size, n_head, max_len, head_dim)
-        self.layers = [LayerKV(shape, dtype, device) for _ in range(n_layer)]
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.layers = [LayerKV(self.k[i], self.v[i]) for i in range(n_layer)]
         self.batch_size, self.max_len = batch_size, max_len
 
 

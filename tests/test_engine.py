@@ -1,21 +1,26 @@
-"""The fast decode step (engine.FastStep) computes what GPT.forward computes, step by step,
-for absolute and relative attention, fp32 and int8; the sampler uses it by default on a CPU."""
+"""The fast decode steps (engine.FastStep in torch ops, engine.KernelStep compiled by numba)
+compute what GPT.forward computes, step by step, for absolute and relative attention, fp32 and
+int8; the sampler uses the kernel by default on a CPU, FastStep where numba is missing."""
 
 import numpy as np
 import pytest
 import torch
 
-from musicgpt.engine import FastStep, fast_step_for
+from musicgpt import kernel
+from musicgpt.engine import FastStep, KernelStep, fast_step_for
 from musicgpt.quantize import sampling_copy
 from musicgpt.sampling import SamplingSettings, generate, generate_pieces
 from musicgpt.vocab import START_ID
 
+STEPS = [FastStep, pytest.param(KernelStep, marks=pytest.mark.skipif(
+    not kernel.available(), reason="numba is not installed"))]
 
-def _steps(model, ids: torch.Tensor, prefill: int, fast: bool) -> torch.Tensor:
+
+def _steps(model, ids: torch.Tensor, prefill: int, fast: bool, kind=FastStep) -> torch.Tensor:
     """Logits (B, T - prefill, V) for each position after a prefill, one cached step at a time."""
     B, T = ids.shape
     cache = model.new_cache(B, model.config.block_size)
-    step = FastStep(model)
+    step = kind(model)
     out = [model(ids[:, :prefill], torch.arange(prefill), prefill, cache)[:, -1]]
     for pos in range(prefill, T - 1):
         if fast:
@@ -25,14 +30,15 @@ def _steps(model, ids: torch.Tensor, prefill: int, fast: bool) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
+@pytest.mark.parametrize("kind", STEPS)
 @pytest.mark.parametrize("attention", ["absolute", "relative"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_fast_steps_equal_the_eager_forward(make_tiny_model, attention, batch):
+@pytest.mark.parametrize("batch", [1, 4])  # 4 rows: the kernel's three-row pass, then one
+def test_fast_steps_equal_the_eager_forward(make_tiny_model, attention, batch, kind):
     model = make_tiny_model(seed=2, attention=attention)
     ids = torch.randint(0, 380, (batch, model.config.block_size),
                         generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        eager, fast = _steps(model, ids, 5, False), _steps(model, ids, 5, True)
+        eager, fast = _steps(model, ids, 5, False), _steps(model, ids, 5, True, kind)
         full = model(ids)[:, 4:-1]  # the uncached pass, the ground truth for both
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
@@ -49,6 +55,27 @@ def test_fast_int8_steps_stay_near_the_eager_int8_forward(make_tiny_model, atten
     assert torch.equal(fast.argmax(-1), eager.argmax(-1))
 
 
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_kernel_int8_steps_equal_the_dequantised_fp32_model(make_tiny_model, attention):
+    """The kernel widens int8 weights to fp32 and keeps fp32 activations: its logits are the
+    fp32 forward of a model whose weights are the int8 values times their scales."""
+    from musicgpt.quantize import Int8Linear
+
+    model = make_tiny_model(seed=3, attention=attention)
+    int8 = sampling_copy(model, "int8")
+    with torch.no_grad():
+        for name, layer in int8.named_modules():
+            if isinstance(layer, Int8Linear):
+                weight = (layer.q.float() * layer.scale.float()[:, None]).t()
+                model.get_submodule(name).weight.copy_(weight)
+    ids = torch.randint(0, 380, (4, 40), generator=torch.Generator().manual_seed(2))
+    step, cache = KernelStep(int8), int8.new_cache(4, 40)
+    with torch.inference_mode():
+        steps = torch.stack([step(ids[:, pos], pos, cache) for pos in range(40)], 1)
+        torch.testing.assert_close(steps, model(ids), atol=1e-4, rtol=0)
+
+
 def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_tiny_model):
     model = make_tiny_model(seed=4, styles=["a", "b"])
     guided = SamplingSettings(style_guidance=1.0)
@@ -61,13 +88,30 @@ def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_ti
 
 def test_models_the_fast_step_cannot_serve_decode_through_forward(make_tiny_model):
     model = make_tiny_model()
-    assert fast_step_for(model) is not None
+    assert isinstance(fast_step_for(model), KernelStep if kernel.available() else FastStep)
+    assert isinstance(fast_step_for(model, "torch"), FastStep)
     assert fast_step_for(sampling_copy(model, "bfloat16")) is None
     model.train()
     assert fast_step_for(model) is None
     model.eval()
     model.forward = model.forward  # a wrapper on the instance sees every step
     assert fast_step_for(model) is None
+
+
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+def test_the_kernel_sees_weights_changed_in_place(make_tiny_model):
+    """The packed weights are kept per model and re-packed when a weight changes (a fine-tune
+    in the same process, an optimiser step): a step never runs stale weights."""
+    model = make_tiny_model(seed=6)
+    ids = torch.randint(0, 380, (1, 6), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        before = _steps(model, ids, 2, True, KernelStep)
+    with torch.no_grad():
+        model.blocks[0].mlp.c_fc.weight.mul_(1.5)
+    with torch.inference_mode():
+        after, eager = _steps(model, ids, 2, True, KernelStep), _steps(model, ids, 2, False)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, eager, atol=1e-4, rtol=0)
 
 
 def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool) -> torch.Tensor:

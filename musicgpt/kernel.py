@@ -1,0 +1,270 @@
+"""The decode step as one compiled function (numba): a whole cached (B, 1) step of the GPT, with
+no per-op dispatch, on numpy arrays. Nothing about MIDI or sampling; no torch import.
+
+Why: a decode step of the shipped model is ~6.8 MFLOP and ~3.4 MB of int8 weights, yet through
+torch it costs ~100 op dispatches of 1-3 µs each on top of its arithmetic (engine.py). Here the
+weights are walked by plain loops that LLVM vectorises: each matrix is stored (in, out) so a
+product is a run of contiguous multiply-adds over the output (no horizontal sums), and the
+relative-position table is stored (D, distance) reversed so a query's relative logits are
+contiguous too. int8 weights are widened to fp32 in registers (activations stay fp32, more exact
+than the bf16 activations of torch's int8 kernel); fp32 weights run the same code.
+
+`Weights` packs a model's arrays once (see engine.KernelStep for where they come from); `step`
+runs one position for a batch against a KV cache laid out (L, B, H, T, D) (layers.KVCache).
+Compiled on first use and cached on disk next to this file (numba's `cache=True`), so only a
+fresh install pays the compile (~10-20 s), once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # the torch FastStep runs instead (engine.fast_step_for)
+    numba = None
+
+# fp contraction and reassociation (vectorised sums); never assume no NaN/inf
+_FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
+
+
+class Weights(NamedTuple):
+    """A model's weights for `step`, each a C-contiguous numpy array. Matrices are (L, in, out),
+    fp32 or int8; an int8 matrix's true weight is w * scale[out] (scale all ones for fp32)."""
+
+    wte_t: np.ndarray   # (C, V) tied output projection, fp32
+    wte: np.ndarray     # (V, C) token embedding
+    wpe: np.ndarray     # (block, C) absolute positions, or (0, C) for relative attention
+    ln: np.ndarray      # (L, 4, C): ln_1 weight, ln_1 bias, ln_2 weight, ln_2 bias
+    ln_f: np.ndarray    # (2, C)
+    w_qkv: np.ndarray   # (L, C, 3C)
+    s_qkv: np.ndarray   # (L, 3C)
+    b_qkv: np.ndarray   # (L, 3C)
+    w_proj: np.ndarray  # (L, C, C)
+    s_proj: np.ndarray
+    b_proj: np.ndarray
+    w_fc: np.ndarray    # (L, C, 4C)
+    s_fc: np.ndarray
+    b_fc: np.ndarray
+    w_out: np.ndarray   # (L, 4C, C)
+    s_out: np.ndarray
+    b_out: np.ndarray
+    rel_t: np.ndarray   # (L, D, R): column R-1-r is distance r; R == 0 for absolute attention
+    n_head: int
+    eps: float
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
+         v_cache: np.ndarray, logits: np.ndarray) -> None:
+    """Write the keys/values of `tokens` (B,) int64 at `pos` into the caches (L, B, H, T, D) and
+    the next-token logits (B, V) into `logits`; attends over positions 0..pos."""
+    w = weights
+    _step(tokens, pos, w.wte_t, w.wte, w.wpe, w.ln, w.ln_f, w.w_qkv, w.s_qkv, w.b_qkv,
+          w.w_proj, w.s_proj, w.b_proj, w.w_fc, w.s_fc, w.b_fc, w.w_out, w.s_out, w.b_out,
+          w.rel_t, w.n_head, w.eps, k_cache, v_cache, logits)
+
+
+def _layer_norm(x, weight, bias, eps, out):
+    B, C = x.shape
+    for b in range(B):
+        mean = np.float32(0.0)
+        for c in range(C):
+            mean += x[b, c]
+        mean /= C
+        var = np.float32(0.0)
+        for c in range(C):
+            d = x[b, c] - mean
+            var += d * d
+        inv = np.float32(1.0) / np.float32(math.sqrt(var / C + eps))
+        for c in range(C):
+            out[b, c] = (x[b, c] - mean) * inv * weight[c] + bias[c]
+
+
+def _linear(x, w, scale, bias, out):
+    """out (B, n_out) = (x (B, n_in) @ w (n_in, n_out)) * scale + bias.
+
+    Rows go three at a time (`_rows3`: each weight is widened once for three rows), then one at
+    a time; either way the inner loop is a run of multiply-adds over contiguous outputs, several
+    input rows per pass so the accumulator is loaded and stored once per 4-8 products."""
+    B = x.shape[0]
+    n_out = w.shape[1]
+    out[:] = 0.0
+    b = 0
+    while b + 3 <= B:
+        _rows3(x, w, b, out)
+        b += 3
+    while b < B:
+        _rows1(x, w, b, out)
+        b += 1
+    for b in range(B):
+        for o in range(n_out):
+            out[b, o] = out[b, o] * scale[o] + bias[o]
+
+
+def _rows1(x, w, b, out):
+    """out[b] += x[b] @ w, eight input rows per pass."""
+    f32 = np.float32
+    n_in = x.shape[1]
+    n_out = w.shape[1]
+    dst = out[b]
+    i = 0
+    while i + 8 <= n_in:
+        r0, r1, r2, r3, r4, r5, r6, r7 = w[i], w[i + 1], w[i + 2], w[i + 3], w[i + 4], \
+            w[i + 5], w[i + 6], w[i + 7]
+        a0, a1, a2, a3, a4, a5, a6, a7 = x[b, i], x[b, i + 1], x[b, i + 2], x[b, i + 3], \
+            x[b, i + 4], x[b, i + 5], x[b, i + 6], x[b, i + 7]
+        for o in range(n_out):
+            dst[o] += (((a0 * f32(r0[o]) + a1 * f32(r1[o])) + (a2 * f32(r2[o]) + a3 * f32(r3[o])))
+                       + ((a4 * f32(r4[o]) + a5 * f32(r5[o])) + (a6 * f32(r6[o])
+                                                                + a7 * f32(r7[o]))))
+        i += 8
+    while i < n_in:
+        a, r = x[b, i], w[i]
+        for o in range(n_out):
+            dst[o] += a * f32(r[o])
+        i += 1
+
+
+def _rows3(x, w, b, out):
+    """out[b:b+3] += x[b:b+3] @ w, four input rows per pass, each weight widened once."""
+    f32 = np.float32
+    n_in = x.shape[1]
+    n_out = w.shape[1]
+    d0, d1, d2 = out[b], out[b + 1], out[b + 2]
+    i = 0
+    while i + 4 <= n_in:
+        r0, r1, r2, r3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        a0, a1, a2, a3 = x[b, i], x[b, i + 1], x[b, i + 2], x[b, i + 3]
+        c0, c1, c2, c3 = x[b + 1, i], x[b + 1, i + 1], x[b + 1, i + 2], x[b + 1, i + 3]
+        e0, e1, e2, e3 = x[b + 2, i], x[b + 2, i + 1], x[b + 2, i + 2], x[b + 2, i + 3]
+        for o in range(n_out):
+            w0, w1, w2, w3 = f32(r0[o]), f32(r1[o]), f32(r2[o]), f32(r3[o])
+            d0[o] += (a0 * w0 + a1 * w1) + (a2 * w2 + a3 * w3)
+            d1[o] += (c0 * w0 + c1 * w1) + (c2 * w2 + c3 * w3)
+            d2[o] += (e0 * w0 + e1 * w1) + (e2 * w2 + e3 * w3)
+        i += 4
+    while i < n_in:
+        r, a, c, e = w[i], x[b, i], x[b + 1, i], x[b + 2, i]
+        for o in range(n_out):
+            wo = f32(r[o])
+            d0[o] += a * wo
+            d1[o] += c * wo
+            d2[o] += e * wo
+        i += 1
+
+
+def _attend(qkv, layer, pos, rel_t, n_head, k_cache, v_cache, y, scores):
+    """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[pos-j]) v per head."""
+    B = qkv.shape[0]
+    C = y.shape[1]
+    D = C // n_head
+    n = pos + 1
+    inv_sqrt = np.float32(1.0 / math.sqrt(D))
+    R = rel_t.shape[2]
+    for b in range(B):
+        for h in range(n_head):
+            q = qkv[b, h * D : (h + 1) * D] * inv_sqrt
+            keys = k_cache[layer, b, h]
+            values = v_cache[layer, b, h]
+            keys[pos, :] = qkv[b, C + h * D : C + (h + 1) * D]
+            values[pos, :] = qkv[b, 2 * C + h * D : 2 * C + (h + 1) * D]
+            s = scores[:n]
+            if R > 0:  # relative term: columns R-1-pos .. R-1 hold distances pos .. 0
+                s[:] = 0.0
+                table = rel_t[layer]
+                first = R - n
+                for d in range(D):
+                    qd = q[d]
+                    col = table[d, first : first + n]
+                    for j in range(n):
+                        s[j] += qd * col[j]
+            else:
+                s[:] = 0.0
+            for j in range(n):
+                kj = keys[j]
+                acc = np.float32(0.0)
+                for d in range(D):
+                    acc += q[d] * kj[d]
+                s[j] += acc
+            top = s[0]
+            for j in range(1, n):
+                top = max(top, s[j])
+            total = np.float32(0.0)
+            for j in range(n):
+                e = np.float32(math.exp(s[j] - top))
+                s[j] = e
+                total += e
+            out = y[b, h * D : (h + 1) * D]
+            out[:] = 0.0
+            for j in range(n):
+                wj = s[j]
+                vj = values[j]
+                for d in range(D):
+                    out[d] += wj * vj[d]
+            inv = np.float32(1.0) / total
+            for d in range(D):
+                out[d] *= inv
+
+
+def _gelu_tanh(f):
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    B, n = f.shape
+    for b in range(B):
+        for i in range(n):
+            v = f[b, i]
+            f[b, i] = np.float32(0.5) * v * (np.float32(1.0) + np.float32(
+                math.tanh(c * (v + np.float32(0.044715) * v * v * v))))
+
+
+def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_proj, s_proj,
+               b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel_t, n_head, eps,
+               k_cache, v_cache, logits):
+    B = tokens.shape[0]
+    C = wte.shape[1]
+    L = w_qkv.shape[0]
+    x = np.empty((B, C), np.float32)
+    for b in range(B):
+        x[b] = wte[tokens[b]]
+        if wpe.shape[0] > 0:
+            x[b] += wpe[pos]
+    h = np.empty((B, C), np.float32)
+    y = np.empty((B, C), np.float32)
+    t = np.empty((B, C), np.float32)
+    qkv = np.empty((B, 3 * C), np.float32)
+    f = np.empty((B, w_fc.shape[2]), np.float32)
+    scores = np.empty(pos + 1, np.float32)
+    for layer in range(L):
+        _layer_norm(x, ln[layer, 0], ln[layer, 1], eps, h)
+        _linear(h, w_qkv[layer], s_qkv[layer], b_qkv[layer], qkv)
+        _attend(qkv, layer, pos, rel_t, n_head, k_cache, v_cache, y, scores)
+        _linear(y, w_proj[layer], s_proj[layer], b_proj[layer], t)
+        x += t
+        _layer_norm(x, ln[layer, 2], ln[layer, 3], eps, h)
+        _linear(h, w_fc[layer], s_fc[layer], b_fc[layer], f)
+        _gelu_tanh(f)
+        _linear(f, w_out[layer], s_out[layer], b_out[layer], t)
+        x += t
+    _layer_norm(x, ln_f[0], ln_f[1], eps, h)
+    V = wte_t.shape[1]
+    _linear(h, wte_t, np.ones(V, np.float32), np.zeros(V, np.float32), logits)
+
+
+if numba is not None:
+    def _jit(fn):
+        return numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(fn)
+    _layer_norm = _jit(_layer_norm)
+    _rows1 = _jit(_rows1)
+    _rows3 = _jit(_rows3)
+    _linear = _jit(_linear)
+    _attend = _jit(_attend)
+    _gelu_tanh = _jit(_gelu_tanh)
+    _step = _jit(_step_impl)
+else:
+    _step = _step_impl  # never called: engine.fast_step_for checks available()
