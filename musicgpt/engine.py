@@ -152,10 +152,13 @@ class KernelStep:
         self.weights = _packed(model)
         self.vocab_size = model.config.vocab_size
 
-    def __call__(self, token: torch.Tensor, pos: int, cache: KVCache) -> torch.Tensor:
+    rolls = True  # a relative model's step may go past the cache's length (kernel.step)
+
+    def __call__(self, token: torch.Tensor, pos: int, cache: KVCache,
+                 n_pin: int = 0) -> torch.Tensor:
         logits = torch.empty(token.shape[0], self.vocab_size)
         kernel.step(self.weights, token.numpy(), pos, cache.k.numpy(), cache.v.numpy(),
-                    logits.numpy())
+                    logits.numpy(), n_pin)
         return logits
 
 
@@ -204,15 +207,13 @@ def _pack(model: GPT) -> kernel.Weights:
         ln = np.stack([np.stack([arr(b.ln_1.weight), arr(b.ln_1.bias), arr(b.ln_2.weight),
                                  arr(b.ln_2.bias)]) for b in model.blocks])
         rels = [getattr(b.attn, "rel_emb", None) for b in model.blocks]
-        if rels[0] is None:
-            rel_t = np.zeros((c.n_layer, c.head_dim, 0), np.float32)
-        else:  # (L, D, R) with column R-1-r = distance r
-            rel_t = np.ascontiguousarray(np.stack([arr(r).T[:, ::-1] for r in rels]))
+        rel = (np.zeros((c.n_layer, 0, c.head_dim), np.float32) if rels[0] is None
+               else np.stack([arr(r) for r in rels]))  # (L, R, D): row r = distance r
         return kernel.Weights(
             np.ascontiguousarray(wte.T), wte, wpe, ln,
             np.stack([arr(model.ln_f.weight), arr(model.ln_f.bias)]),
             *matrices("attn.c_attn"), *matrices("attn.c_proj"), *matrices("mlp.c_fc"),
-            *matrices("mlp.c_proj"), rel_t, c.n_head, float(model.ln_f.eps))
+            *matrices("mlp.c_proj"), rel, c.n_head, float(model.ln_f.eps))
 
 
 def fast_step_for(model: GPT, kind: str = "auto") -> FastStep | KernelStep | None:

@@ -52,7 +52,7 @@ class Weights(NamedTuple):
     w_out: np.ndarray   # (L, 4C, C)
     s_out: np.ndarray
     b_out: np.ndarray
-    rel_t: np.ndarray   # (L, D, R): column R-1-r is distance r; R == 0 for absolute attention
+    rel: np.ndarray     # (L, R, D): row r is distance r; R == 0 for absolute attention
     n_head: int
     eps: float
 
@@ -62,13 +62,20 @@ def available() -> bool:
 
 
 def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
-         v_cache: np.ndarray, logits: np.ndarray) -> None:
+         v_cache: np.ndarray, logits: np.ndarray, n_pin: int = 0) -> None:
     """Write the keys/values of `tokens` (B,) int64 at `pos` into the caches (L, B, H, T, D) and
-    the next-token logits (B, V) into `logits`; attends over positions 0..pos."""
+    the next-token logits (B, V) into `logits`.
+
+    Below the cache's length T a step attends over positions 0..pos. From T on (relative
+    attention only: it has no position past the context) the cache rolls: the first `n_pin`
+    slots stay and the rest hold the most recent T - n_pin positions (`_slot_and_keys`)."""
     w = weights
+    if pos >= k_cache.shape[3] and (w.rel.shape[1] == 0 or not 0 <= n_pin < k_cache.shape[3]):
+        raise ValueError(f"position {pos} is past a cache of {k_cache.shape[3]}; only relative "
+                         "attention can roll, keeping fewer slots in front than it has")
     _step(tokens, pos, w.wte_t, w.wte, w.wpe, w.ln, w.ln_f, w.w_qkv, w.s_qkv, w.b_qkv,
           w.w_proj, w.s_proj, w.b_proj, w.w_fc, w.s_fc, w.b_fc, w.w_out, w.s_out, w.b_out,
-          w.rel_t, w.n_head, w.eps, k_cache, v_cache, logits)
+          w.rel, w.n_head, w.eps, k_cache, v_cache, logits, n_pin)
 
 
 def _layer_norm(x, weight, bias, eps, out):
@@ -160,39 +167,60 @@ def _rows3(x, w, b, out):
         i += 1
 
 
-def _attend(qkv, layer, pos, rel_t, n_head, k_cache, v_cache, y, scores):
-    """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[pos-j]) v per head."""
+def _slot_and_keys(pos, cap, n_pin):
+    """Where position `pos` is written in a cache of `cap` slots, and how many slots it sees.
+
+    Below `cap` a position is its own slot. From `cap` on the cache rolls: the first `n_pin`
+    slots stay (the tokens a window keeps in front) and the others form a ring, each new
+    position overwriting the oldest."""
+    if pos < cap:
+        return pos, pos + 1
+    ring = cap - n_pin
+    return n_pin + (pos - n_pin) % ring, cap
+
+
+def _distance(j, pos, slot, cap, n_pin):
+    """Query position `pos` (written at `slot`) to the key in slot `j`: plain below `cap`; once
+    rolling, ring slots count back from `slot`, and pinned slot j sits at cap - 1 - j, where a
+    full window starting with it would put it."""
+    if pos < cap:
+        return pos - j
+    if j < n_pin:
+        return cap - 1 - j
+    ring = cap - n_pin
+    return (slot - j) % ring
+
+
+def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, y, scores):
+    """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[distance]) v per
+    head, over the slots `_slot_and_keys` gives (the whole past below the cache's length)."""
     B = qkv.shape[0]
     C = y.shape[1]
     D = C // n_head
-    n = pos + 1
+    cap = k_cache.shape[3]
+    slot, n = _slot_and_keys(pos, cap, n_pin)
     inv_sqrt = np.float32(1.0 / math.sqrt(D))
-    R = rel_t.shape[2]
+    relative = rel.shape[1] > 0
+    table = rel[layer]
     for b in range(B):
         for h in range(n_head):
             q = qkv[b, h * D : (h + 1) * D] * inv_sqrt
             keys = k_cache[layer, b, h]
             values = v_cache[layer, b, h]
-            keys[pos, :] = qkv[b, C + h * D : C + (h + 1) * D]
-            values[pos, :] = qkv[b, 2 * C + h * D : 2 * C + (h + 1) * D]
+            keys[slot, :] = qkv[b, C + h * D : C + (h + 1) * D]
+            values[slot, :] = qkv[b, 2 * C + h * D : 2 * C + (h + 1) * D]
             s = scores[:n]
-            if R > 0:  # relative term: columns R-1-pos .. R-1 hold distances pos .. 0
-                s[:] = 0.0
-                table = rel_t[layer]
-                first = R - n
-                for d in range(D):
-                    qd = q[d]
-                    col = table[d, first : first + n]
-                    for j in range(n):
-                        s[j] += qd * col[j]
-            else:
-                s[:] = 0.0
-            for j in range(n):
+            for j in range(n):  # q . (k_j + E[distance_j]): one sum per key
                 kj = keys[j]
                 acc = np.float32(0.0)
-                for d in range(D):
-                    acc += q[d] * kj[d]
-                s[j] += acc
+                if relative:
+                    ej = table[_distance(j, pos, slot, cap, n_pin)]
+                    for d in range(D):
+                        acc += q[d] * (kj[d] + ej[d])
+                else:
+                    for d in range(D):
+                        acc += q[d] * kj[d]
+                s[j] = acc
             top = s[0]
             for j in range(1, n):
                 top = max(top, s[j])
@@ -224,8 +252,8 @@ def _gelu_tanh(f):
 
 
 def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_proj, s_proj,
-               b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel_t, n_head, eps,
-               k_cache, v_cache, logits):
+               b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel, n_head, eps,
+               k_cache, v_cache, logits, n_pin):
     B = tokens.shape[0]
     C = wte.shape[1]
     L = w_qkv.shape[0]
@@ -239,11 +267,11 @@ def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_pr
     t = np.empty((B, C), np.float32)
     qkv = np.empty((B, 3 * C), np.float32)
     f = np.empty((B, w_fc.shape[2]), np.float32)
-    scores = np.empty(pos + 1, np.float32)
+    scores = np.empty(min(pos + 1, k_cache.shape[3]), np.float32)
     for layer in range(L):
         _layer_norm(x, ln[layer, 0], ln[layer, 1], eps, h)
         _linear(h, w_qkv[layer], s_qkv[layer], b_qkv[layer], qkv)
-        _attend(qkv, layer, pos, rel_t, n_head, k_cache, v_cache, y, scores)
+        _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, y, scores)
         _linear(y, w_proj[layer], s_proj[layer], b_proj[layer], t)
         x += t
         _layer_norm(x, ln[layer, 2], ln[layer, 3], eps, h)
@@ -263,6 +291,8 @@ if numba is not None:
     _rows1 = _jit(_rows1)
     _rows3 = _jit(_rows3)
     _linear = _jit(_linear)
+    _slot_and_keys = _jit(_slot_and_keys)
+    _distance = _jit(_distance)
     _attend = _jit(_attend)
     _gelu_tanh = _jit(_gelu_tanh)
     _step = _jit(_step_impl)

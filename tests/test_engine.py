@@ -79,8 +79,9 @@ def test_kernel_int8_steps_equal_the_dequantised_fp32_model(make_tiny_model, att
 def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_tiny_model):
     model = make_tiny_model(seed=4, styles=["a", "b"])
     guided = SamplingSettings(style_guidance=1.0)
-    for options in [dict(num_samples=3, max_new_tokens=150, seed=5),  # slides past 64
-                    dict(settings=guided, style=1, max_new_tokens=80, seed=6)]:
+    # within the context (64): past it the kernel's cache rolls, GPT.forward's window slides
+    for options in [dict(num_samples=3, max_new_tokens=60, seed=5),
+                    dict(settings=guided, style=1, max_new_tokens=60, seed=6)]:
         fast = generate(model, [START_ID], **options)
         eager = generate_pieces(model, [START_ID], fast=False, **options).rows
         assert all(np.array_equal(a, b) for a, b in zip(fast, eager, strict=True))
@@ -114,9 +115,10 @@ def test_the_kernel_sees_weights_changed_in_place(make_tiny_model):
     torch.testing.assert_close(after, eager, atol=1e-4, rtol=0)
 
 
-def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool) -> torch.Tensor:
-    """Logits (B, n_new, V) that `decode_steps` hands its draw, fed the same fixed tokens
-    (drawn from a seeded generator, not the logits) by both paths, through every slide."""
+def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool,
+                   keep_front: torch.Tensor | None = None):
+    """(logits (B, n_new, V) that `decode_steps` hands its draw, the ids it decoded (B, T)), fed
+    fixed tokens (drawn from a seeded generator, not the logits), through the whole decode."""
     from musicgpt.decode import decode_steps
 
     tokens = torch.randint(4, 300, (n_new, history.size(0)),
@@ -128,26 +130,84 @@ def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool) -> torc
         return tokens[len(seen) - 1]
 
     with torch.inference_mode():
-        for _ in decode_steps(model, history, n_new, draw, fast=fast):
+        for _ in decode_steps(model, history, n_new, draw, keep_front=keep_front, fast=fast):
             pass
-    return torch.stack(seen, 1)
+    return torch.stack(seen, 1), torch.cat([history, tokens[: n_new - 1].t()], 1)
+
+
+@torch.inference_mode()
+def rolling_reference(model, ids: torch.Tensor, cap: int, n_pin: int) -> torch.Tensor:
+    """Logits (B, T, V) of a relative fp32 model whose cache rolls past `cap` positions, in one
+    pass over all T positions, written from the rule and not from the kernel: position t sees
+    every key j <= t while t < cap; after that the first `n_pin` keys (at distance cap - 1 - j,
+    as if a full window started with them) and the cap - n_pin most recent positions."""
+    B, T = ids.shape
+    t, j = torch.arange(T)[:, None], torch.arange(T)[None]
+    inside = t < cap
+    pinned = ~inside & (j < n_pin)
+    visible = (j <= t) & (inside | pinned | (j > t - (cap - n_pin)))
+    distance = torch.where(pinned, cap - 1 - j, t - j).clamp(0, cap - 1)
+    x = model.wte(ids)
+    for block in model.blocks:
+        attn = block.attn
+        q, k, v = attn.qkv(block.ln_1(x))
+        q = q / attn.head_dim ** 0.5
+        rel = torch.einsum("bhtd,tjd->bhtj", q, attn.rel_emb[distance])
+        scores = (q @ k.transpose(-2, -1) + rel).masked_fill(~visible, float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)
+        x = x + attn.c_proj(y)
+        x = x + block.mlp(block.ln_2(x))
+    return torch.nn.functional.linear(model.ln_f(x), model.wte.weight)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_the_fast_decode_equals_the_reference_through_the_sliding_window(make_tiny_model, batch):
+def test_the_torch_fast_decode_equals_the_reference_through_the_sliding_window(
+        make_tiny_model, batch, monkeypatch):
+    """Without the kernel the window slides (re-prefilled past the context), as GPT.forward's."""
+    import musicgpt.engine
+
+    monkeypatch.setattr(musicgpt.engine, "_KERNEL_ON", False)
     model = make_tiny_model(seed=5, attention="relative")
     history = torch.full((batch, 1), START_ID)
     n_new = 3 * model.config.block_size + 10  # several slides of the window
-    fast, eager = (_decode_logits(model, history, n_new, f) for f in (True, False))
+    (fast, _), (eager, _) = (_decode_logits(model, history, n_new, f) for f in (True, False))
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
 @pytest.mark.parametrize("batch", [1, 3])
-def test_the_shipped_model_decodes_600_tokens_equal_to_the_reference(batch):
+@pytest.mark.parametrize("styled", [False, True])
+def test_the_kernel_decode_rolls_past_the_context(make_tiny_model, batch, styled):
+    """With the kernel the cache rolls: three contexts' worth of tokens decoded step by step
+    give the rolling rule's logits, START and a style token staying in front when styled."""
+    model = make_tiny_model(seed=5, attention="relative")
+    history = torch.full((batch, 2 if styled else 1), START_ID)
+    if styled:
+        history[:, 1] = 7  # any id: the front the window keeps
+    n_new = 3 * model.config.block_size + 10
+    front = history[:, 1:] if styled else None
+    logits, ids = _decode_logits(model, history, n_new, True, front)
+    reference = rolling_reference(model, ids, model.config.block_size, 2 if styled else 0)
+    torch.testing.assert_close(logits, reference[:, history.size(1) - 1 :], atol=1e-4, rtol=0)
+    # and within the context it is the eager forward's decode
+    eager, _ = _decode_logits(model, history, 40, False, front)
+    torch.testing.assert_close(logits[:, :40], eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_shipped_model_decodes_600_tokens_as_the_reference(batch):
+    """The shipped model, fp32: within the context the fast decode equals GPT.forward's; past
+    it, the rolling rule's (the kernel) or the sliding window's (FastStep, without numba)."""
     from musicgpt.assets import default_model_dir
     from musicgpt.checkpoint import load_sampling_model
 
     model = load_sampling_model(default_model_dir(), "cpu", "float32")
     history = torch.full((batch, 1), START_ID)
-    fast, eager = (_decode_logits(model, history, 600, f) for f in (True, False))
-    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+    (fast, ids), (eager, _) = (_decode_logits(model, history, 600, f) for f in (True, False))
+    block = model.config.block_size
+    torch.testing.assert_close(fast[:, :block], eager[:, :block], atol=1e-4, rtol=0)
+    if kernel.available():
+        reference = rolling_reference(model, ids, block, 0)
+        torch.testing.assert_close(fast, reference, atol=1e-4, rtol=0)
+    else:
+        torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
