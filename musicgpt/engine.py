@@ -146,19 +146,30 @@ class KernelStep:
     The weights are packed into numpy arrays once per model (`_packed`, kept while the model's
     weights are unchanged); the cache's (L, B, H, T, D) tensors are read and written in place
     through numpy views, so a prefill through `GPT.forward` and these steps share one cache.
+    With int8 weights attention reads an int16 copy of the cache (`kernel.QuantizedCache`, half
+    the bytes), kept on the cache and made again whenever a forward has written the cache since.
+    A relative model's step may go past the cache's length: the cache rolls (`rolls`, kernel.step).
     """
+
+    rolls = True
 
     def __init__(self, model: GPT):
         self.weights = _packed(model)
         self.vocab_size = model.config.vocab_size
-
-    rolls = True  # a relative model's step may go past the cache's length (kernel.step)
+        self.quantized_cache = self.weights.w_qkv.dtype == np.int8
 
     def __call__(self, token: torch.Tensor, pos: int, cache: KVCache,
                  n_pin: int = 0) -> torch.Tensor:
         logits = torch.empty(token.shape[0], self.vocab_size)
-        kernel.step(self.weights, token.numpy(), pos, cache.k.numpy(), cache.v.numpy(),
-                    logits.numpy(), n_pin)
+        k, v = cache.k.numpy(), cache.v.numpy()
+        copy = None
+        if self.quantized_cache:
+            held = getattr(cache, "kernel_copy", None)
+            if held is None or held[0] != cache.writes:
+                held = (cache.writes, kernel.QuantizedCache.of(k, v))
+                cache.kernel_copy = held
+            copy = held[1]
+        kernel.step(self.weights, token.numpy(), pos, k, v, logits.numpy(), n_pin, copy)
         return logits
 
 

@@ -3,16 +3,21 @@ no per-op dispatch, on numpy arrays. Nothing about MIDI or sampling; no torch im
 
 Why: a decode step of the shipped model is ~6.8 MFLOP and ~3.4 MB of int8 weights, yet through
 torch it costs ~100 op dispatches of 1-3 µs each on top of its arithmetic (engine.py). Here the
-weights are walked by plain loops that LLVM vectorises: each matrix is stored (in, out) so a
-product is a run of contiguous multiply-adds over the output (no horizontal sums), and the
-relative-position table is stored (D, distance) reversed so a query's relative logits are
-contiguous too. int8 weights are widened to fp32 in registers (activations stay fp32, more exact
-than the bf16 activations of torch's int8 kernel); fp32 weights run the same code.
+weights are walked by plain loops that LLVM vectorises: each matrix is stored (in, out), so a
+product is a run of contiguous multiply-adds over the outputs (no horizontal sums), several input
+rows per pass and, at batch 3 or more, three batch rows per widened weight (`_linear`). int8
+weights are widened to fp32 in registers and activations stay fp32 (more exact than the bf16
+activations of torch's int8 kernel); fp32 weights run the same code. Attention sums
+q . (k_j + E[distance_j]) per key, one sum for the content and relative terms together.
 
-`Weights` packs a model's arrays once (see engine.KernelStep for where they come from); `step`
-runs one position for a batch against a KV cache laid out (L, B, H, T, D) (layers.KVCache).
-Compiled on first use and cached on disk next to this file (numba's `cache=True`), so only a
-fresh install pays the compile (~10-20 s), once.
+Past the cache's length the cache can roll (relative attention only; `_slot_and_keys`): each
+position's keys and values are computed once, the front slots stay and a ring holds the most
+recent positions, so a decode never re-prefills a window.
+
+`Weights` packs a model's arrays once (engine.KernelStep says where they come from); `step` runs
+one position for a batch against a KV cache laid out (L, B, H, T, D) (layers.KVCache). Compiled
+on first use and cached on disk (numba's `cache=True`, next to this file or in the user's cache
+folder), so only the first run after an install pays the compile (~5 s per weight type).
 """
 
 from __future__ import annotations
@@ -62,20 +67,49 @@ def available() -> bool:
 
 
 def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
-         v_cache: np.ndarray, logits: np.ndarray, n_pin: int = 0) -> None:
+         v_cache: np.ndarray, logits: np.ndarray, n_pin: int = 0,
+         copy: QuantizedCache | None = None) -> None:
     """Write the keys/values of `tokens` (B,) int64 at `pos` into the caches (L, B, H, T, D) and
     the next-token logits (B, V) into `logits`.
 
     Below the cache's length T a step attends over positions 0..pos. From T on (relative
     attention only: it has no position past the context) the cache rolls: the first `n_pin`
-    slots stay and the rest hold the most recent T - n_pin positions (`_slot_and_keys`)."""
+    slots stay and the rest hold the most recent T - n_pin positions (`_slot_and_keys`).
+    With `copy` (an int16 `QuantizedCache` of the same caches, half their bytes) attention reads
+    that copy; the step writes both."""
     w = weights
     if pos >= k_cache.shape[3] and (w.rel.shape[1] == 0 or not 0 <= n_pin < k_cache.shape[3]):
         raise ValueError(f"position {pos} is past a cache of {k_cache.shape[3]}; only relative "
                          "attention can roll, keeping fewer slots in front than it has")
+    copy = copy or _NO_COPY
     _step(tokens, pos, w.wte_t, w.wte, w.wpe, w.ln, w.ln_f, w.w_qkv, w.s_qkv, w.b_qkv,
           w.w_proj, w.s_proj, w.b_proj, w.w_fc, w.s_fc, w.b_fc, w.w_out, w.s_out, w.b_out,
-          w.rel, w.n_head, w.eps, k_cache, v_cache, logits, n_pin)
+          w.rel, w.n_head, w.eps, k_cache, v_cache, logits, n_pin, copy.k, copy.v,
+          copy.k_scale, copy.v_scale)
+
+
+class QuantizedCache(NamedTuple):
+    """An int16 copy of a KV cache (L, B, H, T, D), one fp32 scale per slot's vector of D: what
+    an int8-weight step reads (attention over 512 cached positions is memory traffic, and this
+    halves it). Rounding error: 1/65534 of each vector's largest value."""
+
+    k: np.ndarray
+    v: np.ndarray
+    k_scale: np.ndarray  # (L, B, H, T)
+    v_scale: np.ndarray
+
+    @classmethod
+    def of(cls, k_cache: np.ndarray, v_cache: np.ndarray) -> QuantizedCache:
+        """The copy of every slot of `k_cache` and `v_cache` as they are now."""
+        copy = cls(np.empty(k_cache.shape, np.int16), np.empty(v_cache.shape, np.int16),
+                   np.empty(k_cache.shape[:4], np.float32), np.empty(v_cache.shape[:4],
+                                                                     np.float32))
+        _quantize_cache(k_cache, v_cache, *copy)
+        return copy
+
+
+_NO_COPY = QuantizedCache(*(np.zeros((0, 0, 0, 0, 0), np.int16),) * 2,
+                          *(np.zeros((0, 0, 0, 0), np.float32),) * 2)
 
 
 def _layer_norm(x, weight, bias, eps, out):
@@ -191,54 +225,122 @@ def _distance(j, pos, slot, cap, n_pin):
     return (slot - j) % ring
 
 
-def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, y, scores):
+def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale, v_scale,
+            y, scores):
     """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[distance]) v per
-    head, over the slots `_slot_and_keys` gives (the whole past below the cache's length)."""
+    head, over the slots `_slot_and_keys` gives (the whole past below the cache's length).
+
+    Keys and values are read from `kq`/`vq` times their per-slot scales where those have slots
+    (the int16 copy, `quantize_cache`), else from the fp32 cache itself; both are written."""
     B = qkv.shape[0]
     C = y.shape[1]
     D = C // n_head
     cap = k_cache.shape[3]
+    quantized = kq.shape[3] > 0
     slot, n = _slot_and_keys(pos, cap, n_pin)
     inv_sqrt = np.float32(1.0 / math.sqrt(D))
-    relative = rel.shape[1] > 0
     table = rel[layer]
     for b in range(B):
         for h in range(n_head):
             q = qkv[b, h * D : (h + 1) * D] * inv_sqrt
-            keys = k_cache[layer, b, h]
-            values = v_cache[layer, b, h]
-            keys[slot, :] = qkv[b, C + h * D : C + (h + 1) * D]
-            values[slot, :] = qkv[b, 2 * C + h * D : 2 * C + (h + 1) * D]
+            k_new = qkv[b, C + h * D : C + (h + 1) * D]
+            v_new = qkv[b, 2 * C + h * D : 2 * C + (h + 1) * D]
+            k_cache[layer, b, h, slot, :] = k_new
+            v_cache[layer, b, h, slot, :] = v_new
             s = scores[:n]
-            for j in range(n):  # q . (k_j + E[distance_j]): one sum per key
-                kj = keys[j]
-                acc = np.float32(0.0)
-                if relative:
-                    ej = table[_distance(j, pos, slot, cap, n_pin)]
-                    for d in range(D):
-                        acc += q[d] * (kj[d] + ej[d])
-                else:
-                    for d in range(D):
-                        acc += q[d] * kj[d]
-                s[j] = acc
-            top = s[0]
-            for j in range(1, n):
-                top = max(top, s[j])
-            total = np.float32(0.0)
-            for j in range(n):
-                e = np.float32(math.exp(s[j] - top))
-                s[j] = e
-                total += e
             out = y[b, h * D : (h + 1) * D]
-            out[:] = 0.0
-            for j in range(n):
-                wj = s[j]
-                vj = values[j]
+            if quantized:
+                _quantize_row(k_new, kq[layer, b, h, slot], k_scale[layer, b, h], slot)
+                _quantize_row(v_new, vq[layer, b, h, slot], v_scale[layer, b, h], slot)
+                _head(q, kq[layer, b, h], vq[layer, b, h], k_scale[layer, b, h],
+                      v_scale[layer, b, h], True, table, pos, slot, cap, n_pin, s, out)
+            else:  # the scales are not read
+                _head(q, k_cache[layer, b, h], v_cache[layer, b, h], s, s, False, table, pos,
+                      slot, cap, n_pin, s, out)
+
+
+def _head(q, keys, values, k_scale, v_scale, quantized, table, pos, slot, cap, n_pin, s, out):
+    """One head: out (D,) = softmax over the n = len(s) visible slots of q.k_j + q.E[distance],
+    times the values; keys and values are fp32, or int16 times their slot's scale."""
+    n = s.shape[0]
+    D = q.shape[0]
+    relative = table.shape[0] > 0
+    for j in range(n):
+        kj = keys[j]
+        content = np.float32(0.0)
+        position = np.float32(0.0)
+        if relative:
+            ej = table[_distance(j, pos, slot, cap, n_pin)]
+            if quantized:  # two sums: the key's scale multiplies one
                 for d in range(D):
-                    out[d] += wj * vj[d]
-            inv = np.float32(1.0) / total
+                    content += q[d] * np.float32(kj[d])
+                    position += q[d] * ej[d]
+            else:  # q . (k_j + E[distance_j]): one sum
+                for d in range(D):
+                    content += q[d] * (np.float32(kj[d]) + ej[d])
+        else:
             for d in range(D):
-                out[d] *= inv
+                content += q[d] * np.float32(kj[d])
+        s[j] = (content * k_scale[j] if quantized else content) + position
+    top = s[0]
+    for j in range(1, n):
+        top = max(top, s[j])
+    total = np.float32(0.0)
+    for j in range(n):
+        e = np.float32(math.exp(s[j] - top))
+        s[j] = e
+        total += e
+    if quantized:
+        for j in range(n):
+            s[j] *= v_scale[j]
+    _weighted_sum(s, values, n, out)
+    inv = np.float32(1.0) / total
+    for d in range(D):
+        out[d] *= inv
+
+
+def _weighted_sum(w, values, n, out):
+    """out (D,) = sum_j w[j] values[j], four rows per pass over out."""
+    f32 = np.float32
+    D = out.shape[0]
+    out[:] = 0.0
+    j = 0
+    while j + 4 <= n:
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
+        for d in range(D):
+            out[d] += (w0 * f32(v0[d]) + w1 * f32(v1[d])) + (w2 * f32(v2[d]) + w3 * f32(v3[d]))
+        j += 4
+    while j < n:
+        wj, vj = w[j], values[j]
+        for d in range(D):
+            out[d] += wj * f32(vj[d])
+        j += 1
+
+
+def _quantize_row(x, dst, scales, slot):
+    """dst (D,) int16 = x / scale rounded, scales[slot] = max |x| / 32767."""
+    top = np.float32(0.0)
+    for d in range(x.shape[0]):
+        top = max(top, abs(x[d]))
+    scale = top / np.float32(32767.0) if top > 0 else np.float32(1.0)
+    inv = np.float32(1.0) / scale
+    for d in range(x.shape[0]):
+        dst[d] = np.int16(np.rint(x[d] * inv))
+    scales[slot] = scale
+
+
+def _quantize_cache(k_cache, v_cache, kq, vq, k_scale, v_scale):
+    """The int16 copy of every slot of the fp32 caches (after a prefill wrote them)."""
+    L, B, H, T, _ = k_cache.shape
+    for layer in range(L):
+        for b in range(B):
+            for h in range(H):
+                for t in range(T):
+                    _quantize_row(k_cache[layer, b, h, t], kq[layer, b, h, t],
+                                  k_scale[layer, b, h], t)
+                    _quantize_row(v_cache[layer, b, h, t], vq[layer, b, h, t],
+                                  v_scale[layer, b, h], t)
 
 
 def _gelu_tanh(f):
@@ -253,7 +355,7 @@ def _gelu_tanh(f):
 
 def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_proj, s_proj,
                b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel, n_head, eps,
-               k_cache, v_cache, logits, n_pin):
+               k_cache, v_cache, logits, n_pin, kq, vq, k_scale, v_scale):
     B = tokens.shape[0]
     C = wte.shape[1]
     L = w_qkv.shape[0]
@@ -271,7 +373,8 @@ def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_pr
     for layer in range(L):
         _layer_norm(x, ln[layer, 0], ln[layer, 1], eps, h)
         _linear(h, w_qkv[layer], s_qkv[layer], b_qkv[layer], qkv)
-        _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, y, scores)
+        _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale,
+                v_scale, y, scores)
         _linear(y, w_proj[layer], s_proj[layer], b_proj[layer], t)
         x += t
         _layer_norm(x, ln[layer, 2], ln[layer, 3], eps, h)
@@ -293,6 +396,10 @@ if numba is not None:
     _linear = _jit(_linear)
     _slot_and_keys = _jit(_slot_and_keys)
     _distance = _jit(_distance)
+    _quantize_row = _jit(_quantize_row)
+    _quantize_cache = _jit(_quantize_cache)
+    _weighted_sum = _jit(_weighted_sum)
+    _head = _jit(_head)
     _attend = _jit(_attend)
     _gelu_tanh = _jit(_gelu_tanh)
     _step = _jit(_step_impl)

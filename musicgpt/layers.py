@@ -37,10 +37,12 @@ class Linear(nn.Module):
 class LayerKV:
     """One layer's key/value buffers (B, H, max_len, D), filled in place at explicit positions."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor):
-        self.k, self.v = k, v
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, owner: KVCache | None = None):
+        self.k, self.v, self.owner = k, v, owner
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if self.owner is not None:
+            self.owner.writes += 1
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
@@ -52,7 +54,8 @@ class KVCache:
     The model holds only weights, so one loaded model serves any number of concurrent decodes,
     each with its own cache (`GPT.new_cache`), and another runtime can take the same buffers:
     all layers' keys are one (L, B, H, max_len, D) tensor `k` (values `v`), and each layer's
-    `LayerKV` is a view of its slice.
+    `LayerKV` is a view of its slice. `writes` counts the forwards that wrote it (a copy kept
+    beside it, engine.KernelStep's int16 one, knows when to be made again).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
@@ -60,8 +63,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.layers = [LayerKV(self.k[i], self.v[i]) for i in range(n_layer)]
+        self.layers = [LayerKV(self.k[i], self.v[i], self) for i in range(n_layer)]
         self.batch_size, self.max_len = batch_size, max_len
+        self.writes = 0
 
 
 class CausalSelfAttention(nn.Module):

@@ -76,6 +76,32 @@ def test_kernel_int8_steps_equal_the_dequantised_fp32_model(make_tiny_model, att
         torch.testing.assert_close(steps, model(ids), atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+def test_the_int8_kernel_sees_what_a_forward_wrote_between_its_steps(make_tiny_model):
+    """The duet prefills played notes between steps: the int8 kernel's int16 copy of the cache
+    must then be made again, so its steps see those positions as a fresh copy would."""
+    model = sampling_copy(make_tiny_model(seed=8), "int8")
+    ids = torch.randint(0, 380, (2, 24), generator=torch.Generator().manual_seed(4))
+    step, cache = KernelStep(model), model.new_cache(2, 32)
+    with torch.inference_mode():
+        model(ids[:, :5], torch.arange(5), 5, cache)
+        for pos in range(5, 10):
+            step(ids[:, pos], pos, cache)
+        model(ids[:, 10:15], torch.arange(10, 15), 15, cache)  # written behind the kernel's back
+        fresh = _cache_clone(cache)
+        assert torch.equal(step(ids[:, 15], 15, cache), step(ids[:, 15], 15, fresh))
+
+
+def _cache_clone(cache):
+    """A copy of `cache`'s buffers with no int16 copy of them yet."""
+    import copy
+
+    twin = copy.copy(cache)
+    twin.k, twin.v = cache.k.clone(), cache.v.clone()
+    twin.kernel_copy = None
+    return twin
+
+
 def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_tiny_model):
     model = make_tiny_model(seed=4, styles=["a", "b"])
     guided = SamplingSettings(style_guidance=1.0)
