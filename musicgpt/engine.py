@@ -179,9 +179,11 @@ _PACK_LOCK = threading.Lock()
 
 def _packed(model: GPT) -> kernel.Weights:
     """`model`'s kernel.Weights, packed on first use and again whenever a weight changed
-    (tensor versions count in-place updates, such as an optimiser step)."""
-    tensors = [t for t in list(model.parameters()) + list(model.buffers())]
-    stamp = tuple((t.data_ptr(), t._version) for t in tensors)
+    (tensor versions count in-place updates, such as an optimiser step; weights made under
+    torch.inference_mode have none, so only a replaced tensor is seen there)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    # an inference tensor (made under torch.inference_mode) has no version counter
+    stamp = tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
     with _PACK_LOCK:
         held = _PACKS.get(model)
         if held is None or held[0] != stamp:
