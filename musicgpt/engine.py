@@ -1,17 +1,21 @@
-"""The fast decode step: one cached (B, 1) step through a GPT's weights as a flat list of tensor
-ops, for sampling on CPU. Nothing about MIDI or sampling; reads the model's weights, owns none.
+"""The fast decode steps: one cached (B, 1) step through a GPT's weights, for sampling on CPU.
+Nothing about MIDI or sampling; reads the model's weights, owns none. Two of them, one contract
+(`step(token (B,), pos, cache) -> logits (B, V)`), picked by `fast_step_for`:
 
-A decode step of this model is memory traffic and overhead, not arithmetic (6.8 MFLOP): at batch
-1 on one Xeon core its 16 fp32 matrices stream from L3 in ~0.55 ms (24 GB/s; int8 ~0.23 ms),
-and `GPT.forward` adds ~40 module calls, a mask and index tensors (1.9-2.2 ms a step in all).
-`FastStep` walks the same weights with ~16 plain ops per layer and no modules: keys and values
-are written into the caller's `layers.KVCache` at an int position (views, no index tensors), and
-for the one new query the Music-Transformer skew reduces to q . E[pos - j], a slice of the
-distance table kept in reverse order, added to q . k by one `baddbmm`.
+- `KernelStep` (the default where numba is installed): the whole step is one compiled call
+  (kernel.py) over weights packed once per model; past the cache's length a relative model's
+  cache rolls (decode.py never re-prefills then). int8 weights read an int16 copy of the cache.
+- `FastStep` (torch ops, the fallback): the same weights as a flat list of tensor ops. A decode
+  step of this model is memory traffic and overhead, not arithmetic (6.8 MFLOP): at batch 1 on
+  one Xeon core its 16 fp32 matrices stream from L3 in ~0.55 ms (24 GB/s; int8 ~0.23 ms), and
+  `GPT.forward` adds ~40 module calls, a mask and index tensors (1.9-2.2 ms a step in all).
+  FastStep walks the same weights with ~16 plain ops per layer and no modules: keys and values
+  are written into the caller's `layers.KVCache` at an int position (views, no index tensors),
+  and for the one new query the Music-Transformer skew reduces to q . E[pos - j], a slice of the
+  distance table kept in reverse order, added to q . k by one `baddbmm`.
 
-Logits equal `GPT.forward`'s within fp32 rounding (tests/test_engine.py). int8 layers
-(`quantize.Int8Linear`) run their own fused kernel, as in the eager path. Prefill and the
-window's re-prefill still go through `GPT.forward` (one call per window, batched over T).
+Logits equal `GPT.forward`'s within fp32 rounding (tests/test_engine.py). Prefill (and
+FastStep's window re-prefill) goes through `GPT.forward` (one call per window, batched over T).
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ candidates.py.
 
 Grammar-aware by default: before each draw, events that cannot be right are masked out by
 `events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
-other special mid-piece). Past the model's context the loop keeps going with a sliding window:
-the most recent 3/4 of the context is re-prefilled. Rules that keep each piece music (see the
-README's "Every piece is music"): no silence past `max_silence_s` nor a lead-in past
-`max_lead_in_s`, long notes pushed to end (`release_ramp_s`) and ended at `max_note_s`, and the
-best of `candidates` pieces kept.
+other special mid-piece). Past the model's context the loop keeps going (decode.py): the cache
+rolls where the compiled step runs, else the most recent 3/4 of the context is re-prefilled.
+Rules that keep each piece music (see the README's "Every piece is music"): no silence past
+`max_silence_s` nor a lead-in past `max_lead_in_s`, long notes pushed to end (`release_ramp_s`)
+and ended at `max_note_s`, and the best of `candidates` pieces kept.
 
 Asked lengths: the token budget follows from the asked seconds (`token_budget`, with headroom for
 dense music), and `generate_pieces` says per row why it stopped (`Stop`: the asked length, END,
@@ -366,8 +366,9 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     `static_shapes` (default: on for CUDA) attends over the whole cache each step so shapes never
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
     `threads` torch threads decode (default: `sampling_threads`); the caller's count is restored.
-    `fast` (default) decodes each step with `engine.FastStep` on a CPU; False keeps every step
-    on `GPT.forward` (the reference the fast path is tested and benchmarked against).
+    `fast` (default) decodes each step with `engine.fast_step_for`'s step on a CPU (the compiled
+    kernel, whose cache rolls past the context); False keeps every step on `GPT.forward` (the
+    reference the fast paths are tested and benchmarked against).
     Samples from `model` as given: for int8 weights (1.3-2x faster on CPU, NLL within 0.01%; see
     quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
