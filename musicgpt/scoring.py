@@ -117,13 +117,29 @@ def _truncate_within(logits: np.ndarray, s: SamplingSettings) -> np.ndarray:
     if ranking:  # within each type: weight / the type's mass, as the reference divides
         probs = weight[:, :_RANKED_END] / np.repeat(np.maximum(mass[:, :_RANKED_TYPES], 1e-30),
                                                      _TYPE_COUNTS[:_RANKED_TYPES], axis=-1)
+    if s.min_p > 0:
+        for _, first, count in _CUT_RUNS:
+            cols = slice(first, first + count)
+            keep[:, cols] &= weight[:, cols] >= np.float64(s.min_p)
+    if ranking:
+        if _rank_drops is not None:  # compiled: the same float ops, row by row
+            keep[:, :_RANKED_END] &= ~_rank_drops(probs, np.float32(s.top_p), s.top_k, _RUNS)
+        else:
+            _rank_cut(probs, keep, s)
+    kept = np.add.reduceat(np.where(keep, weight, 0.0), _TYPE_STARTS, axis=-1)
+    with np.errstate(divide="ignore"):
+        scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
+    out = np.where(keep, logits, -np.inf)  # a type not cut keeps all it had: its scale is 0
+    for i, first, count in _CUT_RUNS:
+        out[:, first : first + count] += scale[:, i : i + 1]
+    return out
+
+
+def _rank_cut(probs: np.ndarray, keep: np.ndarray, s: SamplingSettings) -> None:
+    """`keep` without the columns top-p/top-k drop within each cut type (numpy, row-parallel)."""
     start, done_to = None, 0  # the reference's cumsum where the next type's run begins
     for i, first, count in _CUT_RUNS:
         cols = slice(first, first + count)
-        if s.min_p > 0:
-            keep[:, cols] &= weight[:, cols] >= np.float64(s.min_p)
-        if not ranking:
-            continue
         between = [np.sort(probs[:, _TYPE_STARTS[j] : _TYPE_STARTS[j] + _TYPE_COUNTS[j]],
                            axis=-1)[:, ::-1] for j in range(done_to, i)]  # only their sum counts
         if between:
@@ -138,13 +154,40 @@ def _truncate_within(logits: np.ndarray, s: SamplingSettings) -> np.ndarray:
         if drop.any():
             keep[:, cols] &= ~_unsort(drop, order)
         start, done_to = total[:, -1:], i + 1
-    kept = np.add.reduceat(np.where(keep, weight, 0.0), _TYPE_STARTS, axis=-1)
-    with np.errstate(divide="ignore"):
-        scale = np.log(mass) - np.log(np.where(kept > 0, kept, 1.0))
-    out = np.where(keep, logits, -np.inf)  # a type not cut keeps all it had: its scale is 0
-    for i, first, count in _CUT_RUNS:
-        out[:, first : first + count] += scale[:, i : i + 1]
-    return out
+
+
+def _rank_drops_rows(probs, top_p, top_k, runs):
+    """(B, n) columns that top-p/top-k drop, for probs (B, n) float32 of the ranked types; `runs`
+    (type index, first column, count) of every type up to the last cut one, cut ones flagged by
+    a fourth 1. `_rank_cut`'s float32 ops in its order, one row at a time: each cut type ranked
+    likeliest first (ties by column), its running mass counted on from the types before it."""
+    B, n = probs.shape
+    drop = np.zeros((B, n), np.bool_)
+    for b in range(B):
+        total = np.float32(0.0)
+        for r in range(runs.shape[0]):
+            index, first, count, cut = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3]
+            p = probs[b, first : first + count]
+            if cut == 0:  # only their sum counts, added largest first
+                ranked = np.sort(p)[::-1]
+                for k in range(count):
+                    total = np.float32(total + ranked[k])
+                continue
+            if index == 0:
+                order = np.argsort(-p, kind="mergesort")
+            else:  # the reference's key: type index - prob, in float64
+                order = np.argsort(np.float64(index) - p.astype(np.float64), kind="mergesort")
+            first_before = np.float32(0.0)
+            for k in range(count):
+                value = p[order[k]]
+                total = np.float32(total + value)
+                before = np.float32(total - value)
+                if k == 0:
+                    first_before = before
+                before = np.float32(before - first_before)
+                if before >= top_p or (top_k > 0 and k >= top_k):
+                    drop[b, first + order[k]] = True
+    return drop
 
 
 def _ranked(probs: np.ndarray, type_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,3 +334,14 @@ def _finite_or_greedy(scores: np.ndarray, logits: np.ndarray,
 def _softmax(logits: np.ndarray) -> np.ndarray:
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     return weights / weights.sum(-1, keepdims=True)
+
+
+# the ranked types' runs for the compiled ranking: (type index, first column, count, cut)
+_RUNS = np.array([(i, first, count, int(any(i == c for c, _, _ in _CUT_RUNS)))
+                  for i, (_, first, count) in enumerate(RANGES[:_RANKED_TYPES])], np.int64)
+
+try:
+    import numba
+    _rank_drops = numba.njit(cache=True, nogil=True)(_rank_drops_rows)
+except ImportError:
+    _rank_drops = None
