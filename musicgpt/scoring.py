@@ -2,9 +2,11 @@
 the release mass kept, top-k/top-p/min-p within event types, and inverse-CDF sampling.
 
 Pure numpy, no torch: the sampler hands a numpy copy of each step's logits here (a few dozen
-small torch ops per draw cost more than the decode step of a small model). Settings are duck-
-typed (`sampling.SamplingSettings`: temperature, top_k, top_p, min_p, within_type,
-keep_release_mass, truncates).
+small torch ops per draw cost more than the decode step of a small model). The within-type
+ranking, a few sorts per row, is compiled by numba where it is installed (`_rank_drops_rows`,
+the same float ops as the numpy `_rank_cut`). Settings are duck-typed
+(`sampling.SamplingSettings`: temperature, top_k, top_p, min_p, within_type, keep_release_mass,
+truncates).
 """
 
 from __future__ import annotations
