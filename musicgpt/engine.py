@@ -152,7 +152,8 @@ class KernelStep:
     through numpy views, so a prefill through `GPT.forward` and these steps share one cache.
     With int8 weights attention reads an int16 copy of the cache (`kernel.QuantizedCache`, half
     the bytes), kept on the cache and made again whenever a forward has written the cache since.
-    A relative model's step may go past the cache's length: the cache rolls (`rolls`, kernel.step).
+    A relative model's step may go past the cache's length: the cache rolls (`rolls`, kernel.step),
+    and rows marked in `skip` (finished pieces) cost no attention.
     """
 
     rolls = True
@@ -162,8 +163,8 @@ class KernelStep:
         self.vocab_size = model.config.vocab_size
         self.quantized_cache = self.weights.w_qkv.dtype == np.int8
 
-    def __call__(self, token: torch.Tensor, pos: int, cache: KVCache,
-                 n_pin: int = 0) -> torch.Tensor:
+    def __call__(self, token: torch.Tensor, pos: int, cache: KVCache, n_pin: int = 0,
+                 skip: np.ndarray | None = None) -> torch.Tensor:
         logits = torch.empty(token.shape[0], self.vocab_size)
         k, v = cache.k.numpy(), cache.v.numpy()
         copy = None
@@ -173,7 +174,7 @@ class KernelStep:
                 held = (cache.writes, kernel.QuantizedCache.of(k, v))
                 cache.kernel_copy = held
             copy = held[1]
-        kernel.step(self.weights, token.numpy(), pos, k, v, logits.numpy(), n_pin, copy)
+        kernel.step(self.weights, token.numpy(), pos, k, v, logits.numpy(), n_pin, copy, skip)
         return logits
 
 

@@ -346,8 +346,8 @@ def infill(model: GPT, ids, start_s: float, end_s: float, *, num_samples: int = 
     if styled.any() and settings.style_guidance > 0:  # the same prompt without its style token
         head = len(cut.header)
         plain = torch.cat([history[:, :head][:, ~styled], history[:, head:]], 1)
-        draw, unstyled = guided(model, plain, n_tokens, state.draw, settings)
-    steps = decode_steps(model, history, n_tokens, draw)
+        draw, unstyled = guided(model, plain, n_tokens, state.draw, settings, done=state.done)
+    steps = decode_steps(model, history, n_tokens, draw, done=state.done)
     with torch_threads(sampling_threads(n_rows, model)), _closing(unstyled):
         for token in steps:
             drawn.append(token.cpu().numpy())

@@ -68,7 +68,7 @@ def available() -> bool:
 
 def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
          v_cache: np.ndarray, logits: np.ndarray, n_pin: int = 0,
-         copy: QuantizedCache | None = None) -> None:
+         copy: QuantizedCache | None = None, skip: np.ndarray | None = None) -> None:
     """Write the keys/values of `tokens` (B,) int64 at `pos` into the caches (L, B, H, T, D) and
     the next-token logits (B, V) into `logits`.
 
@@ -76,16 +76,18 @@ def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
     attention only: it has no position past the context) the cache rolls: the first `n_pin`
     slots stay and the rest hold the most recent T - n_pin positions (`_slot_and_keys`).
     With `copy` (an int16 `QuantizedCache` of the same caches, half their bytes) attention reads
-    that copy; the step writes both."""
+    that copy; the step writes both. Rows where `skip` (B,) bool is set (finished pieces) are not
+    attended nor written: their logits are finite and mean nothing; the others' are unchanged."""
     w = weights
     if pos >= k_cache.shape[3] and (w.rel.shape[1] == 0 or not 0 <= n_pin < k_cache.shape[3]):
         raise ValueError(f"position {pos} is past a cache of {k_cache.shape[3]}; only relative "
                          "attention can roll, keeping fewer slots in front than it has")
     copy = copy or _NO_COPY
+    skip = np.zeros(len(tokens), np.bool_) if skip is None else skip
     _step(tokens, pos, w.wte_t, w.wte, w.wpe, w.ln, w.ln_f, w.w_qkv, w.s_qkv, w.b_qkv,
           w.w_proj, w.s_proj, w.b_proj, w.w_fc, w.s_fc, w.b_fc, w.w_out, w.s_out, w.b_out,
           w.rel, w.n_head, w.eps, k_cache, v_cache, logits, n_pin, copy.k, copy.v,
-          copy.k_scale, copy.v_scale)
+          copy.k_scale, copy.v_scale, skip)
 
 
 class QuantizedCache(NamedTuple):
@@ -226,7 +228,7 @@ def _distance(j, pos, slot, cap, n_pin):
 
 
 def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale, v_scale,
-            y, scores):
+            y, scores, skip):
     """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[distance]) v per
     head, over the slots `_slot_and_keys` gives (the whole past below the cache's length).
 
@@ -241,6 +243,9 @@ def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_sca
     inv_sqrt = np.float32(1.0 / math.sqrt(D))
     table = rel[layer]
     for b in range(B):
+        if skip[b]:
+            y[b] = 0.0
+            continue
         for h in range(n_head):
             q = qkv[b, h * D : (h + 1) * D] * inv_sqrt
             k_new = qkv[b, C + h * D : C + (h + 1) * D]
@@ -355,7 +360,7 @@ def _gelu_tanh(f):
 
 def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_proj, s_proj,
                b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel, n_head, eps,
-               k_cache, v_cache, logits, n_pin, kq, vq, k_scale, v_scale):
+               k_cache, v_cache, logits, n_pin, kq, vq, k_scale, v_scale, skip):
     B = tokens.shape[0]
     C = wte.shape[1]
     L = w_qkv.shape[0]
@@ -374,7 +379,7 @@ def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_pr
         _layer_norm(x, ln[layer, 0], ln[layer, 1], eps, h)
         _linear(h, w_qkv[layer], s_qkv[layer], b_qkv[layer], qkv)
         _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale,
-                v_scale, y, scores)
+                v_scale, y, scores, skip)
         _linear(y, w_proj[layer], s_proj[layer], b_proj[layer], t)
         x += t
         _layer_norm(x, ln[layer, 2], ln[layer, 3], eps, h)

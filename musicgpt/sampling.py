@@ -5,7 +5,7 @@ candidates.py.
 Grammar-aware by default: before each draw, events that cannot be right are masked out by
 `events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
 other special mid-piece). Past the model's context the loop keeps going (decode.py): the cache
-rolls where the compiled step runs, else the most recent 3/4 of the context is re-prefilled.
+the most recent 5/8 of the context is re-prefilled (or, with `rolling_cache`, the cache rolls).
 Rules that keep each piece music (see the README's "Every piece is music"): no silence past
 `max_silence_s` nor a lead-in past `max_lead_in_s`, long notes pushed to end (`release_ramp_s`)
 and ended at `max_note_s`, and the best of `candidates` pieces kept.
@@ -367,8 +367,8 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
     change; off, a CPU step reads only the filled part of the cache, which is faster in eager mode.
     `threads` torch threads decode (default: `sampling_threads`); the caller's count is restored.
     `fast` (default) decodes each step with `engine.fast_step_for`'s step on a CPU (the compiled
-    kernel, whose cache rolls past the context); False keeps every step on `GPT.forward` (the
-    reference the fast paths are tested and benchmarked against).
+    kernel); False keeps every step on `GPT.forward` (the reference the fast paths are tested and
+    benchmarked against).
     Samples from `model` as given: for int8 weights (1.3-2x faster on CPU, NLL within 0.01%; see
     quantize.py and BENCHMARKS.md) load it once with `checkpoint.load_sampling_model`.
     """
@@ -382,10 +382,12 @@ def generate_pieces(model: GPT, primer: list[int] | np.ndarray | None = None, *,
         draw, unstyled = rows.draw, None
         if n_front and settings.style_guidance > 0:
             plain = torch.cat([history[:, :1], history[:, 1 + n_front :]], 1)
-            draw, unstyled = guided(model, plain, budget, rows.draw, settings, static, fast)
+            draw, unstyled = guided(model, plain, budget, rows.draw, settings, static, fast,
+                                    rows.done)
         steps = decode_steps(model, history, budget, draw, static,
                              keep_front=history[:, 1 : 1 + n_front],
-                             restate=settings.restate_sounding, fast=fast)
+                             restate=settings.restate_sounding, fast=fast, done=rows.done,
+                             roll=settings.rolling_cache)
         try:
             generated = _run(steps, rows, history,
                              _progress_seconds(progress, rows, max_seconds))

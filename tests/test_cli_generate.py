@@ -59,6 +59,15 @@ def test_sampling_defaults_come_from_the_checkpoint_and_flags_override_them(make
     assert notes(1, "--temperature", "1") != notes(2, "--temperature", "1")
 
 
+def test_a_rolling_cache_writes_a_piece_past_the_context(make_tiny_model, tmp_path):
+    """`--rolling-cache` decodes past the tiny model's 64-token context without re-prefilling."""
+    ckpt = save_checkpoint(make_tiny_model(attention="relative"), tmp_path / "relative")
+    out = tmp_path / "rolled.mid"
+    assert main(["generate", "--checkpoint", str(ckpt), "--out", str(out), "--seconds", "5",
+                 "--max-tokens", "200", "--seed", "1", "--no-progress", "--rolling-cache"]) == 0
+    assert len(midi_file_to_arrays(out).pitch) > 0
+
+
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     code = main(["generate", "--checkpoint", str(tmp_path / "nope"), "--out",
                  str(tmp_path / "o.mid")])

@@ -189,8 +189,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def test_every_flagged_setting_is_a_flag_and_parses_to_its_field():
     args = _parser("generate").parse_args(
         ["--key", "Em", "--density", "6", "--pitch-range", "C3-C6", "--dynamics", "30-70",
-         "--max-silence-seconds", "0", "--no-grammar", "--top-p", "0.8"])
+         "--max-silence-seconds", "0", "--no-grammar", "--top-p", "0.8", "--rolling-cache"])
     got = settings.from_flags(args, Config(top_p=0.9, candidates=3))
+    assert got.rolling_cache is True
+    assert settings.from_flags(_parser("generate").parse_args([]), Config()).rolling_cache is False
     assert (got.key, got.density, got.pitch_range, got.dynamics) == ("E minor", 6.0, (48, 84),
                                                                       (30, 70))
     assert got.max_silence_s is None and got.grammar is False and got.top_p == 0.8

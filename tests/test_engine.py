@@ -105,9 +105,8 @@ def _cache_clone(cache):
 def test_the_fast_path_is_the_default_and_draws_what_the_reference_draws(make_tiny_model):
     model = make_tiny_model(seed=4, styles=["a", "b"])
     guided = SamplingSettings(style_guidance=1.0)
-    # within the context (64): past it the kernel's cache rolls, GPT.forward's window slides
-    for options in [dict(num_samples=3, max_new_tokens=60, seed=5),
-                    dict(settings=guided, style=1, max_new_tokens=60, seed=6)]:
+    for options in [dict(num_samples=3, max_new_tokens=150, seed=5),  # slides past 64
+                    dict(settings=guided, style=1, max_new_tokens=80, seed=6)]:
         fast = generate(model, [START_ID], **options)
         eager = generate_pieces(model, [START_ID], fast=False, **options).rows
         assert all(np.array_equal(a, b) for a, b in zip(fast, eager, strict=True))
@@ -142,7 +141,7 @@ def test_the_kernel_sees_weights_changed_in_place(make_tiny_model):
 
 
 def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool,
-                   keep_front: torch.Tensor | None = None):
+                   keep_front: torch.Tensor | None = None, roll: bool = False):
     """(logits (B, n_new, V) that `decode_steps` hands its draw, the ids it decoded (B, T)), fed
     fixed tokens (drawn from a seeded generator, not the logits), through the whole decode."""
     from musicgpt.decode import decode_steps
@@ -156,7 +155,8 @@ def _decode_logits(model, history: torch.Tensor, n_new: int, fast: bool,
         return tokens[len(seen) - 1]
 
     with torch.inference_mode():
-        for _ in decode_steps(model, history, n_new, draw, keep_front=keep_front, fast=fast):
+        for _ in decode_steps(model, history, n_new, draw, keep_front=keep_front, fast=fast,
+                              roll=roll):
             pass
     return torch.stack(seen, 1), torch.cat([history, tokens[: n_new - 1].t()], 1)
 
@@ -186,13 +186,15 @@ def rolling_reference(model, ids: torch.Tensor, cap: int, n_pin: int) -> torch.T
     return torch.nn.functional.linear(model.ln_f(x), model.wte.weight)
 
 
+@pytest.mark.parametrize("kernel_on", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_the_torch_fast_decode_equals_the_reference_through_the_sliding_window(
-        make_tiny_model, batch, monkeypatch):
-    """Without the kernel the window slides (re-prefilled past the context), as GPT.forward's."""
+def test_the_fast_decode_equals_the_reference_through_the_sliding_window(
+        make_tiny_model, batch, kernel_on, monkeypatch):
+    """By default the window slides (re-prefilled past the context) as GPT.forward's does, with
+    the kernel or FastStep."""
     import musicgpt.engine
 
-    monkeypatch.setattr(musicgpt.engine, "_KERNEL_ON", False)
+    monkeypatch.setattr(musicgpt.engine, "_KERNEL_ON", kernel_on)
     model = make_tiny_model(seed=5, attention="relative")
     history = torch.full((batch, 1), START_ID)
     n_new = 3 * model.config.block_size + 10  # several slides of the window
@@ -204,15 +206,15 @@ def test_the_torch_fast_decode_equals_the_reference_through_the_sliding_window(
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("styled", [False, True])
 def test_the_kernel_decode_rolls_past_the_context(make_tiny_model, batch, styled):
-    """With the kernel the cache rolls: three contexts' worth of tokens decoded step by step
-    give the rolling rule's logits, START and a style token staying in front when styled."""
+    """Asked to roll, the kernel's cache rolls: three contexts' worth of tokens decoded step by
+    step give the rolling rule's logits, START and a style token staying in front when styled."""
     model = make_tiny_model(seed=5, attention="relative")
     history = torch.full((batch, 2 if styled else 1), START_ID)
     if styled:
         history[:, 1] = 7  # any id: the front the window keeps
     n_new = 3 * model.config.block_size + 10
     front = history[:, 1:] if styled else None
-    logits, ids = _decode_logits(model, history, n_new, True, front)
+    logits, ids = _decode_logits(model, history, n_new, True, front, roll=True)
     reference = rolling_reference(model, ids, model.config.block_size, 2 if styled else 0)
     torch.testing.assert_close(logits, reference[:, history.size(1) - 1 :], atol=1e-4, rtol=0)
     # and within the context it is the eager forward's decode
@@ -222,18 +224,46 @@ def test_the_kernel_decode_rolls_past_the_context(make_tiny_model, batch, styled
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_the_shipped_model_decodes_600_tokens_as_the_reference(batch):
-    """The shipped model, fp32: within the context the fast decode equals GPT.forward's; past
-    it, the rolling rule's (the kernel) or the sliding window's (FastStep, without numba)."""
+    """The shipped model, fp32: the fast decode equals GPT.forward's through a slide of the
+    window; asked to roll, the kernel gives the rolling rule's logits."""
     from musicgpt.assets import default_model_dir
     from musicgpt.checkpoint import load_sampling_model
 
     model = load_sampling_model(default_model_dir(), "cpu", "float32")
     history = torch.full((batch, 1), START_ID)
     (fast, ids), (eager, _) = (_decode_logits(model, history, 600, f) for f in (True, False))
-    block = model.config.block_size
-    torch.testing.assert_close(fast[:, :block], eager[:, :block], atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
     if kernel.available():
-        reference = rolling_reference(model, ids, block, 0)
-        torch.testing.assert_close(fast, reference, atol=1e-4, rtol=0)
-    else:
-        torch.testing.assert_close(fast, eager, atol=1e-4, rtol=0)
+        rolled, _ = _decode_logits(model, history, 600, True, roll=True)
+        reference = rolling_reference(model, ids, model.config.block_size, 0)
+        torch.testing.assert_close(rolled, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+def test_finished_rows_cost_no_attention_and_change_no_other_row(make_tiny_model):
+    """Rows the caller marks done (a finished candidate) are skipped by the kernel; the rows
+    still running get exactly the logits they get with every row computed."""
+    from musicgpt.decode import decode_steps
+
+    model = make_tiny_model(seed=9, attention="relative")
+    history = torch.full((3, 1), START_ID)
+    tokens = torch.randint(4, 300, (150, 3), generator=torch.Generator().manual_seed(8))
+
+    def run(done):
+        seen = []
+
+        def draw(logits):
+            seen.append(logits.clone())
+            if done is not None and len(seen) == 20:
+                done[1] = True  # row 1 finishes after 20 tokens
+            return tokens[len(seen) - 1]
+
+        with torch.inference_mode():
+            for _ in decode_steps(model, history, 150, draw, done=done, roll=True):
+                pass
+        return torch.stack(seen, 1)
+
+    every, skipping = run(None), run(np.zeros(3, dtype=bool))
+    assert torch.equal(skipping[:, :20], every[:, :20])
+    assert torch.equal(skipping[[0, 2]], every[[0, 2]])  # through the rolling past 64 too
+    assert not torch.equal(skipping[1, 20:], every[1, 20:])  # row 1 was no longer computed
