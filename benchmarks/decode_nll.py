@@ -4,11 +4,11 @@
 
 Teacher forcing through `decode.decode_steps`: its `draw` records log p(the true next token) and
 returns the true token, so every path is scored exactly as it samples: the prefill, each cached
-step, and past the context either the sliding window (re-prefilled, GPT.forward and FastStep) or
-the rolling cache (the kernel). Pieces are validation pieces with at least `--tokens` tokens
-(START, the piece's style token where the model has one, then the piece), their first `--tokens`
-tokens, one piece at a time, one thread. NLL is reported within the context (positions below
-block_size) and past it, with each path's difference from the eager float32 reference.
+step, and past the context either the sliding window (re-prefilled) or the rolling cache (the
+kernel, asked to roll). Pieces are validation pieces with at least `--tokens` tokens (START, the
+piece's style token where the model has one, then the piece), their first `--tokens` tokens,
+one piece at a time, one thread. NLL is reported within the context (positions below block_size)
+and past it, with each path's difference from the eager float32 reference.
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ from musicgpt.decode import decode_steps
 from musicgpt.training_data import style_slots
 from musicgpt.vocab import START_ID, style_id
 
-# name -> (weights, fast, kernel on)
+# name -> (weights, fast, kernel on, roll)
 PATHS = {
-    "eager float32 (GPT.forward; window slides)": ("float32", False, False),
-    "FastStep float32 (window slides)": ("float32", True, False),
-    "kernel float32 (cache rolls)": ("float32", True, True),
-    "eager int8 (window slides)": ("int8", False, False),
-    "FastStep int8 (window slides)": ("int8", True, False),
-    "kernel int8, int16 cache copy (cache rolls)": ("int8", True, True),
+    "eager float32 (GPT.forward)": ("float32", False, False, False),
+    "FastStep float32": ("float32", True, False, False),
+    "kernel float32": ("float32", True, True, False),
+    "kernel float32, rolling cache": ("float32", True, True, True),
+    "eager int8": ("int8", False, False, False),
+    "FastStep int8": ("int8", True, False, False),
+    "kernel int8 (int16 cache copy)": ("int8", True, True, False),
+    "kernel int8, rolling cache": ("int8", True, True, True),
 }
 
 
@@ -58,7 +60,7 @@ def piece_ids(data_dir: Path, config, n_pieces: int, n_tokens: int) -> list[tupl
 
 
 @torch.inference_mode()
-def token_logp(model, ids: list[int], n_front: int, fast: bool) -> np.ndarray:
+def token_logp(model, ids: list[int], n_front: int, fast: bool, roll: bool) -> np.ndarray:
     """log p(ids[t]) for t >= n_front (NaN before), through `decode_steps` as generate runs it:
     history START (+ style), the style kept in front."""
     history = torch.tensor([ids[:n_front]])
@@ -74,7 +76,7 @@ def token_logp(model, ids: list[int], n_front: int, fast: bool) -> np.ndarray:
         return target[t - 1 : t]
 
     for _ in decode_steps(model, history, len(ids) - n_front, draw, keep_front=keep_front,
-                          fast=fast):
+                          fast=fast, roll=roll):
         pass
     return out
 
@@ -93,10 +95,10 @@ def main() -> None:
     pieces = piece_ids(args.data_dir, models["float32"].config, args.pieces, args.tokens)
     print(f"{len(pieces)} validation pieces x {args.tokens} tokens, block_size {block}")
     results = {}
-    for name, (dtype, fast, kernel_on) in PATHS.items():
+    for name, (dtype, fast, kernel_on, roll) in PATHS.items():
         musicgpt.engine._KERNEL_ON = kernel_on
         start = time.perf_counter()
-        logp = np.stack([token_logp(models[dtype], ids, n, fast) for ids, n in pieces])
+        logp = np.stack([token_logp(models[dtype], ids, n, fast, roll) for ids, n in pieces])
         results[name] = (-logp, time.perf_counter() - start)
     reference = results[next(iter(PATHS))][0]
     print("| path | NLL, positions < block | past it | vs eager float32 (within / past) | s |")
