@@ -17,7 +17,7 @@ recent positions, so a decode never re-prefills a window.
 `Weights` packs a model's arrays once (engine.KernelStep says where they come from); `step` runs
 one position for a batch against a KV cache laid out (L, B, H, T, D) (layers.KVCache). Compiled
 on first use and cached on disk (numba's `cache=True`, next to this file or in the user's cache
-folder), so only the first run after an install pays the compile (~5 s per weight type).
+folder), so only the first run after an install pays the compile (10-20 s on the Xeon).
 """
 
 from __future__ import annotations
