@@ -153,7 +153,9 @@ class KernelStep:
     With int8 weights attention reads an int16 copy of the cache (`kernel.QuantizedCache`, half
     the bytes), kept on the cache and made again whenever a forward has written the cache since.
     A relative model's step may go past the cache's length: the cache rolls (`rolls`, kernel.step),
-    and rows marked in `skip` (finished pieces) cost no attention.
+    and rows marked in `skip` (finished pieces) cost no attention. With TORCH_FROM_ROWS rows or
+    more still running, a step within the cache is `FastStep`'s (faster there; its logits are
+    the same within 1e-4 in float32).
     """
 
     rolls = True
@@ -162,9 +164,13 @@ class KernelStep:
         self.weights = _packed(model)
         self.vocab_size = model.config.vocab_size
         self.quantized_cache = self.weights.w_qkv.dtype == np.int8
+        self.torch_step = FastStep(model)
 
     def __call__(self, token: torch.Tensor, pos: int, cache: KVCache, n_pin: int = 0,
                  skip: np.ndarray | None = None) -> torch.Tensor:
+        live = token.shape[0] - (0 if skip is None else int(skip.sum()))
+        if live >= TORCH_FROM_ROWS and pos < cache.max_len:  # torch's batched products win
+            return self.torch_step(token, pos, cache)
         logits = torch.empty(token.shape[0], self.vocab_size)
         k, v = cache.k.numpy(), cache.v.numpy()
         copy = None
@@ -174,9 +180,15 @@ class KernelStep:
                 held = (cache.writes, kernel.QuantizedCache.of(k, v))
                 cache.kernel_copy = held
             copy = held[1]
-        kernel.step(self.weights, token.numpy(), pos, k, v, logits.numpy(), n_pin, copy, skip)
+        tokens = np.ascontiguousarray(token.numpy(), np.int64)  # one compiled signature
+        kernel.step(self.weights, tokens, pos, k, v, logits.numpy(), n_pin, copy, skip)
         return logits
 
+
+# From this many rows still running, a step within the cache runs `FastStep`: its batched torch
+# products overtake the kernel's row-by-row attention (Xeon, int8, one thread, positions
+# 300-510: 6 rows 2.27 ms kernel vs 2.48 FastStep; 8 rows 3.18 vs 2.92).
+TORCH_FROM_ROWS = 7
 
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PACK_LOCK = threading.Lock()
