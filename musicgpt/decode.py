@@ -69,7 +69,8 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
       after the front (restate.py), so the model sees every note it may have to release.
     - with `roll`, where the step can (`engine.KernelStep`, relative attention), the cache rolls
       instead: each token's keys and values are computed once, the window's front stays (START
-      and `keep_front`) and the rest holds the most recent tokens; nothing is re-prefilled.
+      and `keep_front`, where there is a `keep_front`) and the rest holds the most recent
+      tokens; nothing is re-prefilled.
       Faster, but its validation NLL past the context is 0.2% higher (teacher forcing on 88
       validation pieces, BENCHMARKS.md "Decode engine").
     `done` (B,) bool, the caller's own array updated in place as rows finish (their draws no
@@ -92,7 +93,7 @@ def decode_steps(model: GPT, history: torch.Tensor, max_new_tokens: int,
     step = step_for(model, capacity, static_shapes, fast)
     rolls = roll and getattr(step, "rolls", False) and model.config.attention == "relative"
     skip = {"skip": done} if done is not None and isinstance(step, KernelStep) else {}
-    # the window's front stays when the cache rolls: START (where the window has it) + front
+    # the front that stays when the cache rolls: `keep_front`, and START before it if present
     n_pin = front.size(1) + (0 if truncated or not front.size(1) else 1)
     if truncated:
         window = sequence.window(front, keep, block_size)

@@ -3,8 +3,9 @@ Nothing about MIDI or sampling; reads the model's weights, owns none. Two of the
 (`step(token (B,), pos, cache) -> logits (B, V)`), picked by `fast_step_for`:
 
 - `KernelStep` (the default where numba is installed): the whole step is one compiled call
-  (kernel.py) over weights packed once per model; past the cache's length a relative model's
-  cache rolls (decode.py never re-prefills then). int8 weights read an int16 copy of the cache.
+  (kernel.py) over weights packed once per model; asked to (decode.py's `roll`), a relative
+  model's cache rolls past its length instead of being re-prefilled. int8 weights read an int16
+  copy of the cache; finished rows are skipped.
 - `FastStep` (torch ops, the fallback): the same weights as a flat list of tensor ops. A decode
   step of this model is memory traffic and overhead, not arithmetic (6.8 MFLOP): at batch 1 on
   one Xeon core its 16 fp32 matrices stream from L3 in ~0.55 ms (24 GB/s; int8 ~0.23 ms), and
