@@ -171,6 +171,7 @@ class KernelStep:
                  skip: np.ndarray | None = None) -> torch.Tensor:
         live = token.shape[0] - (0 if skip is None else int(skip.sum()))
         if live >= TORCH_FROM_ROWS and pos < cache.max_len:  # torch's batched products win
+            cache.writes += 1  # written behind the int16 copy's back: make it again when needed
             return self.torch_step(token, pos, cache)
         logits = torch.empty(token.shape[0], self.vocab_size)
         k, v = cache.k.numpy(), cache.v.numpy()

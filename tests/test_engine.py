@@ -92,6 +92,32 @@ def test_the_int8_kernel_sees_what_a_forward_wrote_between_its_steps(make_tiny_m
         assert torch.equal(step(ids[:, 15], 15, cache), step(ids[:, 15], 15, fresh))
 
 
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+def test_many_rows_go_through_faststep_and_the_kernel_takes_over_when_rows_finish(
+        make_tiny_model):
+    """8 running rows step through FastStep (faster there); once rows finish the kernel takes
+    the same cache over and sees every position FastStep wrote."""
+    from musicgpt.engine import TORCH_FROM_ROWS
+
+    model = sampling_copy(make_tiny_model(seed=10), "int8")
+    B = TORCH_FROM_ROWS + 1
+    ids = torch.randint(0, 380, (B, 20), generator=torch.Generator().manual_seed(5))
+    step, cache = KernelStep(model), model.new_cache(B, 32)
+    done = np.zeros(B, dtype=bool)
+    with torch.inference_mode():
+        model(ids[:, :4], torch.arange(4), 4, cache)
+        done[:2] = True
+        step(ids[:, 4], 4, cache, skip=done)  # 6 rows: the kernel, its int16 copy made here
+        done[:2] = False
+        for pos in range(5, 12):  # 8 rows: FastStep writes positions 5-11
+            torch.testing.assert_close(step(ids[:, pos], pos, cache, skip=done),
+                                       FastStep(model)(ids[:, pos], pos, _cache_clone(cache)))
+        done[:2] = True  # two rows finish: the kernel takes over
+        fresh = _cache_clone(cache)
+        got, want = step(ids[:, 12], 12, cache, skip=done), step(ids[:, 12], 12, fresh, skip=done)
+    assert torch.equal(got[2:], want[2:])
+
+
 def _cache_clone(cache):
     """A copy of `cache`'s buffers with no int16 copy of them yet."""
     import copy
