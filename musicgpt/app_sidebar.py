@@ -26,18 +26,23 @@ def load_model(path: str):
     return load_model_from_checkpoint(path, pick_device("auto"))
 
 
-@st.cache_resource(show_spinner="Preparing the sampling weights...")
+@st.cache_resource(show_spinner="Preparing the sampling weights (the first time after an install "
+                               "also compiles the decode step, 10-20 s)...")
 def load_sampler(path: str, dtype: str):
     """The model `generate` samples from, made once per checkpoint and dtype, not per click.
 
     float32 is the loaded model itself; int8 is a second model, loaded and quantised in place.
-    Attention arcs always come from the float32 model (`load_model`).
+    Attention arcs always come from the float32 model (`load_model`). The compiled decode step
+    is readied here (`engine.warm_up`), so a first generation does not sit at 0 while it compiles.
     """
+    from .engine import warm_up
+
     model = load_model(path)
     device = model.device
-    if sampling_dtype(dtype, device) == "float32":
-        return model
-    return load_sampling_model(path, device, dtype)
+    if sampling_dtype(dtype, device) != "float32":
+        model = load_sampling_model(path, device, dtype)
+    warm_up(model)
+    return model
 
 
 EXTRA_FOLDERS = "extra_folders"  # session_state key: folders typed into the sidebar, kept

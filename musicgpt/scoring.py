@@ -347,3 +347,9 @@ try:
     _rank_drops = numba.njit(cache=True, nogil=True)(_rank_drops_rows)
 except ImportError:
     _rank_drops = None
+
+
+def warm_up() -> None:
+    """Compile (or load) the compiled ranking now rather than at the first draw."""
+    if _rank_drops is not None:
+        _rank_drops(np.full((1, _RANKED_END), 0.01, np.float32), np.float32(0.9), 0, _RUNS)
