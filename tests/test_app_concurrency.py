@@ -44,6 +44,20 @@ def _tracked(real, state: dict, guard: threading.Lock):
     return run
 
 
+def _parse_one_at_a_time(monkeypatch) -> None:
+    """Each run parses app.py, and CPython 3.11.7 can fail two parses racing in two threads
+    ("SystemError: AST constructor recursion depth mismatch", CPython gh-106905): the sessions
+    here parse one at a time, which is not what this test is about."""
+    from streamlit.runtime.scriptrunner import magic
+
+    lock, add_magic = threading.Lock(), magic.add_magic
+
+    def one_at_a_time(*args, **kwargs):
+        with lock:
+            return add_magic(*args, **kwargs)
+    monkeypatch.setattr(magic, "add_magic", one_at_a_time)
+
+
 def test_two_sessions_generating_and_one_infilling_at_once_are_each_correct(checkpoint,
                                                                              monkeypatch):
     monkeypatch.setenv(studio.ENV_CHECKPOINT, str(checkpoint))
@@ -55,6 +69,7 @@ def test_two_sessions_generating_and_one_infilling_at_once_are_each_correct(chec
     first, second = _session(), _session()
 
     state, guard = {"active": 0, "peak": 0}, threading.Lock()
+    _parse_one_at_a_time(monkeypatch)
     monkeypatch.setattr(sampling, "generate_pieces",
                         _tracked(sampling.generate_pieces, state, guard))
     monkeypatch.setattr(infilling, "infill", _tracked(infilling.infill, state, guard))
