@@ -44,6 +44,21 @@ def test_fast_steps_equal_the_eager_forward(make_tiny_model, attention, batch, k
     torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_the_kernel_takes_widths_its_unrolled_loops_do_not_divide(make_tiny_model, dtype):
+    """34 wide (heads of 17): the products' leftover input rows after the 8- and 4-row passes."""
+    model = sampling_copy(make_tiny_model(seed=12, n_embd=34, attention="relative"), dtype)
+    ids = torch.randint(0, 380, (4, 30), generator=torch.Generator().manual_seed(6))
+    step, cache = KernelStep(model), model.new_cache(4, 30)
+    with torch.inference_mode():
+        got = torch.stack([step(ids[:, pos], pos, cache) for pos in range(30)], 1)
+        if dtype == "float32":
+            torch.testing.assert_close(got, model(ids), atol=1e-4, rtol=0)
+        else:  # the int8 forward's bf16 activations round differently
+            assert (got - model(ids)).abs().max() < 5e-2
+
+
 @pytest.mark.parametrize("attention", ["absolute", "relative"])
 def test_fast_int8_steps_stay_near_the_eager_int8_forward(make_tiny_model, attention):
     model = sampling_copy(make_tiny_model(seed=3, attention=attention), "int8")
