@@ -4,8 +4,8 @@ candidates.py.
 
 Grammar-aware by default: before each draw, events that cannot be right are masked out by
 `events.NoteGrammar` (NOTE_OFF of a silent pitch, NOTE_ON of a sounding pitch, PAD, START and any
-other special mid-piece). Past the model's context the loop keeps going (decode.py): the cache
-the most recent 5/8 of the context is re-prefilled (or, with `rolling_cache`, the cache rolls).
+other special mid-piece). Past the model's context the loop keeps going (decode.py): the most
+recent 5/8 of the context is re-prefilled (or, with `rolling_cache`, the cache rolls).
 Rules that keep each piece music (see the README's "Every piece is music"): no silence past
 `max_silence_s` nor a lead-in past `max_lead_in_s`, long notes pushed to end (`release_ramp_s`)
 and ended at `max_note_s`, and the best of `candidates` pieces kept.
