@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
 from musicgpt.checkpoint import load_model_from_checkpoint, load_sampling_model, save_checkpoint
 from musicgpt.cli import main
 from musicgpt.layers import Linear
 from musicgpt.model import GPT
-from musicgpt.quantize import Int8Linear, quantize_for_sampling, sampling_dtype
+from musicgpt.quantize import PREFILL_ROWS, Int8Linear, quantize_for_sampling, sampling_dtype
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,22 @@ def test_cli_generate_samples_from_weights_quantised_at_load(checkpoint, tmp_pat
                  "--device", "cpu", "--no-progress"]) == 0
     (model,) = models
     assert _is_int8(model) == int8
+
+
+@pytest.mark.parametrize("rows", [1, 8, PREFILL_ROWS, 200])
+def test_int8_linear_computes_q_times_scale_plus_bias_at_every_size(rows):
+    """Decode steps (int8 kernel) and prefills (bf16 matmul of a copy of Q made at load) give
+    x @ (Q * scale) + b; the prefill to the bit of the bf16 product it always computed."""
+    linear = Linear(64, 96)
+    nn.init.normal_(linear.bias)
+    layer = Int8Linear(linear)
+    x = torch.randn(rows, 64)
+    x16 = x.to(torch.bfloat16)
+    with torch.inference_mode():
+        out = layer(x)
+        exact = x16.float() @ (layer.q.float() * layer.scale.float()[:, None]).t() + layer.bias
+        assert (out - exact).abs().max() < 2e-2 * exact.abs().max()
+        if rows >= PREFILL_ROWS:
+            product = (x16 @ layer.q.t().to(torch.bfloat16)) * layer.scale
+            assert torch.equal(out, product.float() + layer.bias)
+    assert "q16" not in layer.state_dict()  # a copy for speed, never saved
