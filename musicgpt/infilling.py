@@ -39,7 +39,7 @@ from .fim import Cut, canonical, cut_at_steps, ids_to_timeline, sounding_at_star
 from .model import GPT
 from .restate import restate_segment
 from .sampling import SamplingSettings, release_overdue, sampling_threads, torch_threads
-from .scoring import draw_scores, sample
+from .scoring import draw
 from .vocab import (
     FILL_MIDDLE_ID,
     FILL_SUFFIX_ID,
@@ -278,8 +278,7 @@ class MiddleState:
         allowed = self.mask()  # also says which rows are only closing the join (`fixing`)
         steered, allowed = self.controls.steer(logits.detach().float().cpu().numpy(), allowed,
                                                rows=~(self.fixing | self.done))
-        token = self._release_overdue(sample(draw_scores(steered, allowed, self.settings),
-                                             self.rng))
+        token = self._release_overdue(draw(steered, allowed, self.settings, self.rng))
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self.left -= np.where(self.done, 0, self._steps[token])

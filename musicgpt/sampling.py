@@ -34,7 +34,7 @@ from .controls import Controls
 from .decode import decode_steps, guided
 from .events import NoteGrammar
 from .model import GPT
-from .scoring import draw_scores, sample
+from .scoring import draw
 from .settings import SamplingSettings
 from .vocab import (
     END_ID,
@@ -154,7 +154,7 @@ class SamplerState:
                 allowed = allowed | self.grammar.ended[:, None]
             logits = self._release_ramp(logits)
         logits, allowed = self.controls.steer(logits, allowed)
-        return sample(draw_scores(logits, allowed, self.settings), self.rng)
+        return draw(logits, allowed, self.settings, self.rng)
 
     def _held(self) -> np.ndarray:
         """(B, 128) steps each sounding note has sounded (-1 where the pitch is silent)."""

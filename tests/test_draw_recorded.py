@@ -81,8 +81,16 @@ def _key(name: str, batch: int, seed: int) -> str:
     return f"{name}-b{batch}-s{seed}"
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_draw_gives_the_recorded_tokens(name):
+def test_draw_gives_the_recorded_tokens(name, compiled, monkeypatch):
+    """Both ways to draw: the compiled one (`scoring._draw_rows`) and numpy's steps."""
+    from musicgpt import scoring
+
+    if compiled and scoring._draw_rows is None:
+        pytest.skip("numba is not installed")
+    if not compiled:
+        monkeypatch.setattr(scoring, "_draw_rows", None)
     recorded = np.load(RECORDING)
     for batch in BATCHES:
         for seed in SEEDS:
@@ -118,6 +126,52 @@ def test_truncate_matches_its_reference_bit_for_bit(settings, compiled, monkeypa
         logits[masked] = -np.inf
         with np.errstate(all="ignore"):
             assert np.array_equal(truncate(logits, s), truncate_reference(logits, s))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(top_p=0.9), dict(), dict(top_k=12), dict(min_p=0.1, top_p=0.95),
+    dict(temperature=0.6, top_p=0.8), dict(temperature=1e-4),
+    dict(top_p=0.9, keep_release_mass=False)])
+def test_compiled_draw_agrees_with_numpys_steps(settings):
+    """`scoring.draw` compiled and `sample(draw_scores(...))` draw the same ids from the same
+    uniforms (their floats may differ in the last bits, so a uniform on a boundary may not),
+    on masked rows, rows with only a few ids allowed, whole types masked and no mask at all."""
+    from musicgpt import scoring
+
+    if scoring._draw_rows is None:
+        pytest.skip("numba is not installed")
+    rng, s = np.random.default_rng(11), SamplingSettings(**settings)
+    same = total = 0
+    for trial in range(400):
+        batch = 1 + trial % 3
+        logits = rng.normal(0.0, rng.uniform(0.5, 8.0), (batch, VOCAB_SIZE)).astype(np.float32)
+        allowed = rng.random((batch, VOCAB_SIZE)) > rng.choice([0.0, 0.3, 0.97])
+        if trial % 7 == 0:
+            allowed[:, VELOCITY_OFFSET : VELOCITY_OFFSET + 32] = False
+        mask = None if trial % 11 == 0 else allowed
+        got = scoring.draw(logits, mask, s, np.random.default_rng(trial))
+        with np.errstate(all="ignore"):
+            want = scoring.sample(scoring.draw_scores(logits, mask, s),
+                                  np.random.default_rng(trial))
+        if mask is not None:
+            assert mask[np.arange(batch), got].all() or not mask.any(1).all()
+        same, total = same + int((got == want).sum()), total + batch
+    assert same >= 0.995 * total, f"{total - same} of {total} draws differ"
+
+
+def test_compiled_draw_leaves_nan_and_inf_to_numpy():
+    """Logits holding NaN or +inf take numpy's steps: a draw inside the mask, never NaN's id."""
+    from musicgpt import scoring
+
+    s = SamplingSettings(top_p=0.9)
+    logits = np.zeros((2, VOCAB_SIZE), np.float32)
+    logits[0, 5], logits[1, 7] = np.nan, np.inf
+    allowed = np.zeros((2, VOCAB_SIZE), bool)
+    allowed[:, [7, 300]] = True
+    with np.errstate(all="ignore"):
+        want = scoring.sample(scoring.draw_scores(logits, allowed, s), np.random.default_rng(3))
+    got = scoring.draw(logits, allowed, s, np.random.default_rng(3))
+    assert got.tolist() == want.tolist() and set(got.tolist()) <= {7, 300}
 
 
 if __name__ == "__main__":
