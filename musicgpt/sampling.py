@@ -128,7 +128,9 @@ class SamplerState:
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits -> (B,) next ids on the logits' device; finished rows get PAD."""
-        token = self._release_overdue(self._sample(logits.detach().float().cpu().numpy()))
+        held = self._held()  # how long each sounding note has sounded, for the ramp and guard
+        token = self._release_overdue(self._sample(logits.detach().float().cpu().numpy(), held),
+                                      held)
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self._observe(token)
@@ -145,14 +147,14 @@ class SamplerState:
         return [Stop(str(reason), float(steps_to_seconds(steps)), int(n), asked)
                 for reason, steps, n in zip(reasons, self.new_steps, self.n_new, strict=True)]
 
-    def _sample(self, logits: np.ndarray) -> np.ndarray:
+    def _sample(self, logits: np.ndarray, held: np.ndarray) -> np.ndarray:
         allowed = None
         if self.settings.grammar:
             allowed = self.grammar.allowed
             allowed = self.silence.limit(allowed, self.grammar.sounding, self.new_steps)
             if self.grammar.n_ended:  # nothing may follow END: leave such rows unmasked
                 allowed = allowed | self.grammar.ended[:, None]
-            logits = self._release_ramp(logits)
+            logits = self._release_ramp(logits, held)
         logits, allowed = self.controls.steer(logits, allowed)
         return draw(logits, allowed, self.settings, self.rng)
 
@@ -160,13 +162,12 @@ class SamplerState:
         """(B, 128) steps each sounding note has sounded (-1 where the pitch is silent)."""
         return np.where(self.grammar.sounding, self.new_steps[:, None] - self.onset_step, -1)
 
-    def _release_ramp(self, logits: np.ndarray) -> np.ndarray:
-        """`logits` with the NOTE_OFF of each note held past `release_ramp_s` raised."""
-        if self.ramp_steps is None:
+    def _release_ramp(self, logits: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """`logits` with the NOTE_OFF of each note held past `release_ramp_s` raised (`held`:
+        `_held()`)."""
+        if self.ramp_steps is None or held.max() <= self.ramp_steps:
             return logits
-        late = self._held() - self.ramp_steps
-        if not (late > 0).any():
-            return logits
+        late = held - self.ramp_steps
         logits = logits.copy()
         logits[:, _OFF_IDS] += np.maximum(late, 0) * (RELEASE_RAMP_PER_S / STEPS_PER_S)
         return logits
@@ -182,11 +183,11 @@ class SamplerState:
                 self.onset_step[row, self._struck[token]] = self.new_steps[row]
         self.silence.observe(self.grammar.sounding, self.new_steps, tokens)
 
-    def _release_overdue(self, token: np.ndarray) -> np.ndarray:
+    def _release_overdue(self, token: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Replace a row's draw by the NOTE_OFF of its longest-held note once that is overdue."""
         if self.max_note_steps is None:
             return token
-        return release_overdue(token, self._held(), self.max_note_steps)
+        return release_overdue(token, held, self.max_note_steps)
 
 
 def _with_own_arrays(state):
@@ -225,6 +226,7 @@ class _SilenceGuard:
         ids = np.arange(vocab_size)
         self._shift = shift_steps(ids)
         self._is_shift = self._shift > 0
+        self._longest = int(self._shift.max())
         self._on, self._off = is_note_on(ids), is_note_off(ids)
         self.started = np.zeros(batch, dtype=bool)  # a new note has been struck
         self.heard = np.zeros(batch, dtype=np.int64)  # the last step anything sounded
@@ -249,19 +251,24 @@ class _SilenceGuard:
         """`allowed` without the shifts too long for each row's silence so far."""
         if not self.active:
             return allowed
-        room = np.full(len(allowed), np.iinfo(np.int64).max)
-        if self.lead_in is not None:
-            room = np.where(self.started, room, self.lead_in - new_steps)
-        if self.gap is not None:
-            silent = self.music & ~sounding.any(1)
-            after_lead_in = self.started | (self.lead_in is None)
-            room = np.where(silent & after_lead_in,
-                            np.minimum(room, self.gap - (new_steps - self.heard)), room)
-        limited = room < self._shift.max()
-        if not limited.any():
+        # a few rows: plain ints cost less than a dozen numpy calls on (B,) arrays
+        started, music, steps = self.started.tolist(), self.music.tolist(), new_steps.tolist()
+        quiet, heard = (~sounding.any(1)).tolist(), self.heard.tolist()
+        limited = []
+        for row in range(len(started)):
+            room = None
+            if self.lead_in is not None and not started[row]:
+                room = self.lead_in - steps[row]
+            elif self.gap is not None and music[row] and quiet[row]:  # past the lead-in
+                room = self.gap - (steps[row] - heard[row])
+            if room is not None and room < self._longest:
+                limited.append((row, room))
+        if not limited:
             return allowed
-        too_long = self._is_shift[None] & (self._shift[None] > room[:, None]) & limited[:, None]
-        return allowed & ~too_long
+        allowed = allowed.copy()
+        for row, room in limited:
+            allowed[row] &= ~(self._is_shift & (self._shift > room))
+        return allowed
 
 
 def token_budget(seconds: float | None) -> int:
