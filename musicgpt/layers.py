@@ -121,4 +121,6 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        h = self.c_fc(x)
+        gelu = F.gelu if h.requires_grad else torch._C._nn.gelu_  # in place unless backward needs h
+        return self.c_proj(gelu(h, approximate="tanh"))

@@ -62,6 +62,17 @@ def test_cached_decoding_matches_full_forward_at_every_position(tiny_model, atte
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
 
 
+def test_a_forward_without_gradients_gives_the_same_numbers(tiny_model):
+    """Sampling and evaluation (no autograd) run the GELU in place: the same numbers."""
+    ids = _ids(2, 30)
+    with_grad = tiny_model(ids)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        assert torch.equal(tiny_model(ids), with_grad.detach())
+    with torch.inference_mode():
+        assert torch.equal(tiny_model(ids), with_grad.detach())
+
+
 def test_chunked_prefill_matches_full_forward(tiny_model):
     model = tiny_model
     ids = _ids(2, 30)
