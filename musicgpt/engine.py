@@ -241,11 +241,12 @@ def _pack(model: GPT) -> kernel.Weights:
         rels = [getattr(b.attn, "rel_emb", None) for b in model.blocks]
         rel = (np.zeros((c.n_layer, 0, c.head_dim), np.float32) if rels[0] is None
                else np.stack([arr(r) for r in rels]))  # (L, R, D): row r = distance r
+        rel_t = np.ascontiguousarray(rel[:, ::-1].transpose(0, 2, 1))  # column c: R - 1 - c
         return kernel.Weights(
             np.ascontiguousarray(wte.T), wte, wpe, ln,
             np.stack([arr(model.ln_f.weight), arr(model.ln_f.bias)]),
             *matrices("attn.c_attn"), *matrices("attn.c_proj"), *matrices("mlp.c_fc"),
-            *matrices("mlp.c_proj"), rel, c.n_head, float(model.ln_f.eps))
+            *matrices("mlp.c_proj"), rel, rel_t, c.n_head, float(model.ln_f.eps))
 
 
 def fast_step_for(model: GPT, kind: str = "auto") -> FastStep | KernelStep | None:

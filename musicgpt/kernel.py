@@ -58,6 +58,7 @@ class Weights(NamedTuple):
     s_out: np.ndarray
     b_out: np.ndarray
     rel: np.ndarray     # (L, R, D): row r is distance r; R == 0 for absolute attention
+    rel_t: np.ndarray   # (L, D, R): rel transposed, column c is distance R - 1 - c
     n_head: int
     eps: float
 
@@ -86,7 +87,7 @@ def step(weights: Weights, tokens: np.ndarray, pos: int, k_cache: np.ndarray,
     skip = np.zeros(len(tokens), np.bool_) if skip is None else skip
     _step(tokens, pos, w.wte_t, w.wte, w.wpe, w.ln, w.ln_f, w.w_qkv, w.s_qkv, w.b_qkv,
           w.w_proj, w.s_proj, w.b_proj, w.w_fc, w.s_fc, w.b_fc, w.w_out, w.s_out, w.b_out,
-          w.rel, w.n_head, w.eps, k_cache, v_cache, logits, n_pin, copy.k, copy.v,
+          w.rel, w.rel_t, w.n_head, w.eps, k_cache, v_cache, logits, n_pin, copy.k, copy.v,
           copy.k_scale, copy.v_scale, skip)
 
 
@@ -227,13 +228,16 @@ def _distance(j, pos, slot, cap, n_pin):
     return (slot - j) % ring
 
 
-def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale, v_scale,
-            y, scores, skip):
+def _attend(qkv, layer, pos, n_pin, rel, rel_t, n_head, k_cache, v_cache, kq, vq, k_scale,
+            v_scale, y, scores, position, skip):
     """Write this position's keys/values, then y (B, C) = softmax(q.k + q.E[distance]) v per
     head, over the slots `_slot_and_keys` gives (the whole past below the cache's length).
 
     Keys and values are read from `kq`/`vq` times their per-slot scales where those have slots
-    (the int16 copy, `quantize_cache`), else from the fp32 cache itself; both are written."""
+    (the int16 copy, `quantize_cache`), else from the fp32 cache itself; both are written.
+    Below the cache's length the relative term q.E[pos - j] of every head comes first, from the
+    transposed table (`_position_scores`, into `position` (H, n)); a rolling cache's distances
+    wrap, so there each key's distance row is read in `_head`."""
     B = qkv.shape[0]
     C = y.shape[1]
     D = C // n_head
@@ -242,10 +246,13 @@ def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_sca
     slot, n = _slot_and_keys(pos, cap, n_pin)
     inv_sqrt = np.float32(1.0 / math.sqrt(D))
     table = rel[layer]
+    by_keys = table.shape[0] > 0 and pos < cap
     for b in range(B):
         if skip[b]:
             y[b] = 0.0
             continue
+        if by_keys:
+            _position_scores(qkv[b], inv_sqrt, rel_t[layer], pos, n, position)
         for h in range(n_head):
             q = qkv[b, h * D : (h + 1) * D] * inv_sqrt
             k_new = qkv[b, C + h * D : C + (h + 1) * D]
@@ -254,39 +261,75 @@ def _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_sca
             v_cache[layer, b, h, slot, :] = v_new
             s = scores[:n]
             out = y[b, h * D : (h + 1) * D]
+            known = position[h, :n] if by_keys else position[h, :0]
             if quantized:
                 _quantize_row(k_new, kq[layer, b, h, slot], k_scale[layer, b, h], slot)
                 _quantize_row(v_new, vq[layer, b, h, slot], v_scale[layer, b, h], slot)
                 _head(q, kq[layer, b, h], vq[layer, b, h], k_scale[layer, b, h],
-                      v_scale[layer, b, h], True, table, pos, slot, cap, n_pin, s, out)
+                      v_scale[layer, b, h], True, table, known, pos, slot, cap, n_pin, s, out)
             else:  # the scales are not read
-                _head(q, k_cache[layer, b, h], v_cache[layer, b, h], s, s, False, table, pos,
-                      slot, cap, n_pin, s, out)
+                _head(q, k_cache[layer, b, h], v_cache[layer, b, h], s, s, False, table, known,
+                      pos, slot, cap, n_pin, s, out)
 
 
-def _head(q, keys, values, k_scale, v_scale, quantized, table, pos, slot, cap, n_pin, s, out):
+def _position_scores(q_row, inv_sqrt, table_t, pos, n, out):
+    """out[h, :n] = q_h . E[pos - j] for every head h and key j < n, from the transposed table
+    (D, R), whose columns run from distance R - 1 down: key j's distance is column
+    R - 1 - pos + j, so each of the D rows is one contiguous run over the keys, and a pass
+    multiply-adds four of them into every head's scores (no sum across lanes). `out` (H, >= n)
+    must be C-contiguous and the runs are slices: indexed any other way, LLVM did not vectorise
+    the loop (4x slower)."""
+    f32 = np.float32
+    H = out.shape[0]
+    D = table_t.shape[0]
+    off = table_t.shape[1] - 1 - pos
+    for h in range(H):
+        out[h, :n] = 0.0
+    d = 0
+    while d + 4 <= D:
+        e0, e1 = table_t[d, off : off + n], table_t[d + 1, off : off + n]
+        e2, e3 = table_t[d + 2, off : off + n], table_t[d + 3, off : off + n]
+        for h in range(H):
+            a0, a1 = q_row[h * D + d] * inv_sqrt, q_row[h * D + d + 1] * inv_sqrt
+            a2, a3 = q_row[h * D + d + 2] * inv_sqrt, q_row[h * D + d + 3] * inv_sqrt
+            o = out[h]
+            for j in range(n):
+                o[j] += (a0 * e0[j] + a1 * e1[j]) + (a2 * e2[j] + a3 * e3[j])
+        d += 4
+    while d < D:
+        e = table_t[d, off : off + n]
+        for h in range(H):
+            a = q_row[h * D + d] * inv_sqrt
+            o = out[h]
+            for j in range(n):
+                o[j] += a * f32(e[j])
+        d += 1
+
+
+def _head(q, keys, values, k_scale, v_scale, quantized, table, known, pos, slot, cap, n_pin,
+          s, out):
     """One head: out (D,) = softmax over the n = len(s) visible slots of q.k_j + q.E[distance],
-    times the values; keys and values are fp32, or int16 times their slot's scale."""
+    times the values; keys and values are fp32, or int16 times their slot's scale. The relative
+    term is `known` (n,) where given, else read per key from the table (empty: absolute). Each
+    term is its own tight loop over the keys (one loop with branches in it ran at half speed)."""
     n = s.shape[0]
     D = q.shape[0]
-    relative = table.shape[0] > 0
     for j in range(n):
         kj = keys[j]
         content = np.float32(0.0)
-        position = np.float32(0.0)
-        if relative:
+        for d in range(D):
+            content += q[d] * np.float32(kj[d])
+        s[j] = content * k_scale[j] if quantized else content
+    if known.shape[0] > 0:
+        for j in range(n):
+            s[j] += known[j]
+    elif table.shape[0] > 0:  # a rolling cache: each key's distance row
+        for j in range(n):
             ej = table[_distance(j, pos, slot, cap, n_pin)]
-            if quantized:  # two sums: the key's scale multiplies one
-                for d in range(D):
-                    content += q[d] * np.float32(kj[d])
-                    position += q[d] * ej[d]
-            else:  # q . (k_j + E[distance_j]): one sum
-                for d in range(D):
-                    content += q[d] * (np.float32(kj[d]) + ej[d])
-        else:
+            position = np.float32(0.0)
             for d in range(D):
-                content += q[d] * np.float32(kj[d])
-        s[j] = (content * k_scale[j] if quantized else content) + position
+                position += q[d] * ej[d]
+            s[j] += position
     top = s[0]
     for j in range(1, n):
         top = max(top, s[j])
@@ -359,7 +402,7 @@ def _gelu_tanh(f):
 
 
 def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_proj, s_proj,
-               b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel, n_head, eps,
+               b_proj, w_fc, s_fc, b_fc, w_out, s_out, b_out, rel, rel_t, n_head, eps,
                k_cache, v_cache, logits, n_pin, kq, vq, k_scale, v_scale, skip):
     B = tokens.shape[0]
     C = wte.shape[1]
@@ -375,11 +418,12 @@ def _step_impl(tokens, pos, wte_t, wte, wpe, ln, ln_f, w_qkv, s_qkv, b_qkv, w_pr
     qkv = np.empty((B, 3 * C), np.float32)
     f = np.empty((B, w_fc.shape[2]), np.float32)
     scores = np.empty(min(pos + 1, k_cache.shape[3]), np.float32)
+    position = np.empty((n_head, scores.shape[0]), np.float32)
     for layer in range(L):
         _layer_norm(x, ln[layer, 0], ln[layer, 1], eps, h)
         _linear(h, w_qkv[layer], s_qkv[layer], b_qkv[layer], qkv)
-        _attend(qkv, layer, pos, n_pin, rel, n_head, k_cache, v_cache, kq, vq, k_scale,
-                v_scale, y, scores, skip)
+        _attend(qkv, layer, pos, n_pin, rel, rel_t, n_head, k_cache, v_cache, kq, vq, k_scale,
+                v_scale, y, scores, position, skip)
         _linear(y, w_proj[layer], s_proj[layer], b_proj[layer], t)
         x += t
         _layer_norm(x, ln[layer, 2], ln[layer, 3], eps, h)
@@ -405,6 +449,7 @@ if numba is not None:
     _quantize_cache = _jit(_quantize_cache)
     _weighted_sum = _jit(_weighted_sum)
     _head = _jit(_head)
+    _position_scores = _jit(_position_scores)
     _attend = _jit(_attend)
     _gelu_tanh = _jit(_gelu_tanh)
     _step = _jit(_step_impl)
