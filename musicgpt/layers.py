@@ -98,12 +98,18 @@ class CausalSelfAttention(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return scores.masked_fill(~causal, -math.inf).softmax(-1)
 
-    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None):
+    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None,
+                last_only: bool = False):
+        """(B, T, C) -> (B, T, C), or with `last_only` (B, 1, C): the last query alone (every
+        position's keys and values still go to `kv`)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
+        if last_only:  # the last query sees every key: no causal mask
+            q, T, mask = q[:, :, -1:], 1, None if mask is None else mask[..., -1:, :]
         if kv is None or input_pos is None:  # uncached pass
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only,
+                                               dropout_p=dropout)
         else:
             k, v = kv.update(input_pos, k, v)
             if attend_len is not None:

@@ -38,8 +38,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = config.dropout
 
-    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv=None):
-        x = x + self._drop(self.attn(self.ln_1(x), input_pos, mask, attend_len, kv))
+    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv=None, last_only=False):
+        """`last_only`: (B, 1, C) for the last position alone (keys and values of all)."""
+        y = self.attn(self.ln_1(x), input_pos, mask, attend_len, kv, last_only)
+        x = (x[:, -1:] if last_only else x) + self._drop(y)
         return x + self._drop(self.mlp(self.ln_2(x)))
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,9 @@ class GPT(nn.Module):
         x = self.wte(idx) if self.wpe is None else self.wte(idx) + self.wpe(input_pos)
         if self.training and self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout)
-        for block, kv in zip(self.blocks, layers, strict=True):
-            x = block(x, cache_pos, mask, attend_len, kv)
-        x = self.ln_f(x[:, -1:] if last_only else x)
+        for i, (block, kv) in enumerate(zip(self.blocks, layers, strict=True)):
+            # the last block writes every position's keys and values but attends from, and
+            # feeds forward, the last position only (a quarter of a prefill's work)
+            x = block(x, cache_pos, mask, attend_len, kv, last_only and i == len(layers) - 1)
+        x = self.ln_f(x)
         return F.linear(x, self.wte.weight)  # output projection tied to the embedding

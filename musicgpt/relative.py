@@ -120,7 +120,8 @@ class RelativeSelfAttention(CausalSelfAttention):
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return self._scores(q, k, self._relative(q, None, T), causal).softmax(-1)
 
-    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None):
+    def forward(self, x, input_pos=None, mask=None, attend_len=None, kv: LayerKV | None = None,
+                last_only: bool = False):
         """Same contract as CausalSelfAttention.forward; `mask` (T, cache_len) bool or None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x)
@@ -135,6 +136,10 @@ class RelativeSelfAttention(CausalSelfAttention):
                 mask = None if mask is None else mask[..., :attend_len]
             if mask is None and T > 1:  # only a lone query may go unmasked (it sees the past)
                 mask = input_pos[:, None] >= torch.arange(k.shape[2], device=x.device)
+        if last_only:  # the last query alone (skewed or indexed relative logits both fit it)
+            q, T = q[:, :, -1:], 1
+            mask = None if mask is None else mask[..., -1:, :]
+            input_pos = None if input_pos is None else input_pos[-1:]
         if cached and _chunks_pay(q, input_pos, k.shape[2]):
             y = self._attend_in_chunks(q, k, v)
         else:

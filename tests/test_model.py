@@ -84,6 +84,23 @@ def test_chunked_prefill_matches_full_forward(tiny_model):
     torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["absolute", "relative"])
+def test_a_last_only_prefill_writes_the_same_cache_and_last_logits(make_tiny_model, attention):
+    """`last_only` runs the last block for the last position alone: every layer's keys and
+    values as a whole prefill writes them, and that prefill's last logits (cached or not)."""
+    model = make_tiny_model(attention=attention)
+    ids, positions = _ids(2, 40), torch.arange(40)
+    whole_cache, last_cache = model.new_cache(2), model.new_cache(2)
+    with torch.no_grad():
+        whole = model(ids, positions, 40, whole_cache)
+        last = model(ids, positions, 40, last_cache, last_only=True)
+        uncached = model(ids, last_only=True)
+    assert last.shape == uncached.shape == (2, 1, whole.shape[-1])
+    assert torch.equal(last_cache.k, whole_cache.k) and torch.equal(last_cache.v, whole_cache.v)
+    torch.testing.assert_close(last, whole[:, -1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uncached, whole[:, -1:], atol=1e-5, rtol=1e-5)
+
+
 def test_cache_is_preallocated_and_written_in_place(tiny_model):
     model = tiny_model
     cache = model.new_cache(2, 16)

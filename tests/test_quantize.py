@@ -88,3 +88,17 @@ def test_int8_linear_computes_q_times_scale_plus_bias_at_every_size(rows):
             product = (x16 @ layer.q.t().to(torch.bfloat16)) * layer.scale
             assert torch.equal(out, product.float() + layer.bias)
     assert "q16" not in layer.state_dict()  # a copy for speed, never saved
+
+
+def test_an_int8_last_only_prefill_writes_the_whole_prefills_cache(checkpoint):
+    """The last block of a `last_only` prefill multiplies one row per sequence (the decode
+    step's int8 product, not the prefill's bf16 one): the same cache, its last logits within
+    rounding."""
+    model = load_sampling_model(checkpoint, dtype="int8")
+    ids, positions = _ids(), torch.arange(24)
+    whole_cache, last_cache = model.new_cache(2, 24), model.new_cache(2, 24)
+    with torch.inference_mode():
+        whole = model(ids, positions, 24, whole_cache)
+        last = model(ids, positions, 24, last_cache, last_only=True)
+    assert torch.equal(last_cache.k, whole_cache.k) and torch.equal(last_cache.v, whole_cache.v)
+    torch.testing.assert_close(last.softmax(-1), whole[:, -1:].softmax(-1), atol=2e-3, rtol=0)
