@@ -179,7 +179,8 @@ class KernelStep:
         if self.quantized_cache:
             held = getattr(cache, "kernel_copy", None)
             if held is None or held[0] != cache.writes:
-                held = (cache.writes, kernel.QuantizedCache.of(k, v))
+                # the slots written so far: before `pos` (a step writes its own slot)
+                held = (cache.writes, kernel.QuantizedCache.of(k, v, pos))
                 cache.kernel_copy = held
             copy = held[1]
         tokens = np.ascontiguousarray(token.numpy(), np.int64)  # one compiled signature

@@ -102,12 +102,15 @@ class QuantizedCache(NamedTuple):
     v_scale: np.ndarray
 
     @classmethod
-    def of(cls, k_cache: np.ndarray, v_cache: np.ndarray) -> QuantizedCache:
-        """The copy of every slot of `k_cache` and `v_cache` as they are now."""
+    def of(cls, k_cache: np.ndarray, v_cache: np.ndarray,
+           filled: int | None = None) -> QuantizedCache:
+        """The copy of the first `filled` slots (default all) of `k_cache` and `v_cache` as they
+        are now; later slots are left unset until a step writes them."""
         copy = cls(np.empty(k_cache.shape, np.int16), np.empty(v_cache.shape, np.int16),
                    np.empty(k_cache.shape[:4], np.float32), np.empty(v_cache.shape[:4],
                                                                      np.float32))
-        _quantize_cache(k_cache, v_cache, *copy)
+        filled = k_cache.shape[3] if filled is None else min(filled, k_cache.shape[3])
+        _quantize_cache(k_cache, v_cache, *copy, filled)
         return copy
 
 
@@ -378,13 +381,14 @@ def _quantize_row(x, dst, scales, slot):
     scales[slot] = scale
 
 
-def _quantize_cache(k_cache, v_cache, kq, vq, k_scale, v_scale):
-    """The int16 copy of every slot of the fp32 caches (after a prefill wrote them)."""
-    L, B, H, T, _ = k_cache.shape
+def _quantize_cache(k_cache, v_cache, kq, vq, k_scale, v_scale, filled):
+    """The int16 copy of the first `filled` slots of the fp32 caches (after a prefill wrote
+    them)."""
+    L, B, H, _, _ = k_cache.shape
     for layer in range(L):
         for b in range(B):
             for h in range(H):
-                for t in range(T):
+                for t in range(filled):
                     _quantize_row(k_cache[layer, b, h, t], kq[layer, b, h, t],
                                   k_scale[layer, b, h], t)
                     _quantize_row(v_cache[layer, b, h, t], vq[layer, b, h, t],
