@@ -108,29 +108,37 @@ def test_the_int8_kernel_sees_what_a_forward_wrote_between_its_steps(make_tiny_m
 
 
 @pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
-def test_many_rows_go_through_faststep_and_the_kernel_takes_over_when_rows_finish(
+def test_many_rows_on_two_threads_go_through_faststep_and_the_kernel_takes_over(
         make_tiny_model):
-    """8 running rows step through FastStep (faster there); once rows finish the kernel takes
-    the same cache over and sees every position FastStep wrote."""
+    """8 running rows with two torch threads step through FastStep (faster there); once rows
+    finish the kernel takes the same cache over and sees every position FastStep wrote. On one
+    thread the kernel steps them all."""
     from musicgpt.engine import TORCH_FROM_ROWS
+    from musicgpt.sampling import torch_threads
 
     model = sampling_copy(make_tiny_model(seed=10), "int8")
     B = TORCH_FROM_ROWS + 1
     ids = torch.randint(0, 380, (B, 20), generator=torch.Generator().manual_seed(5))
     step, cache = KernelStep(model), model.new_cache(B, 32)
     done = np.zeros(B, dtype=bool)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(2):
         model(ids[:, :4], torch.arange(4), 4, cache)
         done[:2] = True
         step(ids[:, 4], 4, cache, skip=done)  # 6 rows: the kernel, its int16 copy made here
         done[:2] = False
+        writes = cache.writes
         for pos in range(5, 12):  # 8 rows: FastStep writes positions 5-11
             torch.testing.assert_close(step(ids[:, pos], pos, cache, skip=done),
                                        FastStep(model)(ids[:, pos], pos, _cache_clone(cache)))
+        assert cache.writes == writes + 7  # each FastStep step counted as a write
         done[:2] = True  # two rows finish: the kernel takes over
         fresh = _cache_clone(cache)
         got, want = step(ids[:, 12], 12, cache, skip=done), step(ids[:, 12], 12, fresh, skip=done)
     assert torch.equal(got[2:], want[2:])
+    with torch.inference_mode(), torch_threads(1):
+        writes = cache.writes
+        step(ids[:, 13], 13, cache)
+        assert cache.writes == writes  # one thread: all 8 rows through the kernel
 
 
 def _cache_clone(cache):
