@@ -43,9 +43,24 @@ class LayerKV:
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if self.owner is not None:
             self.owner.writes += 1
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+        run = _cpu_run(input_pos)
+        if run is not None:  # a CPU prefill: a slice copies ~4x faster than index_copy_
+            self.k[:, :, run].copy_(k)
+            self.v[:, :, run].copy_(v)
+        else:
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
+
+
+def _cpu_run(positions: torch.Tensor) -> slice | None:
+    """`positions` (on a CPU, where reading them costs no device sync) as a slice, when they are
+    two or more consecutive ones."""
+    if positions.device.type != "cpu" or positions.numel() < 2:
+        return None
+    first = int(positions[0])
+    run = torch.arange(first, first + positions.numel())
+    return slice(first, first + positions.numel()) if torch.equal(positions, run) else None
 
 
 class KVCache:

@@ -116,6 +116,20 @@ def test_cache_is_preallocated_and_written_in_place(tiny_model):
     assert not any("cache" in name for name, _ in model.named_buffers())  # weights only
 
 
+def test_cache_writes_a_run_of_positions_as_it_writes_scattered_ones():
+    """A run of positions (a prefill) is copied as a slice, any others through index_copy_."""
+    from musicgpt.layers import KVCache
+
+    k, v = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
+    run, scattered = (KVCache(1, 2, 3, 16, 4, torch.float32, "cpu").layers[0] for _ in "ab")
+    run.update(torch.arange(5, 11), k, v)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    scattered.update(5 + order, k[:, :, order], v[:, :, order])
+    assert torch.equal(run.k, scattered.k) and torch.equal(run.v, scattered.v)
+    assert torch.equal(run.k[:, :, 5:11], k)
+    assert run.k[:, :, :5].count_nonzero() == run.k[:, :, 11:].count_nonzero() == 0
+
+
 def test_bad_lengths_and_missing_cache_are_refused(tiny_model):
     model = tiny_model
     with pytest.raises(ValueError, match="exceeds block_size"):
