@@ -168,11 +168,15 @@ class RelativeSelfAttention(CausalSelfAttention):
         at a time, each over the keys up to its last query only: the masked upper triangle of
         the (T, T) scores is never computed (a 384-token window: 6 chunks do 58% of the work)."""
         T = q_scaled.shape[2]
+        # `skewed_relative_logits`' table for all T keys, made once: a chunk ending at key `end`
+        # multiplies its last end+1 rows, whose first (distance end, not zeros) lands on future
+        # keys only, which are masked
+        by_distance = F.pad(self.rel_emb[:T].flip(0), (0, 0, 1, 0)).transpose(0, 1)
         parts = []
         for first in range(0, T, PREFILL_CHUNK):
             end = min(T, first + PREFILL_CHUNK)
             q = q_scaled[:, :, first:end]
-            rel = skewed_relative_logits(q, self.rel_emb, end)
+            rel = _skew_padded(q @ by_distance[:, T - end:])
             seen = torch.arange(first, end, device=q.device)[:, None] >= torch.arange(
                 end, device=q.device)
             parts.append(self._attend(q, k[:, :, :end], v[:, :, :end], rel, seen))
