@@ -172,15 +172,16 @@ class RelativeSelfAttention(CausalSelfAttention):
         # multiplies its last end+1 rows, whose first (distance end, not zeros) lands on future
         # keys only, which are masked
         by_distance = F.pad(self.rel_emb[:T].flip(0), (0, 0, 1, 0)).transpose(0, 1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q_scaled.device).tril()
         parts = []
         for first in range(0, T, PREFILL_CHUNK):
             end = min(T, first + PREFILL_CHUNK)
             q = q_scaled[:, :, first:end]
             rel = _skew_padded(q @ by_distance[:, T - end:])
-            seen = torch.arange(first, end, device=q.device)[:, None] >= torch.arange(
-                end, device=q.device)
-            parts.append(self._attend(q, k[:, :, :end], v[:, :, :end], rel, seen))
-        return torch.cat(parts, 2)
+            y = self._attend(q, k[:, :, :end], v[:, :, :end], rel, causal[first:end, :end])
+            parts.append(y.transpose(1, 2))
+        # (B, H, T, D) as a view of a (B, T, H, D) tensor: `forward` merges the heads uncopied
+        return torch.cat(parts, 1).transpose(1, 2)
 
 
 PREFILL_CHUNK = 64  # queries per chunk of a CPU prefill (_attend_in_chunks)
