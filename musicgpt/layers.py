@@ -120,8 +120,9 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         dropout = self.dropout if self.training else 0.0
-        if last_only:  # the last query sees every key: no causal mask
-            q, T, mask = q[:, :, -1:], 1, None if mask is None else mask[..., -1:, :]
+        if last_only:  # the last query alone: it sees every key, so no causal mask
+            q, T = q[:, :, -1:], 1
+            mask = None if mask is None else mask[..., -1:, :]
         if kv is None or input_pos is None:  # uncached pass
             y = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only,
                                                dropout_p=dropout)
