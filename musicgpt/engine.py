@@ -155,8 +155,8 @@ class KernelStep:
     the bytes), kept on the cache and made again whenever a forward has written the cache since.
     A relative model's step may go past the cache's length: the cache rolls (`rolls`, kernel.step),
     and rows marked in `skip` (finished pieces) cost no attention. With TORCH_FROM_ROWS rows or
-    more still running and more than one torch thread, a step within the cache is `FastStep`'s
-    (faster there; its logits are the same within 1e-4 in float32).
+    more still running and more than one torch thread (or float32 weights), a step within the
+    cache is `FastStep`'s (faster there; its logits are the same within 1e-4 in float32).
     """
 
     rolls = True
@@ -171,7 +171,7 @@ class KernelStep:
                  skip: np.ndarray | None = None) -> torch.Tensor:
         live = token.shape[0] - (0 if skip is None else int(skip.sum()))
         if (live >= TORCH_FROM_ROWS and pos < cache.max_len
-                and torch.get_num_threads() > 1):  # torch's batched products on more cores
+                and (torch.get_num_threads() > 1 or not self.quantized_cache)):
             cache.writes += 1  # written behind the int16 copy's back: make it again when needed
             return self.torch_step(token, pos, cache)
         logits = torch.empty(token.shape[0], self.vocab_size)
@@ -190,10 +190,11 @@ class KernelStep:
 
 
 # From this many rows still running, a step within the cache runs `FastStep` where torch has
-# more than one thread (sampling_threads gives a second from 10 rows): its batched products on two
-# cores win there (Xeon, int8, positions 300/500: 8 rows 1.59/1.98 ms on two threads vs the
-# kernel's 2.24/2.85; 16 rows 2.81/4.02 vs 4.67/6.23). On one thread the kernel won at every
-# batch measured, 6 to 24 rows (8 rows 2.24/2.85 vs FastStep's 2.50/3.30).
+# more than one thread (sampling_threads gives a second from 10 rows), or with float32 weights:
+# its batched products win there (Xeon, int8, positions 300/500: 8 rows 1.59/1.98 ms on two
+# threads vs the kernel's 2.24/2.85; float32, one thread, positions 1-511: 8 rows 4.33 ms vs
+# 4.72). With int8 weights on one thread the kernel won at every batch measured, 6 to 24 rows
+# (8 rows 2.24/2.85 vs FastStep's 2.50/3.30).
 TORCH_FROM_ROWS = 7
 
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

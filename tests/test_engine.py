@@ -112,7 +112,7 @@ def test_many_rows_on_two_threads_go_through_faststep_and_the_kernel_takes_over(
         make_tiny_model):
     """8 running rows with two torch threads step through FastStep (faster there); once rows
     finish the kernel takes the same cache over and sees every position FastStep wrote. On one
-    thread the kernel steps them all."""
+    thread the kernel steps them all, unless the weights are float32."""
     from musicgpt.engine import TORCH_FROM_ROWS
     from musicgpt.sampling import torch_threads
 
@@ -139,6 +139,12 @@ def test_many_rows_on_two_threads_go_through_faststep_and_the_kernel_takes_over(
         writes = cache.writes
         step(ids[:, 13], 13, cache)
         assert cache.writes == writes  # one thread: all 8 rows through the kernel
+        fp32 = make_tiny_model(seed=10)  # float32 weights: FastStep's products win at 8 rows
+        cache = fp32.new_cache(B, 32)
+        fp32(ids[:, :4], torch.arange(4), 4, cache)
+        writes = cache.writes
+        KernelStep(fp32)(ids[:, 4], 4, cache)
+        assert cache.writes == writes + 1
 
 
 def _cache_clone(cache):
