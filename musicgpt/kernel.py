@@ -7,8 +7,11 @@ weights are walked by plain loops that LLVM vectorises: each matrix is stored (i
 product is a run of contiguous multiply-adds over the outputs (no horizontal sums), several input
 rows per pass and, at batch 3 or more, three batch rows per widened weight (`_linear`). int8
 weights are widened to fp32 in registers and activations stay fp32 (more exact than the bf16
-activations of torch's int8 kernel); fp32 weights run the same code. Attention sums
-q . (k_j + E[distance_j]) per key, one sum for the content and relative terms together.
+activations of torch's int8 kernel); fp32 weights run the same code. In attention the relative
+term q . E[distance_j] of every head comes first, multiply-added over the keys from a transposed
+distance table (`_position_scores`: 0.03 ms of a batch-1 step at 500 keys, where a dot product
+per key, each with its sum across lanes, took 0.11 ms); then each head adds its content term
+q . k_j in a loop of its own.
 
 Past the cache's length the cache can roll (relative attention only; `_slot_and_keys`): each
 position's keys and values are computed once, the front slots stay and a ring holds the most
