@@ -281,12 +281,13 @@ def draw(logits: np.ndarray, allowed: np.ndarray | None, settings: SamplingSetti
     """(B, V) logits -> (B,) ids: `sample(draw_scores(logits, allowed, settings), rng)`.
 
     Where numba is installed this is one compiled call (`_draw_rows`) for full-vocabulary
-    float32 logits cut within types or not at all: the same steps, row by row, each float op in
-    float32 as numpy's, but with its own exp, log and sums, so a score may differ from numpy's
-    in its last bits, and a draw where the uniform falls within that of a boundary (tested to
-    agree with the numpy steps on 99.9% of draws). The draw's numpy calls, dozens of a few
-    microseconds each, cost as much as half a decode step once the step has pushed them out
-    of the caches. NaN or +inf in the logits take the numpy steps."""
+    float32 logits cut within types or not at all: the same steps, row by row, in float32, with
+    its own exp, log and sums (and a release's log-probability taken as score - log-sum where
+    the release mass left it as it was), so a score may differ from numpy's in its last bits,
+    and a draw where the uniform falls within that of a boundary (the recorded draws all agree;
+    a test asks 99.5% of random rows). numpy's steps, dozens of calls of a few microseconds
+    each, cost as much as half a decode step once the step has pushed them out of the caches.
+    NaN or +inf in the logits take the numpy steps."""
     s = settings
     uniform = rng.random(len(logits))
     if (_draw_rows is not None and (s.within_type or not s.truncates)
@@ -372,6 +373,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 # the ranked types' runs for the compiled ranking: (type index, first column, count, cut)
 _RUNS = np.array([(i, first, count, int(any(i == c for c, _, _ in _CUT_RUNS)))
                   for i, (_, first, count) in enumerate(RANGES[:_RANKED_TYPES])], np.int64)
+
 
 def _draw_rows_impl(logits, allowed, temperature, keep_release_mass, truncates, top_k, top_p,
                     min_p, uniform, tokens, starts, counts, cut, on_first, off_first):
@@ -510,8 +512,8 @@ def _sample_row(scores, top, uniform, probs):
 
 
 _NO_MASK = np.zeros((0, 0), np.bool_)
-# the tables `_draw_rows` reads: each type's first column and count, which types are cut, the
-# ranked runs, and the first NOTE_ON and NOTE_OFF columns
+# the tables `_draw_rows` reads: each type's first column and count, which types are cut, and
+# the first NOTE_ON and NOTE_OFF columns
 _DRAW_TABLES = (_TYPE_STARTS.astype(np.int64), _TYPE_COUNTS.astype(np.int64),
                 np.array([int(etype in CUT_TYPES) for etype, _, _ in RANGES], np.int64),
                 int(note_on_id(0)), int(note_off_id(0)))
