@@ -268,19 +268,19 @@ def fast_step_for(model: GPT, kind: str = "auto") -> FastStep | KernelStep | Non
 
 
 def warm_up(model: GPT) -> None:
-    """Compile (or load from numba's disk cache) the kernel `model` samples with, and the draw's
-    compiled ranking, by one step on a two-slot cache: the first run after an install then pays
-    its compile here (10-20 s; the app's "Preparing the sampling weights"), not in a generation."""
+    """Compile (or load from numba's disk cache) the kernel `model` samples with, by one step on
+    a two-slot cache, and the compiled draw: the first run after an install then pays its
+    compile here (10-20 s; the app's "Preparing the sampling weights"), not in a generation."""
     step = fast_step_for(model)
     if not isinstance(step, KernelStep):
         return
-    from .scoring import warm_up as warm_up_scoring
+    from .sampling import warm_up_draw
 
     with torch.inference_mode():
         cache = model.new_cache(1, 2)
         model(torch.zeros(1, 1, dtype=torch.long), torch.arange(1), 1, cache)
         step(torch.zeros(1, dtype=torch.long), 1, cache, skip=np.zeros(1, dtype=bool))
-    warm_up_scoring()
+    warm_up_draw()
 
 
 # MUSICGPT_KERNEL=0 keeps sampling on the torch FastStep (for comparing the two)

@@ -1,5 +1,6 @@
 """The generate sampler: settings, per-row state and rules, and `generate`. Never sees MIDI, only
-token ids. The draw itself is scoring.py (numpy), the decode loop decode.py, best of N
+token ids. The draw itself is scoring.py (numpy; where numba is installed, the draw and this
+state's advance are one compiled call there), the decode loop decode.py, best of N
 candidates.py.
 
 Grammar-aware by default: before each draw, events that cannot be right are masked out by
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import scoring
 from .candidates import choose_pieces
 from .config import Config
 from .controls import Controls
@@ -42,10 +44,12 @@ from .vocab import (
     PAD_ID,
     START_ID,
     STEPS_PER_S,
+    VOCAB_SIZE,
     is_note_off,
     is_note_on,
     is_style,
     note_off_id,
+    note_on_id,
     note_pitch,
     seconds_to_steps,
     shift_steps,
@@ -88,6 +92,9 @@ class SamplerState:
         ids = np.arange(vocab_size)
         self._steps = shift_steps(ids).tolist()  # 10 ms steps each id moves on
         self._struck = np.where(is_note_on(ids), note_pitch(ids), -1).tolist()  # NOTE_ON pitch
+        # for `_draw_and_advance`: each id's steps, NOTE_ON, NOTE_OFF, pitch; END and PAD
+        self._tables = (shift_steps(ids).astype(np.int64), is_note_on(ids), is_note_off(ids),
+                        note_pitch(ids).astype(np.int64), END_ID, PAD_ID)
         self.onset_step = np.zeros((B, N_PITCHES), dtype=np.int64)  # primer notes count from 0
         self.max_note_steps = (None if settings.max_note_s is None or not settings.grammar
                                else seconds_to_steps(settings.max_note_s))
@@ -127,10 +134,16 @@ class SamplerState:
         return twin
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, V) logits -> (B,) next ids on the logits' device; finished rows get PAD."""
+        """(B, V) logits -> (B,) next ids on the logits' device; finished rows get PAD.
+
+        Where numba is installed, with the grammar on and no control steering, the whole draw
+        and the state's advance run in one compiled call (`_draw_and_advance`); otherwise (and
+        as its reference) the numpy steps below. The recorded draws are the same either way."""
+        x = logits.detach().float().cpu().numpy()
+        if self._compiled_draw_ok(x):
+            return torch.from_numpy(self._draw_compiled(x)).to(logits.device)
         held = self._held()  # how long each sounding note has sounded, for the ramp and guard
-        token = self._release_overdue(self._sample(logits.detach().float().cpu().numpy(), held),
-                                      held)
+        token = self._release_overdue(self._sample(x, held), held)
         token[self.done] = PAD_ID
         self.n_new += ~self.done
         self._observe(token)
@@ -140,6 +153,34 @@ class SamplerState:
         if self.max_steps is not None:
             self.done |= self.new_steps >= self.max_steps
         return torch.from_numpy(token).to(logits.device)
+
+    def _compiled_draw_ok(self, logits: np.ndarray) -> bool:
+        """Whether `scoring.draw_and_advance` computes this draw: numba installed, the grammar on
+        and past the header (which it treats apart), no steering, a cut within types or none,
+        finite logits."""
+        s = self.settings
+        return (scoring.draw_and_advance is not None and scoring._draw_rows is not None
+                and s.grammar and self.grammar.position >= 2 and not self.controls.active
+                and (s.within_type or not s.truncates) and logits.dtype == np.float32
+                and logits.shape[1] == len(scoring._COLUMN_TYPE)
+                and scoring._no_nan_or_posinf(logits))
+
+    def _draw_compiled(self, logits: np.ndarray) -> np.ndarray:
+        s, g, quiet = self.settings, self.grammar, self.silence
+        token = np.empty(len(logits), np.int64)
+
+        def steps(value):  # None -> -1
+            return -1 if value is None else int(value)
+        g.n_ended += scoring.draw_and_advance(
+            np.ascontiguousarray(logits), self.rng.random(len(logits)), token, g.allowed,
+            g.sounding, g.ended, self.onset_step, self.new_steps, quiet.started, quiet.heard,
+            quiet.music, self.done, self.ended, self.n_new, steps(quiet.lead_in),
+            steps(quiet.gap), steps(self.ramp_steps), steps(self.max_note_steps),
+            steps(self.max_steps), RELEASE_RAMP_PER_S / STEPS_PER_S,
+            np.float32(max(s.temperature, 1e-5)), s.keep_release_mass, s.truncates, s.top_k,
+            np.float32(s.top_p), float(s.min_p), *self._tables, *scoring._DRAW_TABLES)
+        g.position += 1
+        return token
 
     def stops(self, asked: float | None) -> list[Stop]:
         """Why each row stopped (rows still running ran out of tokens)."""
@@ -188,6 +229,15 @@ class SamplerState:
         if self.max_note_steps is None:
             return token
         return release_overdue(token, held, self.max_note_steps)
+
+
+def warm_up_draw() -> None:
+    """Compile (or load from numba's disk cache) the compiled draw now, by a draw on made-up
+    logits past the header, rather than at a generation's first draws."""
+    scoring.warm_up()
+    state = SamplerState(np.array([[START_ID, note_on_id(60)]]), SamplingSettings(top_p=0.9),
+                         VOCAB_SIZE, 1.0, 0)
+    state.draw(torch.zeros(1, VOCAB_SIZE))
 
 
 def _with_own_arrays(state):

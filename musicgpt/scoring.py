@@ -3,9 +3,10 @@ the release mass kept, top-k/top-p/min-p within event types, and inverse-CDF sam
 
 Pure numpy, no torch: the sampler hands a numpy copy of each step's logits here (a few dozen
 small torch ops per draw cost more than the decode step of a small model). Where numba is
-installed, `draw` runs every step for a row in one compiled call (`_draw_rows`), and the
-within-type ranking alone is compiled too (`_rank_drops_rows`, the same float ops as the numpy
-`_rank_cut`). Settings are duck-typed
+installed, `draw` runs every step for a row in one compiled call (`_draw_rows`), the sampler's
+whole draw and state advance is one too (`draw_and_advance`, for `sampling.SamplerState`), and
+the within-type ranking alone is compiled too (`_rank_drops_rows`, the same float ops as the
+numpy `_rank_cut`). Settings are duck-typed
 (`sampling.SamplingSettings`: temperature, top_k, top_p, min_p, within_type, keep_release_mass,
 truncates).
 """
@@ -380,37 +381,48 @@ def _draw_rows_impl(logits, allowed, temperature, keep_release_mass, truncates, 
     """`draw`'s compiled steps: tokens (B,) from logits (B, V), `allowed` (B, V) or (0, 0) for no
     mask. False (tokens unset) where a logit is NaN or +inf: the numpy steps take those."""
     B, V = logits.shape
+    for b in range(B):
+        for v in range(V):
+            if np.isnan(logits[b, v]) or logits[b, v] == np.inf:
+                return False
     masked = allowed.shape[0] > 0
     scores = np.empty(V, np.float32)
     spare = np.empty(V, np.float32)
     keep = np.empty(V, np.bool_)
+    no_mask = np.empty(0, np.bool_)
     for b in range(B):
-        for v in range(V):
-            x = logits[b, v]
-            if np.isnan(x) or x == np.inf:
-                return False
-            scores[v] = x / temperature
-        if masked:
-            if keep_release_mass:
-                _keep_release_mass_row(scores, allowed[b], on_first, off_first, spare)
-            for v in range(V):
-                if not allowed[b, v]:
-                    scores[v] = -np.inf
-        if truncates:
-            _truncate_row(scores, top_k, top_p, min_p, starts, counts, cut, spare, keep)
-        top = scores[0]
-        for v in range(1, V):
-            top = max(top, scores[v])
-        if not np.isfinite(top):  # `_finite_or_greedy`: the likeliest allowed token
-            best, pick = -np.inf, 0
-            for v in range(V):
-                x = logits[b, v] if not masked or allowed[b, v] else -np.inf
-                if x > best:
-                    best, pick = x, v
-            tokens[b] = pick
-            continue
-        tokens[b] = _sample_row(scores, top, uniform[b], spare)
+        tokens[b] = _draw_row(logits[b], allowed[b] if masked else no_mask, masked, temperature,
+                              keep_release_mass, truncates, top_k, top_p, min_p, uniform[b],
+                              starts, counts, cut, on_first, off_first, scores, spare, keep)
     return True
+
+
+def _draw_row(logits, allowed, masked, temperature, keep_release_mass, truncates, top_k, top_p,
+              min_p, uniform, starts, counts, cut, on_first, off_first, scores, spare, keep):
+    """One row's draw from logits (V,) with no NaN or +inf, `allowed` (V,) where `masked`;
+    `scores`, `spare` and `keep` (V,) are work space."""
+    V = logits.shape[0]
+    for v in range(V):
+        scores[v] = logits[v] / temperature
+    if masked:
+        if keep_release_mass:
+            _keep_release_mass_row(scores, allowed, on_first, off_first, spare)
+        for v in range(V):
+            if not allowed[v]:
+                scores[v] = -np.inf
+    if truncates:
+        _truncate_row(scores, top_k, top_p, min_p, starts, counts, cut, spare, keep)
+    top = scores[0]
+    for v in range(1, V):
+        top = max(top, scores[v])
+    if not np.isfinite(top):  # `_finite_or_greedy`: the likeliest allowed token
+        best, pick = -np.inf, 0
+        for v in range(V):
+            x = logits[v] if not masked or allowed[v] else -np.inf
+            if x > best:
+                best, pick = x, v
+        return pick
+    return _sample_row(scores, top, uniform, spare)
 
 
 def _keep_release_mass_row(scores, allowed, on_first, off_first, probs):
@@ -511,6 +523,91 @@ def _sample_row(scores, top, uniform, probs):
     return 0
 
 
+def _draw_and_advance_impl(logits, uniform, token, allowed, sounding, g_ended, onset_step,
+                           new_steps, started, heard, music, done, ended, n_new, lead_in, gap,
+                           ramp_steps, max_note_steps, max_steps, ramp_per_step, temperature,
+                           keep_release_mass, truncates, top_k, top_p, min_p, steps_table, is_on,
+                           is_off, pitch, end_id, pad_id, starts, counts, cut, on_first,
+                           off_first):
+    """`sampling.SamplerState.draw` in one compiled call, for its numpy steps' state (updated in
+    place; -1 for a rule that is off): per row the release ramp on the logits, the grammar mask
+    less the too-long shifts of the silence guard (unmasked past END), `_draw_row`, the longest
+    note's release once overdue, PAD for finished rows; then the grammar, onsets, music length
+    and silence guard advance by the token, and the row's END and length are checked. Returns
+    how many rows the grammar saw end. Logits must hold no NaN or +inf."""
+    B, V = logits.shape
+    raw = np.empty(V, np.float32)
+    mask = np.empty(V, np.bool_)
+    scores = np.empty(V, np.float32)
+    spare = np.empty(V, np.float32)
+    keep = np.empty(V, np.bool_)
+    longest = steps_table.max()
+    newly_ended = 0
+    for b in range(B):
+        oldest_p, oldest_held = 0, -1  # the longest-held sounding note (the first of equals)
+        for v in range(V):
+            raw[v] = logits[b, v]
+        for p in range(N_PITCHES):
+            if sounding[b, p]:
+                held = new_steps[b] - onset_step[b, p]
+                if held > oldest_held:
+                    oldest_p, oldest_held = p, held
+                if ramp_steps >= 0 and held > ramp_steps:  # float64 sum, as numpy's
+                    x = np.float64(raw[off_first + p]) + (held - ramp_steps) * ramp_per_step
+                    raw[off_first + p] = np.float32(x)
+        for v in range(V):
+            mask[v] = allowed[b, v] or g_ended[b]
+        if not g_ended[b]:
+            room, limited = 0, False
+            if lead_in >= 0 and not started[b]:
+                room, limited = lead_in - new_steps[b], True
+            elif gap >= 0 and music[b]:
+                quiet = True
+                for p in range(N_PITCHES):
+                    quiet = quiet and not sounding[b, p]
+                if quiet:
+                    room, limited = gap - (new_steps[b] - heard[b]), True
+            if limited and room < longest:
+                for v in range(V):
+                    if steps_table[v] > room:
+                        mask[v] = False
+        t = _draw_row(raw, mask, True, temperature, keep_release_mass, truncates, top_k, top_p,
+                      min_p, uniform[b], starts, counts, cut, on_first, off_first, scores, spare,
+                      keep)
+        if max_note_steps >= 0 and oldest_held >= max_note_steps:
+            t = off_first + oldest_p
+        if done[b]:
+            t = pad_id
+        else:
+            n_new[b] += 1
+        token[b] = t
+        if not g_ended[b]:  # the grammar (events.NoteGrammar.observe)
+            if is_on[t] or is_off[t]:
+                p = pitch[t]
+                sounding[b, p] = is_on[t]
+                allowed[b, on_first + p] = not is_on[t]
+                allowed[b, off_first + p] = is_on[t]
+            elif t == end_id:
+                g_ended[b] = True
+                allowed[b, :] = False
+                newly_ended += 1
+        if steps_table[t] > 0:
+            new_steps[b] += steps_table[t]
+        elif is_on[t]:
+            onset_step[b, pitch[t]] = new_steps[b]
+        if lead_in >= 0 or gap >= 0:  # the silence guard's observe
+            now = False
+            for p in range(N_PITCHES):
+                now = now or sounding[b, p]
+            started[b] = started[b] or is_on[t]
+            music[b] = music[b] or now
+            if now or is_off[t]:
+                heard[b] = new_steps[b]
+        ended[b] = ended[b] or t == end_id
+        done[b] = done[b] or ended[b] or (max_steps >= 0 and new_steps[b] >= max_steps)
+    return newly_ended
+
+
 _NO_MASK = np.zeros((0, 0), np.bool_)
 # the tables `_draw_rows` reads: each type's first column and count, which types are cut, and
 # the first NOTE_ON and NOTE_OFF columns
@@ -531,9 +628,11 @@ if numba is not None:
     _keep_release_mass_row = _jit(_keep_release_mass_row)
     _truncate_row = _jit(_truncate_row)
     _sample_row = _jit(_sample_row)
+    _draw_row = _jit(_draw_row)
     _draw_rows = _jit(_draw_rows_impl)
+    draw_and_advance = _jit(_draw_and_advance_impl)
 else:
-    _rank_drops = _draw_rows = None
+    _rank_drops = _draw_rows = draw_and_advance = None
 
 
 # settings (duck-typed) for `warm_up`'s draw: release mass kept, top-p within types

@@ -159,6 +159,39 @@ def test_compiled_draw_agrees_with_numpys_steps(settings):
     assert same >= 0.995 * total, f"{total - same} of {total} draws differ"
 
 
+@pytest.mark.parametrize("settings", [dict(top_p=0.9), dict(top_p=0.9, max_silence_s=0.3),
+                                      dict(top_k=12, release_ramp_s=0.2, max_note_s=0.5)])
+def test_compiled_state_advances_as_numpys(settings, monkeypatch):
+    """`SamplerState.draw` compiled whole (`scoring.draw_and_advance`) leaves every part of the
+    state as numpy's steps do: tokens, the grammar, onsets, the silence guard, finished rows
+    (2 s asked, END likely) and why each stopped; from a primer with notes still sounding."""
+    from musicgpt import scoring
+
+    if scoring.draw_and_advance is None:
+        pytest.skip("numba is not installed")
+    primer = [START_ID, int(note_on_id(60)), int(note_on_id(64)), TIME_SHIFT_OFFSET + 9]
+
+    def run(compiled: bool):
+        if not compiled:
+            monkeypatch.setattr(scoring, "draw_and_advance", None)
+        state = SamplerState(np.array([primer] * 3), SamplingSettings(**settings), VOCAB_SIZE,
+                             2.0, 5)
+        noise, bias = np.random.default_rng(9), _bias(2).astype(np.float32)
+        tokens = [state.draw(torch.from_numpy(
+            bias + noise.normal(0.0, 2.0, (3, VOCAB_SIZE)).astype(np.float32))).numpy()
+            for _ in range(200)]
+        monkeypatch.undo()
+        return np.stack(tokens, 1), state
+
+    (fast_tokens, fast), (slow_tokens, slow) = run(True), run(False)
+    assert np.array_equal(fast_tokens, slow_tokens)
+    for a, b in [(fast, slow), (fast.grammar, slow.grammar), (fast.silence, slow.silence)]:
+        for name, value in vars(b).items():
+            if isinstance(value, np.ndarray | int) and not name.startswith("_"):
+                assert np.array_equal(getattr(a, name), value), name
+    assert fast.stops(2.0) == slow.stops(2.0) and fast.done.any()
+
+
 def test_compiled_draw_leaves_nan_and_inf_to_numpy():
     """Logits holding NaN or +inf take numpy's steps: a draw inside the mask, never NaN's id."""
     from musicgpt import scoring

@@ -327,10 +327,10 @@ def test_finished_rows_cost_no_attention_and_change_no_other_row(make_tiny_model
 @pytest.mark.skipif(not kernel.available(), reason="numba is not installed")
 def test_warm_up_readies_the_kernel_for_the_model_s_weights(make_tiny_model):
     """The app readies the compiled step when it loads a model (engine.warm_up): afterwards the
-    kernel has a compiled version for int8 weights and the draw's ranking one too."""
+    kernel has a compiled version for int8 weights, and the draw one too."""
     from musicgpt import scoring
     from musicgpt.engine import warm_up
 
     warm_up(sampling_copy(make_tiny_model(seed=11), "int8"))
     assert any(str(signature[7].dtype) == "int8" for signature in kernel._step.signatures)
-    assert scoring._rank_drops.signatures
+    assert scoring._rank_drops.signatures and scoring.draw_and_advance.signatures
