@@ -569,7 +569,7 @@ def _draw_and_advance_impl(logits, uniform, token, allowed, sounding, g_ended, o
                     room, limited = gap - (new_steps[b] - heard[b]), True
             if limited and room < longest:
                 for v in range(V):
-                    if steps_table[v] > room:
+                    if steps_table[v] > 0 and steps_table[v] > room:  # a shift, too long
                         mask[v] = False
         t = _draw_row(raw, mask, True, temperature, keep_release_mass, truncates, top_k, top_p,
                       min_p, uniform[b], starts, counts, cut, on_first, off_first, scores, spare,
