@@ -92,7 +92,7 @@ class SamplerState:
         ids = np.arange(vocab_size)
         self._steps = shift_steps(ids).tolist()  # 10 ms steps each id moves on
         self._struck = np.where(is_note_on(ids), note_pitch(ids), -1).tolist()  # NOTE_ON pitch
-        # for `_draw_and_advance`: each id's steps, NOTE_ON, NOTE_OFF, pitch; END and PAD
+        # for `scoring.draw_and_advance`: each id's steps, NOTE_ON, NOTE_OFF, pitch; END and PAD
         self._tables = (shift_steps(ids).astype(np.int64), is_note_on(ids), is_note_off(ids),
                         note_pitch(ids).astype(np.int64), END_ID, PAD_ID)
         self.onset_step = np.zeros((B, N_PITCHES), dtype=np.int64)  # primer notes count from 0
@@ -137,8 +137,9 @@ class SamplerState:
         """(B, V) logits -> (B,) next ids on the logits' device; finished rows get PAD.
 
         Where numba is installed, with the grammar on and no control steering, the whole draw
-        and the state's advance run in one compiled call (`_draw_and_advance`); otherwise (and
-        as its reference) the numpy steps below. The recorded draws are the same either way."""
+        and the state's advance run in one compiled call (`scoring.draw_and_advance`);
+        otherwise (and as its reference) the numpy steps below. The recorded draws are the same
+        either way."""
         x = logits.detach().float().cpu().numpy()
         if self._compiled_draw_ok(x):
             return torch.from_numpy(self._draw_compiled(x)).to(logits.device)
@@ -166,16 +167,16 @@ class SamplerState:
                 and scoring._no_nan_or_posinf(logits))
 
     def _draw_compiled(self, logits: np.ndarray) -> np.ndarray:
-        s, g, quiet = self.settings, self.grammar, self.silence
+        s, g, guard = self.settings, self.grammar, self.silence
         token = np.empty(len(logits), np.int64)
 
         def steps(value):  # None -> -1
             return -1 if value is None else int(value)
         g.n_ended += scoring.draw_and_advance(
             np.ascontiguousarray(logits), self.rng.random(len(logits)), token, g.allowed,
-            g.sounding, g.ended, self.onset_step, self.new_steps, quiet.started, quiet.heard,
-            quiet.music, self.done, self.ended, self.n_new, steps(quiet.lead_in),
-            steps(quiet.gap), steps(self.ramp_steps), steps(self.max_note_steps),
+            g.sounding, g.ended, self.onset_step, self.new_steps, guard.started, guard.heard,
+            guard.music, self.done, self.ended, self.n_new, steps(guard.lead_in),
+            steps(guard.gap), steps(self.ramp_steps), steps(self.max_note_steps),
             steps(self.max_steps), RELEASE_RAMP_PER_S / STEPS_PER_S,
             np.float32(max(s.temperature, 1e-5)), s.keep_release_mass, s.truncates, s.top_k,
             np.float32(s.top_p), float(s.min_p), *self._tables, *scoring._DRAW_TABLES)
